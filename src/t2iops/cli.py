@@ -1,0 +1,130 @@
+"""``t2iops <stage>``: thin argument parsing around the stage functions.
+
+Every stage reads the same typed configuration: ``--params params.yaml`` (default: ./params.yaml
+when it exists, else the embedded default) plus ``-S key.path=value`` overrides, exactly like
+``dvc exp run -S``. Exit codes: 0 ok; 1 the stage failed; 2 usage/configuration error (nothing
+was done); 3 the evaluation gate failed. Failures print one line on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+from .config import Config, load_config
+from .errors import T2IError
+
+# Each module exposes ``register(subparsers, common)`` adding its subcommands; handlers are
+# ``func(args, cfg) -> int | None``. Heavy imports (torch, diffusers) stay inside handlers so
+# that ``--help`` is instant.
+COMMAND_MODULES = [
+    "t2iops.data.commands",
+]
+
+EPILOG = """exit codes: 0 ok, 1 stage failed, 2 usage or configuration error, 3 evaluation gate failed.
+Configuration: --params FILE (default ./params.yaml when present) and -S key.path=value overrides,
+e.g. -S train.lr=1e-5 -S data.synth.count=200. Run `t2iops config show` to see every key."""
+
+
+def common_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("configuration")
+    g.add_argument(
+        "--params",
+        default=None,
+        help="YAML file with any subset of the configuration (default: ./params.yaml if it exists)",
+    )
+    g.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one configuration value, e.g. -S train.lr=1e-5 (repeatable)",
+    )
+    g.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return common
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    params = args.params
+    if params is None and Path("params.yaml").exists():
+        params = "params.yaml"
+    return load_config(params, args.overrides)
+
+
+def _config_show(args: argparse.Namespace, cfg: Config) -> int:
+    sys.stdout.write(cfg.to_yaml())
+    return 0
+
+
+def _config_schema(args: argparse.Namespace, cfg: Config) -> int:
+    import json
+
+    sys.stdout.write(json.dumps(Config.model_json_schema(), indent=2) + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = common_parser()
+    parser = argparse.ArgumentParser(
+        prog="t2iops",
+        description="Train, evaluate and export T2I-Adapters for Stable Diffusion XL and 1.5.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"t2iops {__import__('t2iops').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    sub.required = True
+
+    cfgp = sub.add_parser("config", help="show the resolved configuration or its schema")
+    cfgsub = cfgp.add_subparsers(dest="config_command", metavar="<action>")
+    cfgsub.required = True
+    show = cfgsub.add_parser(
+        "show", parents=[common], help="print the resolved configuration (params + overrides) as YAML"
+    )
+    show.set_defaults(func=_config_show)
+    schema = cfgsub.add_parser("schema", parents=[common], help="print the JSON schema of the configuration")
+    schema.set_defaults(func=_config_schema)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub, common)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    func: Callable = args.func
+    try:
+        cfg = config_from_args(args)
+        rc = func(args, cfg)
+        return int(rc or 0)
+    except T2IError as exc:
+        print(f"t2iops {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except FileNotFoundError as exc:
+        print(f"t2iops {args.command}: error: file not found: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"t2iops {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for scripts; the traceback with -v
+        if getattr(args, "verbose", False) or os.environ.get("T2IOPS_TRACEBACK"):
+            raise
+        print(f"t2iops {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,318 @@
+"""One typed configuration for every stage.
+
+The same schema is read by the CLI (``--params params.yaml -S train.lr=1e-5``), by
+``dvc.yaml`` (which tracks ``params.yaml``) and by the KFP components (which receive the
+overrides as pipeline parameters). Validation happens before any work starts: an unknown key,
+a wrong type or an out-of-range value raises :class:`ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UsageError
+
+
+class ConfigError(UsageError, ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class StorageConfig(_Section):
+    """Where s3:// URIs go. Credentials always come from the standard AWS chain
+    (environment, shared profile, IRSA web identity), never from this file."""
+
+    endpoint_url: Optional[str] = Field(None, description="S3-compatible endpoint, e.g. http://minio:9000")
+    region: Optional[str] = Field(None, description="AWS region; default from the AWS chain")
+    max_attempts: int = Field(8, ge=1, le=50, description="boto3 retry attempts (adaptive mode)")
+    cache_dir: Optional[str] = Field(
+        None, description="Local cache for s3:// inputs; default ~/.cache/t2iops"
+    )
+
+
+class SynthConfig(_Section):
+    count: int = Field(1000, ge=1, le=10_000_000, description="number of samples")
+    resolution: int = Field(64, ge=16, le=4096, description="image side in pixels")
+    seed: int = Field(0, ge=0)
+    min_radius_frac: float = Field(0.15, gt=0, lt=0.5)
+    max_radius_frac: float = Field(0.35, gt=0, lt=0.5)
+    outline_width: int = Field(2, ge=1, le=32)
+
+    @model_validator(mode="after")
+    def _radius_order(self):
+        if self.min_radius_frac > self.max_radius_frac:
+            raise ValueError("data.synth.min_radius_frac must be <= data.synth.max_radius_frac")
+        return self
+
+
+class DataConfig(_Section):
+    root: str = Field("data/circles", description="dataset folder, s3:// prefix, HF dataset id or save_to_disk folder")
+    image_column: str = "image"
+    conditioning_image_column: str = "conditioning_image"
+    caption_column: str = "text"
+    id_column: Optional[str] = Field(None, description="row id column; default the image path")
+    min_size: int = Field(16, ge=1, description="smallest accepted image side")
+    max_size: int = Field(8192, ge=1, description="largest accepted image side")
+    max_pixels: int = Field(
+        64_000_000, ge=1, description="images whose header claims more pixels are refused (decompression bombs)"
+    )
+    resize_policy: Literal["strict", "resize"] = Field(
+        "strict", description="strict: image and condition sizes must agree; resize: condition is resized to the image"
+    )
+    max_bad_fraction: float = Field(0.0, ge=0.0, le=1.0, description="validate fails above this share of bad rows")
+    val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.05, ge=0.0, lt=1.0)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+
+    @model_validator(mode="after")
+    def _fractions(self):
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("data.val_fraction + data.test_fraction must be < 1")
+        if self.min_size > self.max_size:
+            raise ValueError("data.min_size must be <= data.max_size")
+        return self
+
+
+class ModelConfig(_Section):
+    base_model: str = Field(
+        "models/toy-base", description="hub id, local diffusers folder or s3:// prefix"
+    )
+    revision: Optional[str] = None
+    variant: Optional[str] = Field(None, description="weights variant, e.g. fp16")
+    vae: Optional[str] = Field(None, description="VAE override (hub id, folder or s3://), e.g. madebyollin/sdxl-vae-fp16-fix")
+    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    adapter_type: Literal["auto", "full_adapter", "light_adapter", "full_adapter_xl"] = "auto"
+    adapter_channels: Optional[list[int]] = Field(None, description="default: derived from the UNet")
+    num_res_blocks: int = Field(2, ge=1, le=8)
+    pretrained_adapter: Optional[str] = Field(None, description="start from this adapter (folder, hub id, s3://)")
+    local_files_only: bool = Field(False, description="never reach the hub")
+
+
+class ToyBaseConfig(_Section):
+    resolution: int = Field(64, ge=16, le=512)
+    vae_steps: int = Field(1500, ge=1)
+    unet_steps: int = Field(3000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    num_samples: int = Field(4000, ge=16, description="synthetic training images")
+    seed: int = Field(0, ge=0)
+
+
+class EncodeConfig(_Section):
+    resolution: int = Field(64, ge=16, le=4096)
+    random_crop: bool = False
+    random_flip: bool = False
+    batch_size: int = Field(16, ge=1)
+    shard_size: int = Field(1024, ge=1, description="samples per safetensors shard")
+
+
+class TrainConfig(_Section):
+    lr: float = Field(1e-4, gt=0, le=1.0)
+    weight_decay: float = Field(1e-2, ge=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    batch_size: int = Field(8, ge=1, description="global batch per optimizer micro-step across all ranks")
+    grad_accum: int = Field(1, ge=1)
+    max_steps: int = Field(500, ge=1, description="optimizer steps")
+    warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    timestep_sampling: Literal["cubic", "uniform"] = "cubic"
+    prediction_type: Literal["auto", "epsilon", "v_prediction"] = "auto"
+    snr_gamma: Optional[float] = Field(None, gt=0, description="min-SNR weighting gamma; off when unset")
+    conditioning_scale: float = Field(1.0, ge=0)
+    caption_dropout: float = Field(0.0, ge=0, le=1)
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    max_grad_norm: Optional[float] = Field(1.0, gt=0)
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1)
+    checkpoint_every: int = Field(100, ge=1)
+    keep_last: int = Field(2, ge=1)
+    validate_every: int = Field(0, ge=0, description="0 disables validation during training")
+    max_bad_steps: int = Field(5, ge=1, description="consecutive non-finite losses before aborting")
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    offload_optimizer: bool = False
+    deepspeed_config: Optional[str] = Field(None, description="user DeepSpeed JSON, validated against this config")
+    seed: int = Field(0, ge=0)
+    num_workers: int = Field(0, ge=0)
+
+
+class GateConfig(_Section):
+    min_fidelity_lift: Optional[float] = Field(None, description="minimum lift of the primary fidelity metric")
+    max_fid: Optional[float] = Field(None, gt=0)
+    min_circle_iou: Optional[float] = Field(None, ge=0, le=1)
+
+
+class EvaluateConfig(_Section):
+    split: Literal["train", "val", "test"] = "test"
+    num_samples: int = Field(64, ge=1)
+    num_inference_steps: int = Field(20, ge=1, le=1000)
+    guidance_scale: float = Field(5.0, ge=0)
+    negative_prompt: str = ""
+    scheduler: Literal["default", "ddim", "euler", "dpmsolver"] = "default"
+    batch_size: int = Field(16, ge=1)
+    conditioning_scales: list[float] = Field(default_factory=lambda: [1.0])
+    conditioning_factor: float = Field(1.0, ge=0, le=1, description="SDXL adapter_conditioning_factor")
+    condition_kind: Literal["circle_outline", "canny", "sketch", "lineart", "depth", "segmentation"] = "circle_outline"
+    fid: Literal["required", "optional", "off"] = "optional"
+    inception_weights: Optional[str] = Field(None, description="local file, s3:// URI or https URL of pt_inception weights")
+    clip_model: Optional[str] = Field(None, description="CLIP weights for CLIP score (folder, hub id, s3://)")
+    seed: int = Field(1234, ge=0)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+
+class ExportConfig(_Section):
+    opset: int = Field(17, ge=13, le=23)
+    resolutions: list[int] = Field(default_factory=lambda: [64], description="profile sizes (square)")
+    max_batch: int = Field(4, ge=1)
+    fp16: bool = True
+    fp32_tolerance: float = Field(1e-4, gt=0)
+    fp16_tolerance: float = Field(1e-2, gt=0)
+
+
+class Config(_Section):
+    """The whole configuration. ``params.yaml`` holds any subset of it."""
+
+    seed: int = Field(0, ge=0)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    toy_base: ToyBaseConfig = Field(default_factory=ToyBaseConfig)
+    encode: EncodeConfig = Field(default_factory=EncodeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def write(self, directory: str | Path, name: str = "config.resolved.yaml") -> Path:
+        """Write the resolved config next to a stage's outputs."""
+        path = Path(directory) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_yaml())
+        return path
+
+    def fingerprint(self, *sections: str) -> str:
+        """A stable hash of the named sections (all when none), for cache keys."""
+        import hashlib
+
+        data = self.to_dict()
+        if sections:
+            data = {s: _get_path(data, s) for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+def _get_path(data: dict, dotted: str) -> Any:
+    cur: Any = data
+    for part in dotted.split("."):
+        cur = cur[part]
+    return cur
+
+
+def _format_error(err: ValidationError, origin: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        kind = e["type"]
+        msg = e["msg"]
+        if kind == "extra_forbidden":
+            parent = e["loc"][:-1]
+            allowed = _allowed_keys(parent)
+            msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
+        elif kind == "literal_error" and "expected" in e.get("ctx", {}):
+            msg = f"invalid value {e.get('input')!r}; allowed values: {e['ctx']['expected']}"
+        elif "input" in e and kind != "missing":
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"{key}: {msg}")
+    return f"invalid configuration ({origin}): " + "; ".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return sorted(model.model_fields)
+        model = field.annotation
+    return sorted(model.model_fields)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``train.lr=1e-5`` -> (["train", "lr"], 1e-5). Values are parsed as YAML scalars/lists."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
+    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
+    for path, value in items:
+        if isinstance(path, str):
+            path = path.split(".")
+        cur = data
+        for i, part in enumerate(path[:-1]):
+            nxt = cur.get(part)
+            if nxt is None:
+                nxt = cur[part] = {}
+            elif not isinstance(nxt, dict):
+                raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+            cur = nxt
+        cur[path[-1]] = value
+    return data
+
+
+def load_config(
+    params: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> Config:
+    """Load ``params.yaml`` (or nothing: the embedded default), apply ``key=value`` overrides,
+    validate. Raises :class:`ConfigError` naming the key on any problem."""
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if params is not None:
+        path = Path(params)
+        if not path.exists():
+            raise ConfigError(f"params file {path} does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"params file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"params file {path} must hold a mapping at the top level")
+        data = loaded
+        origin = str(path)
+    if overrides:
+        data = apply_overrides(data, overrides)
+        origin += " + overrides"
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, origin)) from None
+
+
+def config_from_dict(data: dict[str, Any], origin: str = "dict") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err, origin)) from None
