@@ -111,6 +111,16 @@ class EncodeConfig(_Section):
     random_flip: bool = False
     batch_size: int = Field(16, ge=1)
     shard_size: int = Field(1024, ge=1, description="samples per safetensors shard")
+    splits: list[Literal["train", "val", "test"]] = Field(
+        default_factory=lambda: ["train", "val"], description="splits to encode; val feeds validation during training"
+    )
+    latents: Literal["sample", "mean"] = Field(
+        "sample",
+        description="sample: cache the VAE posterior (mean + logvar) and draw a fresh latent every step, "
+        "as encoding every step does; mean: cache the posterior mean only (half the size)",
+    )
+    storage_dtype: Literal["fp32", "fp16", "bf16"] = Field("fp16", description="dtype of cached latents and text embeddings")
+    seed: int = Field(0, ge=0, description="seed of the random crops (one fixed crop per sample)")
 
 
 class TrainConfig(_Section):
@@ -142,6 +152,9 @@ class TrainConfig(_Section):
     deepspeed_config: Optional[str] = Field(None, description="user DeepSpeed JSON, validated against this config")
     seed: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
+    log_every: int = Field(10, ge=1, description="optimizer steps between metric log lines")
+    validation_samples: int = Field(4, ge=1, le=64, description="val-split samples drawn during validation")
+    validation_inference_steps: int = Field(20, ge=1, le=1000)
 
 
 class GateConfig(_Section):
