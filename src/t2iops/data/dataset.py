@@ -1,0 +1,234 @@
+"""The dataset contract every later stage reads.
+
+A dataset is a set of rows, each with an id, a caption (``text``), a split and two images: the
+target image and its conditioning image. :func:`load_rows` reads any supported root (see
+:mod:`t2iops.data.formats`); :func:`split_of` assigns splits from a hash of the id, so adding
+rows never moves old ones; :func:`load_validated_ids` reads the ids that ``t2iops data
+validate`` accepted, which later stages use instead of trusting the raw metadata.
+
+Row ids come from ``data.id_column`` when set; otherwise from an ``id`` key when rows have one,
+else the image path, else the row's position (Arrow tables with embedded image bytes).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Mapping, Optional, Union
+
+from PIL import Image
+
+from .. import storage
+from ..errors import DataError
+from .formats import Record, Source, open_source
+from .images import MISSING_FILE, ImageProblem, ImageRef, decode_rgb, open_checked
+
+SPLITS = ("train", "val", "test")
+VALIDATED_ROWS = "rows.jsonl"
+VALIDATION_REPORT = "report.json"
+
+# Row-level error classes; image-level ones live in images.py.
+INVALID_JSON = "invalid_json"
+MISSING_COLUMN = "missing_column"
+BAD_VALUE = "bad_value"
+EMPTY_CAPTION = "empty_caption"
+PATH_ESCAPE = "path_escape"
+DUPLICATE_ID = "duplicate_id"
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class RowError(DataError):
+    """A row that cannot be used; ``kind`` is its error class, ``file`` the file concerned."""
+
+    def __init__(self, kind: str, message: str, file: Optional[str] = None):
+        super().__init__(message)
+        self.kind = kind
+        self.file = file
+
+
+def split_of(row_id: str, val_fraction: float, test_fraction: float) -> str:
+    """``"train"``, ``"val"`` or ``"test"`` from a hash of the id alone: a row keeps its split
+    when other rows are added or removed, on every machine and Python version."""
+    digest = hashlib.sha256(str(row_id).encode("utf-8")).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+@dataclass
+class Row:
+    id: str
+    text: str
+    split: str
+    meta: dict  # the raw row; image columns hold their path (or a label for embedded bytes)
+    image_ref: ImageRef = field(repr=False)
+    condition_ref: ImageRef = field(repr=False)
+    max_pixels: int = field(default=64_000_000, repr=False)
+    resize_condition: bool = field(default=False, repr=False)
+
+    def load_image(self) -> Image.Image:
+        return decode_rgb(self.image_ref, self.max_pixels)
+
+    def load_condition(self) -> Image.Image:
+        """The conditioning image in RGB; under ``resize_policy: resize`` it is resized
+        (bilinear, so thin edges fade instead of vanishing) to the image's size."""
+        condition = decode_rgb(self.condition_ref, self.max_pixels)
+        if self.resize_condition:
+            with open_checked(self.image_ref, self.max_pixels) as header:
+                size = header.size
+            if condition.size != size:
+                condition = condition.resize(size, Image.BILINEAR)
+        return condition
+
+
+# ---------------------------------------------------------------------------------------
+def _row_id(values: dict, record: Record, cfg_data: Any) -> str:
+    if cfg_data.id_column:
+        value = values.get(cfg_data.id_column)
+        if value is None or str(value).strip() == "":
+            raise RowError(MISSING_COLUMN, f"{record.where}: id column {cfg_data.id_column!r} is missing or empty",
+                           record.file)
+        return str(value)
+    if values.get("id") is not None and str(values["id"]).strip():
+        return str(values["id"])
+    image = values.get(cfg_data.image_column)
+    if isinstance(image, str) and image:
+        return image
+    return record.default_id
+
+
+def _image_ref(values: dict, column: str, record: Record, source: Source) -> ImageRef:
+    value = values.get(column)
+    if isinstance(value, ImageRef):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("path"), str):
+        value = value["path"]
+    if value is None or value == "":
+        raise RowError(MISSING_COLUMN, f"{record.where}: column {column!r} is missing or empty", record.file)
+    if not isinstance(value, str):
+        raise RowError(BAD_VALUE, f"{record.where}: column {column!r} must be a relative path, "
+                       f"got {type(value).__name__}", record.file)
+    parts = re.split(r"[\\/]", value)
+    if (PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() or value.startswith("\\")
+            or _URL.match(value) or ".." in parts):
+        raise RowError(PATH_ESCAPE, f"{record.where}: {column} path {value!r} leaves the dataset root "
+                       "(absolute paths, URLs and '..' are refused)", value)
+    if source.base is None:
+        raise RowError(MISSING_FILE, f"{record.where}: {column} path {value!r} has no folder to resolve against",
+                       value)
+    base = source.base.resolve()
+    path = (base / value).resolve()
+    if not path.is_relative_to(base):  # a symlink pointing outside the root
+        raise RowError(PATH_ESCAPE, f"{record.where}: {column} path {value!r} resolves outside the dataset root",
+                       value)
+    return ImageRef(value, path=path)
+
+
+def row_from_record(record: Record, source: Source, cfg: Any, seen: dict[str, str]) -> Row:
+    """Check everything about a row that needs no image decoding and build the Row.
+
+    ``seen`` maps ids to where they first appeared; the first occurrence of an id wins (the
+    same rule in validation and loading), later ones raise ``duplicate_id``."""
+    data = cfg.data
+    if record.values is None:
+        raise RowError(INVALID_JSON, f"{record.where}: {record.error}", record.file)
+    values = record.values
+    row_id = _row_id(values, record, data)
+    if row_id in seen:
+        raise RowError(DUPLICATE_ID, f"{record.where}: id {row_id!r} already used by {seen[row_id]}", record.file)
+    seen[row_id] = record.where
+    for column in (data.image_column, data.conditioning_image_column, data.caption_column):
+        if values.get(column) is None:
+            raise RowError(MISSING_COLUMN, f"{record.where}: column {column!r} is missing or empty", record.file)
+    text = values[data.caption_column]
+    if not isinstance(text, str):
+        raise RowError(BAD_VALUE, f"{record.where}: caption column {data.caption_column!r} must be a string, "
+                       f"got {type(text).__name__}", record.file)
+    if not text.strip():
+        raise RowError(EMPTY_CAPTION, f"{record.where}: caption column {data.caption_column!r} is empty",
+                       record.file)
+    image_ref = _image_ref(values, data.image_column, record, source)
+    condition_ref = _image_ref(values, data.conditioning_image_column, record, source)
+    meta = {k: (v.name if isinstance(v, ImageRef) else v) for k, v in values.items()}
+    return Row(
+        id=row_id,
+        text=text,
+        split=split_of(row_id, data.val_fraction, data.test_fraction),
+        meta=meta,
+        image_ref=image_ref,
+        condition_ref=condition_ref,
+        max_pixels=data.max_pixels,
+        resize_condition=data.resize_policy == "resize",
+    )
+
+
+def load_rows(
+    root: str,
+    cfg: Any,
+    split: Optional[str] = None,
+    ids: Union[set[str], Mapping[str, str], None] = None,
+) -> list[Row]:
+    """Rows of the dataset at ``root`` (local folder, s3:// prefix, HF id, save_to_disk
+    folder, parquet shards), optionally only one split and/or only the given ids.
+
+    With ``ids`` (normally :func:`load_validated_ids`), rows outside it are skipped, and when
+    it is a mapping its splits are used, so later stages agree with validation even if the
+    split fractions changed since. Without ``ids`` any bad row raises :class:`DataError`;
+    validate the dataset first to quarantine bad rows instead."""
+    if split is not None and split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; splits are {', '.join(SPLITS)}")
+    source = open_source(root, cfg)
+    seen: dict[str, str] = {}
+    found: set[str] = set()
+    rows: list[Row] = []
+    for record in source.records():
+        try:
+            row = row_from_record(record, source, cfg, seen)
+        except RowError as exc:
+            if ids is None:
+                raise DataError(f"{source.description}: {exc}; run `t2iops data validate` to quarantine bad rows "
+                                "and pass its output to later stages") from None
+            continue
+        if ids is not None:
+            if row.id not in ids:
+                continue
+            found.add(row.id)
+            if isinstance(ids, Mapping):
+                row.split = ids[row.id]
+        if split is None or row.split == split:
+            rows.append(row)
+    if ids is not None and len(found) < len(ids):
+        missing = sorted(set(ids) - found)
+        raise DataError(f"{len(missing)} validated ids are not in the dataset at {root} (e.g. {missing[:3]}): "
+                        "the data changed since validation; validate it again")
+    return rows
+
+
+def load_validated_ids(validated: str | Path, cfg: Any = None) -> dict[str, str]:
+    """``{id: split}`` of the rows that ``t2iops data validate`` accepted at ``validated``.
+    Refuses an unpublished or failed validation."""
+    validated = str(validated)
+    try:
+        manifest = storage.read_manifest(validated, cfg)
+    except storage.NotPublished as exc:
+        raise DataError(f"{exc}; run `t2iops data validate --out {validated}` first") from None
+    if manifest.get("status") == "failed":
+        raise DataError(f"validation at {validated} failed (too many bad rows); see "
+                        f"{storage.join(validated, VALIDATION_REPORT)}")
+    out: dict[str, str] = {}
+    text = storage.read_text(storage.join(validated, VALIDATED_ROWS), cfg)
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            out[str(entry["id"])] = entry["split"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{storage.join(validated, VALIDATED_ROWS)} line {line_no} is damaged") from None
+    return out

@@ -1,0 +1,123 @@
+"""``t2iops data validate``: check every row, quarantine the bad ones, publish the good ids.
+
+Each row is checked in this order and gets the first error class that applies:
+``invalid_json``, ``missing_column``, ``duplicate_id``, ``bad_value``, ``empty_caption``,
+``path_escape``, ``missing_file``, ``decompression_bomb`` (from the header, nothing decoded),
+``corrupt_image``, ``too_small`` / ``too_large`` (data.min_size / data.max_size), and
+``size_mismatch`` (image and condition differ under ``resize_policy: strict``).
+
+Outputs (published atomically; written even when the stage fails, marked ``failed``):
+``report.json`` (counts per class, the offending rows), ``quarantine.jsonl`` (every bad row
+with its class), ``rows.jsonl`` (every good row: ``{"id", "split"}``), ``config.resolved.yaml``.
+The stage raises :class:`DataError` when the bad share exceeds ``data.max_bad_fraction``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from typing import Any, Optional
+
+from tqdm.auto import tqdm
+
+from .. import storage
+from ..errors import DataError
+from .dataset import VALIDATED_ROWS, VALIDATION_REPORT, Row, RowError, row_from_record
+from .formats import open_source
+from .images import ImageProblem, decode_rgb
+
+log = logging.getLogger(__name__)
+
+QUARANTINE = "quarantine.jsonl"
+TOO_SMALL = "too_small"
+TOO_LARGE = "too_large"
+SIZE_MISMATCH = "size_mismatch"
+REPORT_MAX_ROWS = 1000  # report.json lists this many offending rows; quarantine.jsonl has all
+
+
+def check_images(row: Row, cfg: Any) -> None:
+    """Decode both images and check their sizes; raises RowError / ImageProblem."""
+    data = cfg.data
+    sizes = {}
+    for role, ref in (("image", row.image_ref), ("conditioning image", row.condition_ref)):
+        image = decode_rgb(ref, data.max_pixels)
+        width, height = image.size
+        if min(width, height) < data.min_size:
+            raise RowError(TOO_SMALL, f"{ref.name}: {role} is {width}x{height}, smaller than "
+                           f"data.min_size={data.min_size}", ref.name)
+        if max(width, height) > data.max_size:
+            raise RowError(TOO_LARGE, f"{ref.name}: {role} is {width}x{height}, larger than "
+                           f"data.max_size={data.max_size}", ref.name)
+        sizes[role] = image.size
+    if data.resize_policy == "strict" and sizes["image"] != sizes["conditioning image"]:
+        (iw, ih), (cw, ch) = sizes["image"], sizes["conditioning image"]
+        raise RowError(SIZE_MISMATCH, f"{row.condition_ref.name}: conditioning image is {cw}x{ch} but image "
+                       f"{row.image_ref.name} is {iw}x{ih} (data.resize_policy=strict)", row.condition_ref.name)
+
+
+def validate(root: str, out: str, cfg: Any) -> dict:
+    """Validate the dataset at ``root`` and publish the verdict to ``out``; returns the report."""
+    source = open_source(root, cfg)
+    seen: dict[str, str] = {}
+    good: list[dict] = []
+    bad: list[dict] = []
+    for record in tqdm(source.records(), total=len(source), desc="validate", unit="row"):
+        row: Optional[Row] = None
+        try:
+            row = row_from_record(record, source, cfg, seen)
+            check_images(row, cfg)
+        except (RowError, ImageProblem) as exc:
+            message = str(exc) if str(exc).startswith(record.where) else f"{record.where}: {exc}"
+            entry = {
+                "row": record.index,
+                "where": record.where,
+                "file": exc.file or record.file,
+                "id": row.id if row is not None else None,
+                "error": exc.kind,
+                "message": message,
+            }
+            if record.line is not None:
+                entry["line"] = record.line
+            entry["record"] = row.meta if row is not None else _printable(record.values)
+            bad.append(entry)
+            continue
+        good.append({"id": row.id, "split": row.split})
+
+    total = len(good) + len(bad)
+    if total == 0:
+        raise DataError(f"dataset {root} has no rows")
+    bad_fraction = len(bad) / total
+    failed = bad_fraction > cfg.data.max_bad_fraction or not good
+    report = {
+        "status": "failed" if failed else "passed",
+        "root": str(root),
+        "format": source.format,
+        "rows": total,
+        "good": len(good),
+        "bad": len(bad),
+        "bad_fraction": bad_fraction,
+        "max_bad_fraction": cfg.data.max_bad_fraction,
+        "errors": dict(sorted(Counter(b["error"] for b in bad).items())),
+        "splits": {s: n for s, n in sorted(Counter(g["split"] for g in good).items())},
+        "bad_rows": [{k: v for k, v in b.items() if k != "record"} for b in bad[:REPORT_MAX_ROWS]],
+        "bad_rows_listed": min(len(bad), REPORT_MAX_ROWS),
+    }
+    with storage.publish(out, cfg, extra={"stage": "validate", "status": report["status"]}) as staging:
+        (staging / VALIDATION_REPORT).write_text(json.dumps(report, indent=2))
+        (staging / QUARANTINE).write_text("".join(json.dumps(b, default=str) + "\n" for b in bad))
+        (staging / VALIDATED_ROWS).write_text("".join(json.dumps(g) + "\n" for g in good))
+        cfg.write(staging)
+    for cls, n in report["errors"].items():
+        log.warning("%d rows quarantined as %s", n, cls)
+    if failed:
+        first = bad[0]["message"] if bad else ""
+        raise DataError(
+            f"{len(bad)} of {total} rows are bad ({bad_fraction:.1%} > data.max_bad_fraction="
+            f"{cfg.data.max_bad_fraction}), e.g. {first}; report: {storage.join(out, VALIDATION_REPORT)}"
+        )
+    log.info("validated %s: %d good rows, %d quarantined -> %s", root, len(good), len(bad), out)
+    return report
+
+
+def _printable(values: Optional[dict]) -> Optional[dict]:
+    return None if values is None else {k: (getattr(v, "name", v)) for k, v in values.items()}
