@@ -1,0 +1,246 @@
+"""``export_adapter(adapter_uri, out, cfg)``: the export stage, top to bottom.
+
+1. find and load the adapter (folder or training output, local or s3://);
+2. write ``adapter.onnx`` (fp32) and ``adapter_fp16.onnx``, check both with ``onnx.checker``;
+3. the gate: onnxruntime vs PyTorch at several batches/resolutions on random and real
+   conditions, and the base model's pipeline with ONNX vs PyTorch residuals on one seed;
+4. TensorRT readiness: operator audit, shape profiles, trtexec line, engine check if possible;
+5. ``export.json`` + ``README.md``, then publish. Any failed check raises before publishing,
+   so ``out`` never holds an export that did not pass.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import __version__, storage
+from ..config import Config
+from ..errors import ModelError, T2IError
+from . import manifest as mf
+from .onnx_export import INPUT_NAME, check_graph, convert_fp16, export_fp32, model_files
+from .ort_adapter import OrtT2IAdapter, check_condition_size, make_session
+from .parity import check_parity, parity_shapes, pipeline_parity
+from .source import base_model_record, load_torch_adapter, locate_adapter
+from .trt_readiness import readiness_report
+
+logger = logging.getLogger(__name__)
+
+FP32_NAME = "adapter.onnx"
+FP16_NAME = "adapter_fp16.onnx"
+
+
+class ExportCheckFailed(T2IError):
+    """The exported graph does not reproduce the PyTorch adapter (nothing was published)."""
+
+
+def export_adapter(
+    adapter_uri: str, out: str, cfg: Config, metrics_uri: Optional[str] = None, cwd: Optional[Path] = None
+) -> dict:
+    """Export, validate and publish. Returns the manifest written to ``out/export.json``."""
+    ecfg = cfg.export
+    source = locate_adapter(adapter_uri, cfg)
+    adapter = load_torch_adapter(source)
+    multiple = adapter.total_downscale_factor
+    parity_sizes = ecfg.parity_resolutions or ecfg.resolutions
+    for r in ecfg.resolutions:
+        check_condition_size(r, r, multiple, what=f"export.resolutions entry {r}")
+    for r in parity_sizes:
+        check_condition_size(r, r, multiple, what=f"parity size {r}")
+    metrics = mf.read_metrics(metrics_uri, cfg)  # before the heavy work: a bad path fails fast
+    started = time.time()
+
+    with storage.publish(out, cfg) as staging:
+        # -- 1. the graphs -------------------------------------------------------------
+        fp32_path = export_fp32(adapter, staging / FP32_NAME, ecfg.opset, sample_size=min(ecfg.resolutions))
+        check_graph(fp32_path)
+        fp16_path = None
+        if ecfg.fp16:
+            fp16_path = convert_fp16(fp32_path, staging / FP16_NAME)
+            check_graph(fp16_path)
+        sessions = {"fp32": make_session(fp32_path, ["CPUExecutionProvider"])}
+        if fp16_path is not None:
+            sessions["fp16"] = make_session(fp16_path, ["CPUExecutionProvider"])
+
+        # -- 2. parity gate ------------------------------------------------------------
+        shapes = parity_shapes(parity_sizes, ecfg.max_batch, multiple)
+        tolerances = {"fp32": ecfg.fp32_tolerance, "fp16": ecfg.fp16_tolerance}
+        cases = check_parity(adapter, sessions, tolerances, shapes, seed=cfg.seed, synth_cfg=cfg.data.synth)
+        failed = [c for c in cases if not c.passed]
+        if failed:
+            worst = max(failed, key=lambda c: c.relative_error)
+            raise ExportCheckFailed(
+                f"{len(failed)} of {len(cases)} parity cases failed; worst: {worst.model} on a {worst.condition} "
+                f"condition {worst.batch}x3x{worst.height}x{worst.width}, relative error {worst.relative_error:.3g} "
+                f"> tolerance {worst.tolerance:.3g} (export.{worst.model}_tolerance); nothing was published"
+            )
+        base = base_model_record(source, cfg)
+        pipeline = _pipeline_check(source, adapter, fp32_path, base, cfg)
+
+        # -- 3. TensorRT readiness -------------------------------------------------------
+        tensorrt = readiness_report(
+            fp32_path, fp16_path, ecfg.resolutions, ecfg.max_batch, adapter=adapter, shapes=shapes,
+            tolerance=ecfg.fp16_tolerance,
+        )
+        trt_problems = [p for a in tensorrt["audit"].values() for p in a["problems"]]
+        if trt_problems:
+            logger.warning("TensorRT audit: %d problem(s), first: %s", len(trt_problems), trt_problems[0])
+        if ecfg.require_tensorrt_ready and (trt_problems or tensorrt["engine_check"]["status"] == "failed"):
+            raise ExportCheckFailed(
+                f"TensorRT readiness failed (export.require_tensorrt_ready=true): "
+                f"{trt_problems[0] if trt_problems else tensorrt['engine_check']}"
+            )
+
+        # -- 4. manifest, model card, diffusers weights --------------------------------
+        shutil.copytree(source.adapter_dir, staging / "adapter", ignore=shutil.ignore_patterns(".*"))
+        manifest = {
+            "schema_version": mf.SCHEMA_VERSION,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "t2iops_version": __version__,
+            "family": source.family,
+            "adapter": {
+                "source": source.uri,
+                "type": source.adapter_type,
+                "in_channels": source.config.get("in_channels", 3),
+                "channels": source.config.get("channels"),
+                "num_res_blocks": source.config.get("num_res_blocks"),
+                "downscale_factor": adapter.downscale_factor,
+                "total_downscale_factor": multiple,
+                "parameters": sum(p.numel() for p in adapter.parameters()),
+            },
+            "opset": ecfg.opset,
+            "input": {
+                "name": INPUT_NAME,
+                "dtype": "float32",
+                "layout": "NCHW",
+                "channel_order": "RGB",
+                "range": [0.0, 1.0],
+                "normalization": "pixel / 255; no mean/std",
+                "dynamic_axes": {"batch": 0, "height": 2, "width": 3},
+                "height_width_multiple_of": multiple,
+            },
+            "outputs": [
+                {"name": o.name, "unet_argument": f"down_intrablock_additional_residuals[{i}]"}
+                for i, o in enumerate(sessions["fp32"].get_outputs())
+            ],
+            "residual_shapes": _residual_shapes(sessions["fp32"], ecfg.resolutions),
+            "usage": {
+                "adapter_conditioning_scale": recommended_scale(cfg),
+                "adapter_conditioning_factor": cfg.evaluate.conditioning_factor,
+                "source": "evaluate.conditioning_scales[0] and evaluate.conditioning_factor",
+                "classifier_free_guidance": "concatenate each residual twice along the batch (uncond, cond)",
+            },
+            "files": _file_records(staging, fp32_path, fp16_path),
+            "base_model": base,
+            "training_data": mf.data_version(source, cfg, cwd),
+            "git": mf.git_commit(cwd),
+            "metrics": metrics,
+            "validation": {
+                "fp32_tolerance": ecfg.fp32_tolerance,
+                "fp16_tolerance": ecfg.fp16_tolerance,
+                "fp32_max_relative_error": _worst(cases, "fp32"),
+                "fp16_max_relative_error": _worst(cases, "fp16"),
+                "parity": [c.as_dict() for c in cases],
+                "pipeline": pipeline,
+            },
+            "tensorrt": tensorrt,
+            "notes": source.notes,
+            "export_seconds": round(time.time() - started, 2),
+        }
+        mf.write_manifest(staging, manifest)
+        (staging / "README.md").write_text(mf.model_card(manifest))
+        cfg.write(staging)
+    logger.info("exported %s -> %s (fp32 worst relative error %.2e)", adapter_uri, out, manifest["validation"]["fp32_max_relative_error"])
+    return manifest
+
+
+def recommended_scale(cfg: Config) -> float:
+    scales = cfg.evaluate.conditioning_scales
+    return float(scales[0]) if scales else float(cfg.train.conditioning_scale)
+
+
+def _worst(cases, model: str) -> Optional[float]:
+    errors = [c.relative_error for c in cases if c.model == model]
+    return max(errors) if errors else None
+
+
+def _residual_shapes(session, resolutions: list[int]) -> dict:
+    """Output shapes at batch 1 for each profile resolution, read off the running graph."""
+    import numpy as np
+
+    shapes = {}
+    for r in sorted(set(resolutions)):
+        outputs = session.run(None, {INPUT_NAME: np.zeros((1, 3, r, r), dtype=np.float32)})
+        shapes[str(r)] = {o.name: list(v.shape) for o, v in zip(session.get_outputs(), outputs)}
+    return shapes
+
+
+def _file_records(staging: Path, fp32_path: Path, fp16_path: Optional[Path]) -> dict:
+    records = {}
+    for key, path in (("onnx_fp32", fp32_path), ("onnx_fp16", fp16_path)):
+        if path is None:
+            continue
+        files = model_files(path)
+        records[key] = mf.file_record(files[0], staging)
+        records[key]["external_data"] = mf.file_record(files[1], staging) if len(files) > 1 else None
+        if key == "onnx_fp16":
+            records[key].update(io_dtype="float32", compute_dtype="float16")
+    for weights in sorted((staging / "adapter").glob("*")):
+        records[f"adapter/{weights.name}"] = mf.file_record(weights, staging)
+    return records
+
+
+def _pipeline_check(source, torch_adapter, fp32_path: Path, base: dict, cfg: Config) -> dict:
+    """End-to-end: same pipeline, same seed, PyTorch vs ONNX residuals. Returns a status dict
+    (skipped with a reason in ``auto`` mode when the base model is not at hand)."""
+    ecfg = cfg.export
+    mode = ecfg.pipeline_check
+    result: dict[str, Any] = {"mode": mode, "tolerance": ecfg.pipeline_tolerance, "base_model": base["id"]}
+    if mode == "off":
+        return {**result, "status": "skipped", "reason": "export.pipeline_check=off"}
+
+    def skip_or_fail(reason: str) -> dict:
+        if mode == "required":
+            raise ModelError(f"end-to-end pipeline check (export.pipeline_check=required): {reason}")
+        logger.warning("skipping the end-to-end pipeline check: %s", reason)
+        return {**result, "status": "skipped", "reason": reason}
+
+    base_id = str(base["id"])
+    if storage.is_s3(base_id):
+        try:
+            base_path = storage.materialize(base_id, cfg, kind="models")
+        except FileNotFoundError:
+            return skip_or_fail(f"base model {base_id} does not exist")
+    elif Path(base_id).is_dir():
+        base_path = Path(base_id)
+    elif mode == "required":
+        base_path = base_id  # a hub id: from_pretrained resolves it (cache or download)
+    else:
+        return skip_or_fail(f"base model {base_id!r} is not a local folder or s3:// prefix (auto mode downloads nothing)")
+    if isinstance(base_path, Path) and not (base_path / "model_index.json").is_file():
+        return skip_or_fail(f"base model {base_id} has no model_index.json (not a diffusers pipeline folder)")
+
+    onnx_adapter = OrtT2IAdapter(fp32_path, torch_adapter.total_downscale_factor, torch_adapter.downscale_factor,
+                                 providers=["CPUExecutionProvider"])
+    try:
+        measured = pipeline_parity(
+            base_path, source.family, torch_adapter, onnx_adapter, resolution=min(ecfg.resolutions),
+            steps=ecfg.pipeline_steps, seed=cfg.seed, guidance_scale=cfg.evaluate.guidance_scale,
+            synth_cfg=cfg.data.synth, local_files_only=cfg.model.local_files_only or mode != "required",
+            revision=base.get("revision"),
+        )
+    except T2IError:
+        raise
+    except Exception as exc:  # the base model failed to load or the adapter does not fit it
+        return skip_or_fail(f"the {source.family} adapter pipeline could not run on {base_id}: {type(exc).__name__}: {exc}")
+    result.update(measured)
+    if not measured["max_abs_pixel_difference"] <= ecfg.pipeline_tolerance:
+        raise ExportCheckFailed(
+            f"end-to-end check: images from ONNX and PyTorch residuals differ by up to "
+            f"{measured['max_abs_pixel_difference']:.3g} (> export.pipeline_tolerance={ecfg.pipeline_tolerance}); "
+            "nothing was published"
+        )
+    result["status"] = "passed"
+    return result
