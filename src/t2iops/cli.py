@@ -23,6 +23,7 @@ from .errors import T2IError
 # that ``--help`` is instant.
 COMMAND_MODULES = [
     "t2iops.data.commands",
+    "t2iops.export.commands",
 ]
 
 EPILOG = """exit codes: 0 ok, 1 stage failed, 2 usage or configuration error, 3 evaluation gate failed.

@@ -188,6 +188,23 @@ class ExportConfig(_Section):
     fp16: bool = True
     fp32_tolerance: float = Field(1e-4, gt=0)
     fp16_tolerance: float = Field(1e-2, gt=0)
+    parity_resolutions: Optional[list[int]] = Field(
+        None,
+        description="square sizes of the onnxruntime vs PyTorch check (plus one wider case); "
+        "default: export.resolutions; each a multiple of the adapter's total downscale factor",
+    )
+    pipeline_check: Literal["auto", "required", "off"] = Field(
+        "auto",
+        description="end-to-end check: the base model's adapter pipeline with ONNX vs PyTorch residuals, "
+        "same seed; auto skips it (saying why) when the base model is not a local diffusers folder",
+    )
+    pipeline_steps: int = Field(2, ge=1, le=50, description="denoising steps of the end-to-end check")
+    pipeline_tolerance: float = Field(
+        1e-3, gt=0, description="largest pixel difference ([0, 1] scale) allowed in the end-to-end check"
+    )
+    require_tensorrt_ready: bool = Field(
+        False, description="fail the export when the TensorRT 10 operator audit or an engine build finds a problem"
+    )
 
 
 class Config(_Section):
