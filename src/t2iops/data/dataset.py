@@ -47,6 +47,7 @@ class RowError(DataError):
         super().__init__(message)
         self.kind = kind
         self.file = file
+        self.row_id: Optional[str] = None  # set once the row's id is known
 
 
 def split_of(row_id: str, val_fraction: float, test_fraction: float) -> str:
@@ -73,18 +74,25 @@ class Row:
     resize_condition: bool = field(default=False, repr=False)
 
     def load_image(self) -> Image.Image:
-        return decode_rgb(self.image_ref, self.max_pixels)
+        return self._decode(self.image_ref)
 
     def load_condition(self) -> Image.Image:
         """The conditioning image in RGB; under ``resize_policy: resize`` it is resized
         (bilinear, so thin edges fade instead of vanishing) to the image's size."""
-        condition = decode_rgb(self.condition_ref, self.max_pixels)
+        condition = self._decode(self.condition_ref)
         if self.resize_condition:
             with open_checked(self.image_ref, self.max_pixels) as header:
                 size = header.size
             if condition.size != size:
                 condition = condition.resize(size, Image.BILINEAR)
         return condition
+
+    def _decode(self, ref: ImageRef) -> Image.Image:
+        try:
+            return decode_rgb(ref, self.max_pixels)
+        except ImageProblem as exc:
+            raise ImageProblem(exc.kind, f"row {self.id!r}: {exc} (validate the dataset to quarantine bad rows)",
+                               exc.file) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -140,6 +148,15 @@ def row_from_record(record: Record, source: Source, cfg: Any, seen: dict[str, st
         raise RowError(INVALID_JSON, f"{record.where}: {record.error}", record.file)
     values = record.values
     row_id = _row_id(values, record, data)
+    try:
+        return _checked_row(row_id, record, source, cfg, seen)
+    except RowError as exc:
+        exc.row_id = row_id
+        raise
+
+
+def _checked_row(row_id: str, record: Record, source: Source, cfg: Any, seen: dict[str, str]) -> Row:
+    data, values = cfg.data, record.values
     if row_id in seen:
         raise RowError(DUPLICATE_ID, f"{record.where}: id {row_id!r} already used by {seen[row_id]}", record.file)
     seen[row_id] = record.where

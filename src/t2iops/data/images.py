@@ -75,7 +75,8 @@ def open_checked(ref: ImageRef, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(src)
     except Image.DecompressionBombError as exc:
-        raise ImageProblem(DECOMPRESSION_BOMB, f"{ref.name}: {exc}", ref.name) from None
+        raise ImageProblem(DECOMPRESSION_BOMB, f"{ref.name}: refused without decoding, the header claims too many "
+                           f"pixels (data.max_pixels={max_pixels}; {exc})", ref.name) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageProblem(CORRUPT_IMAGE, f"{ref.name}: not a readable image ({exc})", ref.name) from None
     width, height = image.size

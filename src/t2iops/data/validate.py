@@ -72,7 +72,7 @@ def validate(root: str, out: str, cfg: Any) -> dict:
                 "row": record.index,
                 "where": record.where,
                 "file": exc.file or record.file,
-                "id": row.id if row is not None else None,
+                "id": row.id if row is not None else getattr(exc, "row_id", None),
                 "error": exc.kind,
                 "message": message,
             }
