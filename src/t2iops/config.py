@@ -57,7 +57,9 @@ class DataConfig(_Section):
     image_column: str = "image"
     conditioning_image_column: str = "conditioning_image"
     caption_column: str = "text"
-    id_column: Optional[str] = Field(None, description="row id column; default the image path")
+    id_column: Optional[str] = Field(
+        None, description="row id column; default: an 'id' key when rows have one, else the image path, else the row index"
+    )
     min_size: int = Field(16, ge=1, description="smallest accepted image side")
     max_size: int = Field(8192, ge=1, description="largest accepted image side")
     max_pixels: int = Field(
