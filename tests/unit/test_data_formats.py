@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 
 import pytest
 from PIL import Image
@@ -81,6 +82,9 @@ def test_parquet_shards_with_encoded_bytes(tmp_path):
     rows = load_rows(str(root), cfg, ids=load_validated_ids(tmp_path / "v"))
     assert len(rows) == 6
     assert rows[3].id == "train-00001-of-00002.parquet:0" and rows[3].load_image().getpixel((1, 1)) == COLORS[0]
+    # Rows travel to data-loader worker processes by pickle.
+    copy = pickle.loads(pickle.dumps(rows[3]))
+    assert copy.load_image().tobytes() == rows[3].load_image().tobytes()
 
 
 def test_metadata_parquet_with_relative_paths_and_id_column(tmp_path):

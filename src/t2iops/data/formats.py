@@ -131,7 +131,7 @@ class ArrowSource(Source):
                             values[col] = paths[i]  # a path-only image: resolved like a jsonl path
                         else:
                             label = paths[i] or f"{name}[{row_in_table}].{col}"
-                            values[col] = ImageRef(label, fetch=_bytes_fetcher(table, col, row_in_table))
+                            values[col] = ImageRef(label, fetch=_CellBytes(table, col, row_in_table))
                     where = f"{name} row {row_in_table}"
                     default_id = str(index) if single else f"{name}:{row_in_table}"
                     yield Record(index, name, where, values, default_id=default_id)
@@ -148,11 +148,15 @@ def _is_image_struct(arrow_type) -> bool:
     return {"bytes", "path"} <= names
 
 
-def _bytes_fetcher(table, column: str, row: int):
-    def fetch() -> bytes:
-        return table.column(column)[row].as_py()["bytes"]
+class _CellBytes:
+    """Fetches one cell's image bytes from a table. A class, not a closure, so rows can be
+    pickled to data-loader worker processes (the table travels with it)."""
 
-    return fetch
+    def __init__(self, table, column: str, row: int):
+        self.table, self.column, self.row = table, column, row
+
+    def __call__(self) -> bytes:
+        return self.table.column(self.column)[self.row].as_py()["bytes"]
 
 
 # ---------------------------------------------------------------------------------------
