@@ -195,7 +195,7 @@ class ExportConfig(_Section):
         description="square sizes of the onnxruntime vs PyTorch check (plus one wider case); "
         "default: export.resolutions; each a multiple of the adapter's total downscale factor",
     )
-    pipeline_check: Literal["auto", "required", "off"] = Field(
+    pipeline_check: Literal["auto", "required", "skip"] = Field(
         "auto",
         description="end-to-end check: the base model's adapter pipeline with ONNX vs PyTorch residuals, "
         "same seed; auto skips it (saying why) when the base model is not a local diffusers folder",

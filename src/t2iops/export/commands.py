@@ -23,7 +23,7 @@ Output (--out, local or s3://, published atomically; nothing is written when a c
 Checks: onnx.checker; onnxruntime vs PyTorch on random and circle conditions at several
 batches and sizes (export.fp32_tolerance, default 1e-4, and export.fp16_tolerance, default 1e-2,
 relative to the largest output value); the base model's adapter pipeline with ONNX vs PyTorch
-residuals on one seed (export.pipeline_check=auto|required|off, export.pipeline_tolerance);
+residuals on one seed (export.pipeline_check=auto|required|skip, export.pipeline_tolerance);
 the TensorRT 10 operator audit (export.require_tensorrt_ready makes it a gate).
 Sizes (export.resolutions, default [64], and --parity-sizes) must be multiples of the adapter's
 total downscale factor; others are refused with the nearest valid sizes."""

@@ -158,7 +158,7 @@ def pipeline_parity(
     condition = circle_condition(resolution, resolution, seed, synth_cfg)
     image = Image.fromarray((condition.transpose(1, 2, 0) * 255).round().astype(np.uint8))
 
-    def generate() -> np.ndarray:
+    def generate(scale: float = 1.0) -> np.ndarray:
         generator = torch.Generator("cpu").manual_seed(seed)
         result = pipe(
             prompt=prompt,
@@ -167,18 +167,23 @@ def pipeline_parity(
             width=resolution,
             num_inference_steps=steps,
             guidance_scale=guidance_scale,
+            adapter_conditioning_scale=scale,
             generator=generator,
             output_type="np",
         )
         return np.asarray(result.images, dtype=np.float64)
 
     reference = generate()
+    # The residuals' own effect on the image: a parity margin far below it means the check
+    # can see a wrong residual (were the adapter ignored, both images would trivially agree).
+    without_adapter = generate(scale=0.0)
     pipe.adapter = onnx_adapter  # same pipeline object: identical components and scheduler config
     candidate = generate()
     pipe.adapter = torch_adapter
     return {
         "max_abs_pixel_difference": float(np.max(np.abs(reference - candidate))),
         "mean_abs_pixel_difference": float(np.mean(np.abs(reference - candidate))),
+        "adapter_effect_max_abs": float(np.max(np.abs(reference - without_adapter))),
         "image_shape": list(reference.shape),
         "steps": steps,
         "seed": seed,

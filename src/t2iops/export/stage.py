@@ -198,8 +198,8 @@ def _pipeline_check(source, torch_adapter, fp32_path: Path, base: dict, cfg: Con
     ecfg = cfg.export
     mode = ecfg.pipeline_check
     result: dict[str, Any] = {"mode": mode, "tolerance": ecfg.pipeline_tolerance, "base_model": base["id"]}
-    if mode == "off":
-        return {**result, "status": "skipped", "reason": "export.pipeline_check=off"}
+    if mode == "skip":
+        return {**result, "status": "skipped", "reason": "export.pipeline_check=skip"}
 
     def skip_or_fail(reason: str) -> dict:
         if mode == "required":
@@ -242,5 +242,8 @@ def _pipeline_check(source, torch_adapter, fp32_path: Path, base: dict, cfg: Con
             f"{measured['max_abs_pixel_difference']:.3g} (> export.pipeline_tolerance={ecfg.pipeline_tolerance}); "
             "nothing was published"
         )
+    if measured["adapter_effect_max_abs"] <= ecfg.pipeline_tolerance:
+        result["note"] = "the adapter barely changes the image, so this check could not tell residuals apart"
+        logger.warning("end-to-end check: %s", result["note"])
     result["status"] = "passed"
     return result
