@@ -59,3 +59,22 @@ def s3_bucket(s3_server):
     name = f"t2iops-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     return s3_server, name
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny base models, built once per session by the project's own factory and loaded by tests
+# through t2iops.models.resolve.load_base_model like any other model folder.
+@pytest.fixture(scope="session")
+def tiny_sd15_path(tmp_path_factory):
+    """A tiny random SD1.5-shaped diffusers folder (str path)."""
+    from t2iops.models.tiny import build_tiny_model
+
+    return str(build_tiny_model("sd15", tmp_path_factory.mktemp("models") / "tiny-sd15"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_path(tmp_path_factory):
+    """A tiny random SDXL-shaped diffusers folder (str path)."""
+    from t2iops.models.tiny import build_tiny_model
+
+    return str(build_tiny_model("sdxl", tmp_path_factory.mktemp("models") / "tiny-sdxl"))

@@ -23,6 +23,7 @@ from .errors import T2IError
 # that ``--help`` is instant.
 COMMAND_MODULES = [
     "t2iops.data.commands",
+    "t2iops.models.commands",
     "t2iops.export.commands",
 ]
 
