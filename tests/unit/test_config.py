@@ -103,3 +103,21 @@ def test_repo_params_yaml_is_valid():
 
     params = Path(__file__).resolve().parents[2] / "params.yaml"
     assert isinstance(load_config(params), Config)
+
+
+def test_repo_params_yaml_lists_every_key():
+    """DVC tracks params by key: a key missing from params.yaml is invisible to `dvc repro`."""
+    from pathlib import Path
+
+    params = Path(__file__).resolve().parents[2] / "params.yaml"
+    data = yaml.safe_load(params.read_text())
+
+    def keys(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from keys(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}"
+
+    missing = set(keys(Config().to_dict())) - set(keys(data))
+    assert not missing, f"params.yaml lacks {sorted(missing)}: run scripts/refresh_params.py"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up (or refresh) .venv, then run the test suite. Extra arguments go to pytest, e.g.
+#   bash scripts/run_tests.sh -m "not slow"        # the quick subset
+#   bash scripts/run_tests.sh tests/unit -k config  # a selection
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$ROOT/scripts/bootstrap.sh"
+cd "$ROOT"
+export PATH="$ROOT/.venv/bin:$PATH"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DVC_NO_ANALYTICS=1
+# Two workers for two cores; each test process keeps torch to one thread so they don't fight.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+exec python -m pytest -n "${T2IOPS_TEST_WORKERS:-2}" --durations=15 "$@"

@@ -1,0 +1,58 @@
+"""The CLI shell: help for every command, exit codes, one-line errors on stderr."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from t2iops.cli import build_parser, main
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, prefix=()):
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield prefix, parser
+        return
+    for name, child in subs[0].choices.items():
+        yield from _leaf_commands(child, prefix + (name,))
+
+
+def test_every_command_has_help_that_explains_itself(capsys):
+    leaves = list(_leaf_commands(build_parser()))
+    assert len(leaves) >= 2
+    for path, parser in leaves:
+        text = parser.format_help()
+        assert parser.description or any(
+            a.help for a in parser._actions if a.dest not in ("help",)
+        ), f"t2iops {' '.join(path)} has no description"
+        with pytest.raises(SystemExit) as exc:
+            main(list(path) + ["--help"])
+        assert exc.value.code == 0, path
+        assert "--params" in text or path[0] == "config", path
+
+
+def test_config_show_prints_resolved_yaml(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", "show", "-S", "train.lr=0.5"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert out["train"]["lr"] == 0.5
+
+
+def test_bad_override_exits_2_with_one_line_reason(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", "show", "-S", "train.nope=1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.nope" in err[0] and err[0].startswith("t2iops config: error:")
+
+
+def test_console_script_runs_as_a_process(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "t2iops.cli", "config", "show", "-S", "train.batch_size=-1"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "train.batch_size" in proc.stderr
+    assert "Traceback" not in proc.stderr
