@@ -1,0 +1,161 @@
+"""The latent + text-embedding cache: its layout on disk and random access to it.
+
+Layout of a cache folder ``C`` (published atomically, ``_manifest.json`` last)::
+
+    C/cache.json                     what was encoded from what (see below) + the sample index
+    C/config.resolved.yaml
+    C/text/<text_key>/part.json      unique captions, in row order of the shards
+    C/text/<text_key>/shard-00000.safetensors   prompt_embeds [n, L, D] (+ pooled_prompt_embeds [n, P])
+    C/text/<text_key>/empty.safetensors         the empty prompt's embeddings (caption dropout)
+    C/latents/<latent_key>/part.json            ids in row order, geometry, scaling factor
+    C/latents/<latent_key>/shard-00000.safetensors
+        latent_moments [n, 2C, h, w]  VAE posterior (mean, logvar)  -- encode.latents=sample
+        latent_mean    [n, C, h, w]   posterior mean                -- encode.latents=mean
+        *_flipped                     the same for the mirrored image  -- encode.random_flip
+        conditions     [n, 3, H, W]   uint8 condition pixels at training resolution (unflipped)
+        time_ids       [n, 6]         SDXL time ids (orig h, w, crop top, left, target h, w)
+        time_ids_flipped [n, 6]                                       -- encode.random_flip
+
+Text and latents are two *parts*, each in a folder named by its own key: the text key hashes
+the captions and the text encoders, the latent key hashes the images, the VAE, the resolution
+and the augmentation policy. Changing the VAE re-encodes latents only; editing captions
+re-encodes text only. Captions are deduplicated (fill50k-style data repeats them a lot).
+
+``cache.json`` holds ``dataset_version``, ``base_model`` (path, revision, config hash),
+``resolution``, ``augmentation``, both part keys and, per split, the sample ids with their
+latent row and text row.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+CACHE_FORMAT = 1
+INDEX = "cache.json"
+PART = "part.json"
+EMPTY_PROMPT = "empty.safetensors"
+
+
+def shard_name(i: int) -> str:
+    return f"shard-{i:05d}.safetensors"
+
+
+def read_index(cache_dir: str | Path) -> dict:
+    path = Path(cache_dir) / INDEX
+    if not path.exists():
+        from ..errors import DataError
+
+        raise DataError(f"{cache_dir} is not a t2iops cache ({INDEX} missing); run `t2iops encode` first")
+    index = json.loads(path.read_text())
+    if index.get("format") != CACHE_FORMAT:
+        from ..errors import DataError
+
+        raise DataError(f"{path}: cache format {index.get('format')} is not {CACHE_FORMAT}; encode again")
+    return index
+
+
+class ShardedTable:
+    """Row access to tensors split over safetensors shards of ``shard_size`` rows each.
+
+    Files are memory-mapped by ``safe_open`` and rows read with slices, so a 50k-sample SDXL
+    cache (tens of GB) is never loaded whole."""
+
+    def __init__(self, folder: Path, shard_size: int, num_shards: int):
+        self.folder = Path(folder)
+        self.shard_size = shard_size
+        self.num_shards = num_shards
+        self._handles: dict[int, Any] = {}
+
+    def _open(self, shard: int):
+        handle = self._handles.get(shard)
+        if handle is None:
+            from safetensors import safe_open
+
+            handle = self._handles[shard] = safe_open(str(self.folder / shard_name(shard)), framework="pt")
+        return handle
+
+    def keys(self) -> set[str]:
+        return set(self._open(0).keys()) if self.num_shards else set()
+
+    def row(self, name: str, i: int):
+        shard, local = divmod(int(i), self.shard_size)
+        return self._open(shard).get_slice(name)[local : local + 1][0]
+
+    def __getstate__(self):  # DataLoader workers open their own handles
+        return {**self.__dict__, "_handles": {}}
+
+
+class CacheReader:
+    """One split of a cache: ``len()`` samples, ``sample(i)`` their cached tensors."""
+
+    def __init__(self, cache_dir: str | Path, split: str):
+        self.root = Path(cache_dir)
+        self.index = read_index(self.root)
+        samples = self.index["samples"].get(split)
+        if not samples or not samples["ids"]:
+            from ..errors import DataError
+
+            raise DataError(f"cache {self.root} has no samples of split {split!r} (encoded: "
+                            f"{', '.join(k for k, v in self.index['samples'].items() if v['ids']) or 'none'})")
+        self.split = split
+        self.ids: list[str] = samples["ids"]
+        self.latent_rows: list[int] = samples["latent_rows"]
+        self.text_rows: list[int] = samples["text_rows"]
+        text, latents = self.index["text"], self.index["latents"]
+        self.text_part = json.loads((self.root / text["dir"] / PART).read_text())
+        self.latent_part = json.loads((self.root / latents["dir"] / PART).read_text())
+        self.text = ShardedTable(self.root / text["dir"], self.text_part["shard_size"], len(self.text_part["shards"]))
+        self.latents = ShardedTable(
+            self.root / latents["dir"], self.latent_part["shard_size"], len(self.latent_part["shards"])
+        )
+        self.has_flip = bool(self.latent_part["augmentation"]["random_flip"])
+        self.latent_kind = self.latent_part["latents"]  # "sample" | "mean"
+        self.family = self.index["family"]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.latent_part["scaling_factor"])
+
+    @property
+    def shift_factor(self) -> Optional[float]:
+        value = self.latent_part.get("shift_factor")
+        return None if value is None else float(value)
+
+    def sample(self, i: int, flipped: bool = False) -> dict:
+        """Cached tensors of sample ``i``. ``flipped`` returns the mirrored latents, condition and
+        time ids (only when the cache was encoded with ``random_flip``)."""
+        if flipped and not self.has_flip:
+            raise ValueError("this cache was encoded without random_flip")
+        row = self.latent_rows[i]
+        suffix = "_flipped" if flipped else ""
+        latent_name = ("latent_moments" if self.latent_kind == "sample" else "latent_mean") + suffix
+        condition = self.latents.row("conditions", row)
+        if flipped:
+            condition = condition.flip(-1)  # exact on uint8 pixels; the latent flip is not
+        out = {
+            "latent": self.latents.row(latent_name, row),
+            "condition": condition,
+            "time_ids": self.latents.row("time_ids" + suffix, row),
+        }
+        out.update(self.text_embeddings(self.text_rows[i]))
+        return out
+
+    def text_embeddings(self, text_row: int) -> dict:
+        out = {"prompt_embeds": self.text.row("prompt_embeds", text_row)}
+        if self.text_part["pooled"]:
+            out["pooled_prompt_embeds"] = self.text.row("pooled_prompt_embeds", text_row)
+        return out
+
+    def empty_prompt(self) -> dict:
+        """Embeddings of the empty prompt (what caption dropout and unconditional guidance use)."""
+        from safetensors.torch import load_file
+
+        loaded = load_file(str(self.root / self.index["text"]["dir"] / EMPTY_PROMPT))
+        return {k: v[0] for k, v in loaded.items()}
+
+    def caption(self, i: int) -> str:
+        return self.text_part["captions"][self.text_rows[i]]

@@ -1,0 +1,92 @@
+"""Process-group setup and the few collectives the trainer uses.
+
+Launch with ``torchrun --nproc_per_node N -m t2iops.cli train ...`` or ``deepspeed`` (both set
+RANK / WORLD_SIZE / LOCAL_RANK); a plain ``t2iops train`` is one process. On GPUs the backend
+is NCCL, on CPUs gloo (DeepSpeed picks its CPU accelerator there).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return torch_dist.is_available() and torch_dist.is_initialized()
+
+    def barrier(self) -> None:
+        if self.active:
+            torch_dist.barrier()
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.active and self.world_size > 1:
+            torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+        return tensor
+
+    def all_gather_object(self, obj) -> list:
+        if not (self.active and self.world_size > 1):
+            return [obj]
+        out = [None] * self.world_size
+        torch_dist.all_gather_object(out, obj)
+        return out
+
+    def broadcast_object(self, obj):
+        if not (self.active and self.world_size > 1):
+            return obj
+        box = [obj]
+        torch_dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(use_deepspeed: bool) -> DistInfo:
+    """Join the process group the launcher set up (or make a one-process group when DeepSpeed
+    runs without a launcher: its engine always needs one)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if (world_size > 1 or use_deepspeed) and not torch_dist.is_initialized():
+        if world_size == 1:
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("RANK", "0")
+            os.environ.setdefault("WORLD_SIZE", "1")
+            os.environ.setdefault("LOCAL_RANK", "0")
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if use_deepspeed:
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend=backend)
+        else:
+            torch_dist.init_process_group(backend=backend)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def shutdown() -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

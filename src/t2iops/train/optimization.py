@@ -1,0 +1,228 @@
+"""How gradients become adapter updates: plain PyTorch or a DeepSpeed ZeRO engine.
+
+Both expose the same five calls the training loop uses -- ``forward`` (the adapter),
+``backward(loss, bad)``, ``step()``, ``full_state_dict()`` and ``save``/``load`` -- so the loop
+reads the same whichever runs underneath.
+
+* :class:`PlainOptimization` (``train.zero_stage: 0``): AdamW on every rank; with several ranks
+  the gradients are averaged with one all-reduce per optimizer step (the adapter is small, so
+  overlapping the reduction with backward, as DDP does, buys little).
+* :class:`DeepSpeedOptimization` (stage 1-3 or a user DeepSpeed JSON): only the *adapter* is
+  wrapped by the engine. The frozen UNet stays an ordinary module outside it, so ZeRO
+  partitions the adapter's optimizer state (1), gradients (2) and parameters (3) -- never the
+  UNet, which has no optimizer state or gradients to partition and is needed whole on every
+  rank for the forward pass anyway.
+
+A step with a non-finite loss on any rank is discarded on every rank: the plain path skips the
+update; the DeepSpeed path back-propagates a NaN-poisoned loss so that the engine's own overflow
+check drops the step (and clears its partitioned gradient buffers) exactly as it does for an
+fp16 overflow.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+
+def _adamw(params, train_cfg) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        params,
+        lr=train_cfg.lr,
+        betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
+        eps=train_cfg.adam_eps,
+        weight_decay=train_cfg.weight_decay,
+    )
+
+
+def _tensor_bytes(obj) -> int:
+    """Bytes of every distinct tensor storage reachable from ``obj`` (dicts, lists, tensors)."""
+    seen: set[int] = set()
+    total = 0
+
+    def visit(x):
+        nonlocal total
+        if isinstance(x, torch.Tensor):
+            if x.device.type == "meta" or x.numel() == 0:
+                return
+            key = x.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += x.untyped_storage().nbytes()
+        elif isinstance(x, dict):
+            for v in x.values():
+                visit(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                visit(v)
+
+    visit(obj)
+    return total
+
+
+class PlainOptimization:
+    name = "torch"
+
+    def __init__(self, adapter: torch.nn.Module, train_cfg, dist):
+        self.adapter = adapter
+        self.train_cfg = train_cfg
+        self.dist = dist
+        self.params = [p for p in adapter.parameters() if p.requires_grad]
+        self.optimizer = _adamw(self.params, train_cfg)
+        fp16 = train_cfg.mixed_precision == "fp16"
+        self.scaler = torch.amp.GradScaler(dist.device.type) if fp16 else None
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.adapter
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    def backward(self, loss: torch.Tensor, bad: bool) -> None:
+        if bad:  # nothing of this micro-batch may reach the weights; the step is dropped
+            return
+        loss = loss / self.train_cfg.grad_accum
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, bad: bool) -> tuple[bool, float]:
+        """Average gradients over ranks, clip, update. Returns (applied, grad norm)."""
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            return False, float("nan")
+        if self.dist.world_size > 1:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+            flat = torch.cat([g.reshape(-1) for g in grads])
+            self.dist.all_reduce_sum(flat).div_(self.dist.world_size)
+            offset = 0
+            for p, g in zip(self.params, grads):
+                p.grad = flat[offset:offset + g.numel()].view_as(g)
+                offset += g.numel()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        max_norm = self.train_cfg.max_grad_norm or math.inf
+        norm = float(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        if not math.isfinite(norm):  # finite loss, non-finite gradient: drop the step too
+            if self.scaler is not None:
+                self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            return False, norm
+        if self.scaler is not None:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            applied = self.scaler.get_scale() >= scale
+        else:
+            self.optimizer.step()
+            applied = True
+        self.optimizer.zero_grad(set_to_none=True)
+        return applied, norm
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu().clone() for k, v in self.adapter.state_dict().items()}
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.adapter.load_state_dict(state)
+
+    def save(self, folder: Path) -> None:
+        if self.dist.is_main:
+            torch.save({"optimizer": self.optimizer.state_dict(),
+                        "scaler": self.scaler.state_dict() if self.scaler is not None else None},
+                       folder / "optimizer.pt")
+
+    def load(self, folder: Path) -> None:
+        state = torch.load(folder / "optimizer.pt", map_location=self.dist.device, weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes this rank holds for optimizer state and gradients (benchmarks)."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        return {"optimizer_state": _tensor_bytes(self.optimizer.state), "gradients": _tensor_bytes(grads)}
+
+
+class DeepSpeedOptimization:
+    name = "deepspeed"
+
+    def __init__(self, adapter: torch.nn.Module, train_cfg, dist, ds_config: dict):
+        import deepspeed
+
+        self.train_cfg = train_cfg
+        self.dist = dist
+        self.ds_config = ds_config
+        self.stage = int(ds_config["zero_optimization"]["stage"])
+        optimizer = _adamw([p for p in adapter.parameters() if p.requires_grad], train_cfg)
+        if ds_config["zero_optimization"].get("offload_optimizer", {}).get("device", "none") == "cpu":
+            from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+            optimizer = DeepSpeedCPUAdam(adapter.parameters(), lr=train_cfg.lr,
+                                         betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
+                                         eps=train_cfg.adam_eps, weight_decay=train_cfg.weight_decay,
+                                         adamw_mode=True)
+        self.engine, _, _, _ = deepspeed.initialize(model=adapter, optimizer=optimizer, config=ds_config)
+
+    @property
+    def module(self):
+        return self.engine
+
+    @property
+    def param_groups(self):
+        return self.engine.optimizer.param_groups
+
+    def backward(self, loss: torch.Tensor, bad: bool) -> None:
+        # The engine divides by the accumulation steps itself.
+        self.engine.backward(loss * float("nan") if bad else loss)
+        if not self.engine.is_gradient_accumulation_boundary():
+            self.engine.step()  # counts the micro-step; the update happens at the boundary
+
+    def step(self, bad: bool) -> tuple[bool, float]:
+        self.engine.step()
+        applied = bool(self.engine.was_step_applied())
+        if bad and applied:
+            raise RuntimeError("DeepSpeed applied a step whose loss was not finite; its overflow check is off "
+                               "(bf16.check_grad_overflow=false in the DeepSpeed JSON?)")
+        norm = self.engine.get_global_grad_norm()
+        return applied, float(norm) if norm is not None else float("nan")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter's fp32 master weights, gathered from the ZeRO partitions. Collective:
+        every rank must call it."""
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        out = {}
+        for name, param in self.engine.module.named_parameters():
+            full = safe_get_full_fp32_param(param)
+            out[name] = (full if full is not None else param).detach().float().cpu().clone()
+        for name, buf in self.engine.module.named_buffers():
+            out[name] = buf.detach().float().cpu().clone()
+        return out
+
+    def save(self, folder: Path) -> None:
+        """Every rank writes its partition of the optimizer state (collective)."""
+        self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"), tag="state", load_optimizer_states=True,
+                                              load_lr_scheduler_states=False, load_module_strict=True)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed state under {folder / 'deepspeed'}")
+
+    def state_bytes(self) -> dict[str, int]:
+        """Bytes this rank holds for optimizer state and gradient partitions (benchmarks):
+        every tensor reachable from the ZeRO optimizer's state, its fp32 master partitions and
+        its gradient buffers."""
+        zero = self.engine.optimizer
+        inner = getattr(zero, "optimizer", zero)
+        state = {"inner_state": inner.state}
+        for attr in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+            if hasattr(zero, attr):
+                state[attr] = getattr(zero, attr)
+        grads = {}
+        for attr in ("averaged_gradients", "ipg_buffer", "grads_in_partition", "__param_id_to_grad_partition"):
+            if hasattr(zero, attr):
+                grads[attr] = getattr(zero, attr)
+        grads["param_grads"] = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+        return {"optimizer_state": _tensor_bytes(state), "gradients": _tensor_bytes(grads)}

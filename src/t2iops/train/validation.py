@@ -1,0 +1,147 @@
+"""Validation during training: the same val-split samples, seeds and noise every time.
+
+Each round reports
+
+* ``val_loss``: the training objective on a fixed batch of val samples with fixed noise and
+  timesteps, so rounds are directly comparable (a paired comparison, not a fresh draw);
+* a grid PNG (condition | generated, one row per sample) made with the diffusers adapter
+  pipeline from the cached prompt embeddings and conditions, with fixed seeds;
+* ``fidelity``: how well the generated images follow their conditions.
+
+Rank 0 does the work on a private fp32 copy of the adapter's (gathered) weights.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..encode.cache import CacheReader
+from .data import MicroBatches, uncond_embeddings
+from .diffusion import Objective, adapter_loss
+
+log = logging.getLogger("t2iops.train")
+
+VAL_EPOCH = -1  # the draws of validation use an epoch no training run reaches
+
+
+def edge_f1(image: Image.Image, condition: Image.Image) -> float:
+    """Binary F1 between the Canny edges (kornia, low 0.1 / high 0.2, as ControlNet++) of the
+    generated image and of the condition image."""
+    import kornia
+
+    def edges(img: Image.Image) -> torch.Tensor:
+        x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        return kornia.filters.canny(x, low_threshold=0.1, high_threshold=0.2)[1][0, 0] > 0.5
+
+    pred, ref = edges(image), edges(condition.resize(image.size))
+    tp = (pred & ref).sum().item()
+    precision = tp / max(1, pred.sum().item())
+    recall = tp / max(1, ref.sum().item())
+    return 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+
+
+def default_fidelity() -> tuple[str, Callable[[list, list], float]]:
+    """The project's condition-fidelity metric when available, else the edge F1 above."""
+    try:  # the evaluation stage's metric, so training and evaluation report the same number
+        from ..evaluate.condition_fidelity import fidelity_score  # type: ignore
+
+        return "fidelity", fidelity_score
+    except ImportError:
+        return "edge_f1", lambda images, conditions: float(np.mean([edge_f1(i, c) for i, c in zip(images, conditions)]))
+
+
+def make_grid(conditions: list[Image.Image], images: list[Image.Image]) -> Image.Image:
+    w, h = images[0].size
+    grid = Image.new("RGB", (2 * w, h * len(images)))
+    for row, (c, i) in enumerate(zip(conditions, images)):
+        grid.paste(c.resize((w, h)), (0, row * h))
+        grid.paste(i, (w, row * h))
+    return grid
+
+
+class Validator:
+    def __init__(self, reader: CacheReader, cfg, unet, vae, scheduler_config: dict, objective: Objective,
+                 device: torch.device, compute_dtype: torch.dtype):
+        self.reader = reader
+        self.cfg = cfg
+        self.unet, self.vae = unet, vae
+        self.scheduler_config = scheduler_config
+        self.objective = objective
+        self.device, self.compute_dtype = device, compute_dtype
+        n = min(cfg.train.validation_samples, len(reader))
+        self.indices = list(range(n))  # val ids in sorted order: the same samples every round
+        self.uncond = uncond_embeddings(reader)
+        batches = MicroBatches(reader, n, rank=0, world_size=1, seed=cfg.train.seed, caption_dropout=0.0,
+                               uncond=self.uncond, flip=False)
+        self.loss_batch = batches[(VAL_EPOCH, 0)]
+        self.metric_name, self.fidelity = default_fidelity()
+
+    @torch.no_grad()
+    def loss(self, adapter) -> float:
+        batch = {k: v.to(self.device) for k, v in self.loss_batch.items() if isinstance(v, torch.Tensor)}
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            return float(adapter_loss(self.unet, adapter, batch, self.objective, self.compute_dtype).mean())
+
+    @torch.no_grad()
+    def images(self, adapter) -> tuple[list[Image.Image], list[Image.Image]]:
+        pipe = self._pipeline(adapter)
+        conditions, images = [], []
+        for i in self.indices:
+            cached = self.reader.sample(i)
+            condition = Image.fromarray(cached["condition"].permute(1, 2, 0).numpy())
+            kwargs = self._embeddings(cached)
+            generator = torch.Generator(device="cpu").manual_seed(self.cfg.evaluate.seed + i)
+            image = pipe(
+                image=condition,
+                num_inference_steps=self.cfg.train.validation_inference_steps,
+                guidance_scale=self.cfg.evaluate.guidance_scale,
+                generator=generator,
+                height=condition.height,
+                width=condition.width,
+                adapter_conditioning_scale=self.cfg.train.conditioning_scale,
+                **kwargs,
+            ).images[0]
+            conditions.append(condition)
+            images.append(image)
+        return conditions, images
+
+    def run(self, adapter) -> tuple[dict, Optional[Image.Image]]:
+        adapter.eval()
+        metrics = {"val_loss": self.loss(adapter)}
+        conditions, images = self.images(adapter)
+        metrics[self.metric_name] = float(self.fidelity(images, conditions))
+        return metrics, make_grid(conditions, images)
+
+    # -----------------------------------------------------------------------------------
+    def _embeddings(self, cached: dict) -> dict:
+        dtype = self.compute_dtype
+        out = {
+            "prompt_embeds": cached["prompt_embeds"][None].to(self.device, dtype),
+            "negative_prompt_embeds": self.uncond["prompt_embeds"][None].to(self.device, dtype),
+        }
+        if "pooled_prompt_embeds" in cached:
+            out["pooled_prompt_embeds"] = cached["pooled_prompt_embeds"][None].to(self.device, dtype)
+            out["negative_pooled_prompt_embeds"] = self.uncond["pooled_prompt_embeds"][None].to(self.device, dtype)
+        return out
+
+    def _pipeline(self, adapter):
+        import diffusers
+        from diffusers import StableDiffusionAdapterPipeline, StableDiffusionXLAdapterPipeline
+
+        # Sample with the base model's own scheduler class (DDPM when it is not a diffusers one).
+        cls = getattr(diffusers, str(self.scheduler_config.get("_class_name")), diffusers.DDPMScheduler)
+        scheduler = cls.from_config(self.scheduler_config)
+        common = dict(vae=self.vae, unet=self.unet, adapter=adapter, scheduler=scheduler, tokenizer=None)
+        if self.reader.family == "sdxl":
+            pipe = StableDiffusionXLAdapterPipeline(
+                text_encoder=None, text_encoder_2=None, tokenizer_2=None,
+                force_zeros_for_empty_prompt=bool(self.reader.index.get("force_zeros_for_empty_prompt")), **common)
+        else:
+            pipe = StableDiffusionAdapterPipeline(text_encoder=None, safety_checker=None, feature_extractor=None,
+                                                  requires_safety_checker=False, **common)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
