@@ -1,8 +1,6 @@
 """Data stage: bring the dataset into the pipeline (DVC at a git revision, a path or s3:// URI,
 or the synthetic circles), then validate it. Wraps :mod:`t2iops.pipelines.sources` and
 :func:`t2iops.data.validate.validate`."""
-from __future__ import annotations
-
 from kfp.dsl import Dataset, Input, Markdown, Output
 
 from . import component

@@ -1,0 +1,118 @@
+"""The T2I-Adapter training pipeline.
+
+    pull -> validate -> encode -> train -> evaluate (ParallelFor over shards) -> merge + gate
+         -> if the gate passed: export -> publish (to the model registry prefix)
+
+Run parameters (all have defaults; ``t2iops pipeline submit -p name=value``):
+  config          YAML/JSON overrides of the configuration (-S style), validated before any work
+  data_source     'dvc' | 'synth' | a folder or s3:// URI of a dataset
+  dvc_repo/dvc_rev/dvc_path/dvc_remote   the DVC-tracked dataset when data_source is 'dvc'
+  run_root        prefix for the run's durable files (checkpoints, evaluation shards)
+  eval_shards     the evaluation shards, [0, 1, ..., n-1]
+  train_nodes, gpus_per_node   size of the multi-node job (train_launcher.kind != in-pod)
+  registry_uri, model_name, model_version   where the model is published (version: the run id)
+
+Cluster-facing settings (image, GPU pool, resources, retries, caching, launcher) come from
+pipelines/settings.yaml when this module is imported.
+"""
+from typing import List
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model
+
+from components.data import pull_dataset, validate_dataset
+from components.encode import encode_dataset
+from components.evaluate import evaluate_shard, merge_evaluation
+from components.export import export_adapter
+from components.publish import publish_model
+from components.train import train_adapter, train_adapter_multinode
+from t2iops.pipelines.platform import configure_step
+from t2iops.pipelines.settings import load_settings
+
+SETTINGS = load_settings()
+PIPELINE_NAME = "t2iops-training"
+RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+
+
+@dsl.pipeline(name="evaluate-shards", description="Evaluate every shard of the test split in parallel.")
+def evaluate_shards(
+    model: Input[Model], dataset: Input[Dataset], validated: Input[Dataset], config: str,
+    shards: List[int], run_root: str, run_id: str,
+) -> List[str]:
+    with dsl.ParallelFor(shards, name="shard") as shard_index:
+        shard = evaluate_shard(
+            model=model, dataset=dataset, validated=validated, config=config,
+            shard_index=shard_index, shards=shards, run_root=run_root, run_id=run_id,
+        )
+        configure_step(shard, "evaluate", SETTINGS, "evaluate shard")
+    return dsl.Collected(shard.output)
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate, export and publish a T2I-Adapter.")
+def training_pipeline(
+    config: str = "{}",
+    data_source: str = "synth",
+    dvc_repo: str = "",
+    dvc_rev: str = "main",
+    dvc_path: str = "data/circles",
+    dvc_remote: str = "",
+    run_root: str = SETTINGS.defaults.run_root,
+    eval_shards: List[int] = [0, 1],
+    train_nodes: int = 1,
+    gpus_per_node: int = 1,
+    registry_uri: str = SETTINGS.defaults.registry_uri,
+    model_name: str = "t2i-adapter",
+    model_version: str = "",
+) -> bool:
+    pull = pull_dataset(
+        source=data_source, dvc_repo=dvc_repo, dvc_rev=dvc_rev, dvc_path=dvc_path,
+        dvc_remote=dvc_remote, config=config,
+    )
+    configure_step(pull, "pull", SETTINGS)
+    dataset = pull.outputs["dataset"]
+
+    validate = validate_dataset(dataset=dataset, config=config)
+    configure_step(validate, "validate", SETTINGS)
+    validated = validate.outputs["validated"]
+
+    encode = encode_dataset(dataset=dataset, validated=validated, config=config)
+    configure_step(encode, "encode", SETTINGS)
+
+    if SETTINGS.train_launcher.kind == "in-pod":
+        train = train_adapter(cache=encode.outputs["cache"], config=config, run_root=run_root, run_id=RUN_ID)
+        configure_step(train, "train", SETTINGS)
+    else:
+        # The pod only launches and awaits the job: it needs no GPU, but keeps the retries.
+        train = train_adapter_multinode(
+            cache=encode.outputs["cache"], config=config, run_root=run_root, run_id=RUN_ID,
+            nodes=train_nodes, gpus_per_node=gpus_per_node,
+            launcher_settings=SETTINGS.model_dump_json(by_alias=True),
+        )
+        configure_step(train, "train", SETTINGS.model_copy(update={"steps": _cpu_train_steps()}), "launch training")
+    model = train.outputs["model"]
+
+    shards = evaluate_shards(
+        model=model, dataset=dataset, validated=validated, config=config,
+        shards=eval_shards, run_root=run_root, run_id=RUN_ID,
+    ).set_display_name("evaluate")
+    merge = merge_evaluation(shard_uris=shards.output, config=config)
+    configure_step(merge, "merge", SETTINGS, "merge + gate")
+    gate_passed = merge.outputs["Output"]
+    evaluation = merge.outputs["evaluation"]
+
+    with dsl.If(gate_passed == True, name="gate-passed"):  # noqa: E712 (a pipeline expression)
+        export = export_adapter(model=model, evaluation=evaluation, config=config)
+        configure_step(export, "export", SETTINGS)
+        publish = publish_model(
+            onnx=export.outputs["onnx"], evaluation=evaluation, dataset=dataset, config=config,
+            registry_uri=registry_uri, model_name=model_name, model_version=model_version, run_id=RUN_ID,
+        )
+        configure_step(publish, "publish", SETTINGS)
+    return gate_passed
+
+
+def _cpu_train_steps():
+    steps = SETTINGS.steps.model_copy(deep=True)
+    steps.train.gpus = 0
+    steps.train.cpu, steps.train.memory = "1", "2Gi"
+    return steps

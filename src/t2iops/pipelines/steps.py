@@ -1,0 +1,147 @@
+"""The glue the components call around a stage function: where a run keeps its durable files,
+how training output reaches the Model artifact, how metrics reach the KFP UI.
+
+A run's durable prefix is ``<run_root>/<run_id>/``: the trainer's output and checkpoints live in
+``train/`` (so a retried or preempted train step resumes with ``--resume latest``), evaluation
+shards in ``evaluate/shard-<i>-of-<n>/``. Artifacts in the pipeline root hold the final results.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from .. import storage
+from ..config import Config
+from ..errors import T2IError, UsageError
+
+log = logging.getLogger(__name__)
+
+RESULT_FILES = ("adapter/", "summary.json", "config.resolved.yaml")
+
+
+def run_prefix(run_root: str, run_id: str, *parts: str) -> str:
+    if not run_root:
+        raise UsageError("pipeline parameter 'run_root' is empty: give an s3:// prefix or a folder")
+    if not run_id or "{{" in run_id:
+        raise UsageError(f"run id {run_id!r} is not resolved: the train and evaluate steps need the pipeline run id")
+    return storage.join(run_root, run_id, *parts)
+
+
+def scalar_metrics(data: Any, prefix: str = "") -> dict[str, float]:
+    """Finite numbers of a nested dict, keys dotted (for ``Metrics.log_metric``)."""
+    out: dict[str, float] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(scalar_metrics(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(float(data)):
+        out[prefix] = float(data)
+    return out
+
+
+def log_metrics(artifact: Any, metrics: dict[str, Any], keys: Optional[tuple[str, ...]] = None) -> None:
+    for name, value in scalar_metrics(metrics).items():
+        if keys is None or name.split(".")[0] in keys:
+            artifact.log_metric(name, value)
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+def copy_training_result(out: str, model_dir: str, cfg: Config) -> dict[str, Any]:
+    """The adapter, summary and resolved config of a training output (not its checkpoints) into
+    the Model artifact folder; returns the summary."""
+    manifest = storage.read_manifest(out, cfg)
+    wanted = [rel for rel in manifest["files"] if rel.startswith(RESULT_FILES)]
+    if not any(rel.startswith("adapter/") for rel in wanted):
+        raise T2IError(f"training output {out} has no adapter/ in its manifest")
+    target = Path(model_dir)
+    for rel in wanted:
+        dest = target / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(storage.read_bytes(storage.join(out, rel), cfg))
+    (target / storage.MANIFEST).write_text(json.dumps({**manifest, "source": out}, indent=2))
+    return json.loads((target / "summary.json").read_text())
+
+
+def train_in_pod(cache_dir: str, model_dir: str, cfg: Config, run_root: str, run_id: str) -> dict[str, Any]:
+    """Train in this pod, checkpoints under the run prefix, resuming from the latest one. With
+    several GPUs in the pod, one process per GPU under torchrun."""
+    from ..train import train
+
+    out = run_prefix(run_root, run_id, "train")
+    gpus = _visible_gpus()
+    if gpus > 1:
+        with tempfile.TemporaryDirectory(prefix="t2iops-train-") as tmp:
+            params = cfg.write(tmp, "params.yaml")
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                   "-m", "t2iops.cli", "train", "--params", str(params), "--cache", cache_dir, "--out", out,
+                   "--resume", "latest"]
+            log.info("training on %d GPUs: %s", gpus, " ".join(cmd))
+            if subprocess.run(cmd, check=False).returncode != 0:
+                raise T2IError(f"training on {gpus} GPUs failed (see the log above); output {out}")
+    else:
+        train(cache_dir, out, cfg, resume="latest")
+    return copy_training_result(out, model_dir, cfg)
+
+
+def _visible_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
+
+
+def train_distributed(
+    cache_uri: str, model_dir: str, cfg: Config, run_root: str, run_id: str, nodes: int, gpus_per_node: int,
+    settings_json: str,
+) -> dict[str, Any]:
+    """Launch the multi-node job (TrainJob / PyTorchJob per the compiled settings), await it,
+    then fetch its result into the Model artifact."""
+    from .settings import PipelineSettings
+    from .trainjob import build_manifest, current_namespace, launch_and_wait, spec_from_settings
+
+    settings = PipelineSettings.model_validate_json(settings_json)
+    launcher = settings.train_launcher
+    out = run_prefix(run_root, run_id, "train")
+    spec = spec_from_settings(
+        settings, run_id=run_id, namespace=launcher.namespace or current_namespace(), nodes=nodes,
+        gpus_per_node=gpus_per_node, cache_uri=cache_uri, out_uri=out, config_yaml=cfg.to_yaml(),
+    )
+    manifest = build_manifest(launcher.kind, spec)
+    launch_and_wait(manifest, poll_seconds=launcher.poll_seconds, timeout_s=launcher.timeout_hours * 3600)
+    return copy_training_result(out, model_dir, cfg)
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation
+def shard_uri(run_root: str, run_id: str, index: int, count: int) -> str:
+    return run_prefix(run_root, run_id, "evaluate", f"shard-{index}-of-{count}")
+
+
+def check_shards(shards: list[int]) -> int:
+    """The ParallelFor items must be 0..n-1; returns n."""
+    if not shards or sorted(shards) != list(range(len(shards))):
+        raise UsageError(f"pipeline parameter 'eval_shards' must be [0, 1, ..., n-1], got {shards}")
+    return len(shards)
+
+
+def copy_report(evaluation_dir: str, name: str, target: str) -> None:
+    source = Path(evaluation_dir) / name
+    if source.exists():
+        shutil.copyfile(source, target)
+    else:
+        Path(target).write_text(f"(the evaluation wrote no {name})\n")
+
+
+def environment_summary() -> dict[str, str]:
+    """What the step ran on, for the logs."""
+    return {"python": sys.version.split()[0], "pod": os.environ.get("HOSTNAME", "")}
