@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -76,10 +77,23 @@ def _storage_settings(cfg: Any) -> dict:
 
 
 def s3_client(cfg: Any = None):
+    """A boto3 S3 client for these settings. Clients are cached per settings and per the
+    credential-related environment (creating one costs about a second on a busy machine)."""
+    s = _storage_settings(cfg)
+    env_key = tuple(
+        os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                  "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+    )
+    return _cached_client(s.get("endpoint_url"), s.get("region"), s.get("max_attempts", 8), env_key, os.getpid())
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_client(endpoint_url, region, max_attempts, _env_key, _pid):
     import boto3
     from botocore.config import Config as BotoConfig
 
-    s = _storage_settings(cfg)
+    s = {"endpoint_url": endpoint_url, "region": region, "max_attempts": max_attempts}
     kwargs: dict[str, Any] = {
         "config": BotoConfig(retries={"max_attempts": s.get("max_attempts", 8), "mode": "adaptive"})
     }
