@@ -133,6 +133,19 @@ def test_failed_parity_publishes_nothing(in_tmp):
     assert not [p for p in in_tmp.iterdir() if p.name.startswith(".out")]  # no staging left behind
 
 
+def test_required_pipeline_check_fails_clearly_without_a_base(in_tmp):
+    save_adapter(in_tmp / "a")
+    (in_tmp / "not-a-pipeline").mkdir()
+    cfg = load_config(None, [f"model.base_model={in_tmp / 'not-a-pipeline'}", "export.pipeline_check=required"])
+    with pytest.raises(ModelError, match="pipeline_check=required.*has no model_index.json"):
+        export_adapter(str(in_tmp / "a"), str(in_tmp / "out"), cfg)
+    assert not (in_tmp / "out").exists()
+    # auto mode goes on and says why the check did not run
+    cfg = load_config(None, [f"model.base_model={in_tmp / 'not-a-pipeline'}", "export.pipeline_check=auto"])
+    pipeline = export_adapter(str(in_tmp / "a"), str(in_tmp / "out"), cfg)["validation"]["pipeline"]
+    assert pipeline["status"] == "skipped" and "has no model_index.json" in pipeline["reason"]
+
+
 @pytest.mark.parametrize("damage, message", [
     ("missing", "does not exist"),
     ("empty", "neither config.json nor adapter/config.json"),
