@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "t2iops.data.commands",
     "t2iops.models.commands",
     "t2iops.export.commands",
+    "t2iops.pipelines.commands",
 ]
 
 EPILOG = """exit codes: 0 ok, 1 stage failed, 2 usage or configuration error, 3 evaluation gate failed.

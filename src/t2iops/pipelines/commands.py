@@ -1,0 +1,172 @@
+"""``t2iops pipeline compile | submit | schedule | run-local``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_PACKAGE = "t2iops-training.yaml"
+
+DESCRIPTION = """The Kubeflow Pipelines training pipeline (pipelines/training.py):
+pull -> validate -> encode -> train -> evaluate (parallel shards) -> merge + gate -> export -> publish.
+
+Cluster settings (image, GPU node pool, resources, retries, caching, train launcher) come from
+pipelines/settings.yaml (--settings another file; T2IOPS_IMAGE overrides the image). Run
+parameters go with -p name=value; the configuration (params.yaml + -S overrides) becomes the
+run's `config` parameter. The compiled YAML also works with the stock kfp CLI:
+  kfp pipeline create -p t2iops-training t2iops-training.yaml
+  kfp run create -e t2iops -r my-run -f t2iops-training.yaml data_source=synth"""
+
+
+def register(subparsers, common: argparse.ArgumentParser) -> None:
+    pipe = subparsers.add_parser(
+        "pipeline", help="compile, submit, schedule or locally run the KFP training pipeline",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = pipe.add_subparsers(dest="pipeline_command", metavar="<action>")
+    sub.required = True
+
+    settings = argparse.ArgumentParser(add_help=False)
+    settings.add_argument("--settings", default=None, help="pipeline settings file (default: pipelines/settings.yaml)")
+    settings.add_argument("--image", default=None, help="container image of every step (default: settings `image` or $T2IOPS_IMAGE)")
+
+    comp = sub.add_parser(
+        "compile", parents=[common, settings], help="write the pipeline's IR YAML",
+        description="Compile pipelines/training.py to KFP IR YAML (the package `submit` and `kfp run create` take). "
+        "The default run parameters are checked; nothing is sent anywhere.",
+    )
+    comp.add_argument("--output", "-o", default=DEFAULT_PACKAGE, help=f"output file (default {DEFAULT_PACKAGE})")
+    comp.set_defaults(func=_compile)
+
+    client = argparse.ArgumentParser(add_help=False)
+    client.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080 (a port-forward of ml-pipeline-ui)")
+    client.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user installs)")
+    client.add_argument("--experiment", default="t2iops", help="experiment name (default t2iops; created when missing)")
+    client.add_argument("--package", default=None, help="compiled package to send (default: compile now)")
+    client.add_argument("-p", "--param", dest="run_params", action="append", default=[], metavar="NAME=VALUE",
+                        help="run parameter, e.g. -p data_source=dvc -p dvc_rev=v1.2 -p eval_shards='[0,1,2,3]' (repeatable)")
+    client.add_argument("--service-account", default=None, help="Kubernetes service account of the run's pods")
+    client.add_argument("--no-cache", action="store_true", help="run every step even when a cached result exists")
+
+    subm = sub.add_parser(
+        "submit", parents=[common, settings, client], help="start a run on a KFP endpoint",
+        description="Validate the run parameters against the package, then create a run with kfp.Client. "
+        "The token comes from $T2IOPS_KFP_TOKEN when the endpoint needs one. With --wait, follow the run "
+        "and exit 1 when it fails, 3 when it succeeded but the evaluation gate stopped the export.",
+    )
+    subm.add_argument("--run-name", default=None, help="display name of the run (default: pipeline name + time)")
+    subm.add_argument("--wait", action="store_true", help="stream the run's state until it ends")
+    subm.add_argument("--timeout-hours", type=float, default=48.0, help="give up waiting after this long (default 48)")
+    subm.set_defaults(func=_submit)
+
+    sched = sub.add_parser(
+        "schedule", parents=[common, settings, client], help="create a recurring run",
+        description="Create a recurring run of the pipeline on a cron schedule (5 fields, or KFP's 6 with seconds first).",
+    )
+    sched.add_argument("--cron", required=True, help="e.g. '0 3 * * 1' (Mondays 03:00)")
+    sched.add_argument("--name", default="t2iops-training-weekly", help="recurring run name")
+    sched.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default 1)")
+    sched.add_argument("--catchup", action="store_true", help="run the missed intervals after a pause")
+    sched.set_defaults(func=_schedule)
+
+    loc = sub.add_parser(
+        "run-local", parents=[common, settings], help="run the whole pipeline on this machine (kfp.local)",
+        description="Run every step under kfp.local's SubprocessRunner in this Python environment, on CPU: the "
+        "embedded default (synthetic circles), a tiny base model built on the spot (or --base-model), storage "
+        "in a folder or a moto S3 server on 127.0.0.1 (--s3 moto). --smoke (default) shrinks every stage to a "
+        "few samples and steps; --full keeps the configuration as given. Exit 3 when the gate failed.",
+    )
+    loc.add_argument("--work", default="runs/pipeline-local", help="working folder (default runs/pipeline-local)")
+    loc.add_argument("--s3", choices=["none", "moto"], default="none", help="storage: a folder (none) or a local moto S3 server")
+    loc.add_argument("--base-model", default="tiny-sd15",
+                     help="tiny-sd15 | tiny-sdxl (built in the work folder) | config (model.base_model) | a path (default tiny-sd15)")
+    size = loc.add_mutually_exclusive_group()
+    size.add_argument("--smoke", dest="smoke", action="store_true", default=True, help="few samples and steps (default)")
+    size.add_argument("--full", dest="smoke", action="store_false", help="the configuration as given")
+    loc.add_argument("-p", "--param", dest="run_params", action="append", default=[], metavar="NAME=VALUE",
+                     help="run parameter, e.g. -p eval_shards='[0,1,2]'")
+    loc.set_defaults(func=_run_local)
+
+
+def _config_parameter(args, cfg) -> dict:
+    from .runtime import config_param
+
+    return {"config": config_param(cfg)}
+
+
+def _package(args) -> Path:
+    from .compile import compile_pipeline
+
+    if args.package:
+        return Path(args.package)
+    return compile_pipeline(DEFAULT_PACKAGE, args.settings, args.image)
+
+
+def _run_arguments(args, cfg, package: Path) -> dict:
+    from .compile import parse_cli_parameters, read_package
+
+    values = parse_cli_parameters(args.run_params, read_package(package))
+    if "config" not in values:
+        values.update(_config_parameter(args, cfg))
+    return values
+
+
+def _compile(args, cfg) -> int:
+    from .compile import compile_pipeline
+
+    path = compile_pipeline(args.output, args.settings, args.image)
+    print(str(path))
+    return 0
+
+
+def _submit(args, cfg) -> int:
+    from .submit import make_client, submit_run, wait_for_run
+
+    package = _package(args)
+    arguments = _run_arguments(args, cfg, package)
+    client = make_client(args.host, args.namespace)
+    run_id = submit_run(client, package, arguments, args.experiment, run_name=args.run_name, namespace=args.namespace,
+                        enable_caching=False if args.no_cache else None, service_account=args.service_account)
+    print(json.dumps({"run_id": run_id, "host": args.host, "experiment": args.experiment}))
+    if args.wait:
+        outcome = wait_for_run(client, run_id, timeout_s=args.timeout_hours * 3600)
+        print(json.dumps({"run_id": run_id, "state": outcome.state, "gate_passed": outcome.gate_passed}))
+    return 0
+
+
+def _schedule(args, cfg) -> int:
+    from .submit import make_client, schedule_run
+
+    package = _package(args)
+    arguments = _run_arguments(args, cfg, package)
+    client = make_client(args.host, args.namespace)
+    job_id = schedule_run(client, package, arguments, args.experiment, args.cron, args.name,
+                          max_concurrency=args.max_concurrency, catchup=args.catchup, namespace=args.namespace,
+                          enable_caching=False if args.no_cache else None, service_account=args.service_account)
+    print(json.dumps({"recurring_run_id": job_id, "cron": args.cron}))
+    return 0
+
+
+def _run_local(args, cfg) -> int:
+    from .compile import load_pipeline_module, parse_cli_parameters
+    from .local import run_local
+
+    parameters = {}
+    if args.run_params:
+        from kfp import compiler
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            compiler.Compiler().compile(load_pipeline_module(args.settings).training_pipeline, f"{tmp}/p.yaml")
+            from .compile import read_package
+
+            parameters = parse_cli_parameters(args.run_params, read_package(f"{tmp}/p.yaml"))
+    outcome = run_local(args.work, cfg, parameters, s3=args.s3, base_model=args.base_model, smoke=args.smoke,
+                        settings=args.settings)
+    print(json.dumps({"gate_passed": outcome.gate_passed, "seconds": round(outcome.seconds, 1),
+                      "pipeline_root": str(outcome.pipeline_root), "registry_uri": outcome.registry_uri}))
+    if not outcome.gate_passed:
+        print("t2iops pipeline: the evaluation gate failed: nothing was exported or published", file=sys.stderr)
+        return 3
+    return 0

@@ -1,0 +1,171 @@
+"""Load the training pipeline from the checkout, validate run parameters, compile to IR YAML.
+
+The pipeline (``pipelines/training.py``) and its components (``components/``) are read from the
+project checkout at compile time; the settings file and the image are applied while they are
+imported, so ``--settings`` / ``--image`` change the compiled package and nothing else.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import yaml
+
+from ..errors import UsageError
+from .settings import IMAGE_ENV, SETTINGS_ENV, find_project_root
+
+PIPELINE_MODULE = "pipelines.training"
+_OWN_PACKAGES = ("components", "pipelines")
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, Optional[str]]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    for k, v in values.items():
+        if v is not None:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def load_pipeline_module(settings: Optional[str | Path] = None, image: Optional[str] = None):
+    """Import ``pipelines/training.py`` afresh with the given settings file and image."""
+    root = find_project_root()
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    for name in list(sys.modules):
+        if name.split(".")[0] in _OWN_PACKAGES:
+            del sys.modules[name]
+    overrides = {SETTINGS_ENV: str(Path(settings).resolve()) if settings else None, IMAGE_ENV: image}
+    with _env(overrides), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # kfp's note about its default base image
+        module = importlib.import_module(PIPELINE_MODULE)
+    return module
+
+
+def compile_pipeline(output: str | Path, settings: Optional[str | Path] = None, image: Optional[str] = None) -> Path:
+    """Write the pipeline's IR YAML to ``output`` after checking its default parameters."""
+    from kfp import compiler
+
+    module = load_pipeline_module(settings, image)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(module.training_pipeline, str(output))
+    validate_arguments(read_package(output), {})
+    return output
+
+
+def read_package(path: str | Path) -> dict[str, Any]:
+    """The pipeline spec document of a compiled package (the first YAML document)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"pipeline package {path} does not exist (run `t2iops pipeline compile` first)")
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    if not docs or "root" not in docs[0]:
+        raise UsageError(f"{path} is not a compiled KFP pipeline (no root)")
+    return docs[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Run parameters
+_PARSED = {"NUMBER_INTEGER", "NUMBER_DOUBLE", "BOOLEAN", "LIST", "STRUCT"}
+
+
+def parameter_specs(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return spec["root"].get("inputDefinitions", {}).get("parameters", {})
+
+
+def parse_cli_parameters(items: list[str], spec: dict[str, Any]) -> dict[str, Any]:
+    """``-p name=value`` strings to typed values (per the package's parameter types)."""
+    specs = parameter_specs(spec)
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"-p {item!r} must look like name=value")
+        name, raw = item.split("=", 1)
+        name = name.strip()
+        if name not in specs:
+            raise UsageError(f"unknown pipeline parameter {name!r}; parameters: {', '.join(sorted(specs))}")
+        kind = specs[name].get("parameterType", "STRING")
+        if kind in _PARSED:
+            try:
+                out[name] = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise UsageError(f"pipeline parameter {name!r}: {raw!r} is not valid YAML ({exc})") from None
+        else:
+            out[name] = raw
+    return out
+
+
+def _integral(value: Any, kind: str) -> Any:
+    """Protobuf stores every number as a double: 1.0 -> 1 where the parameter is an integer,
+    and integral list items (the shard list) back to ints."""
+    if kind == "NUMBER_INTEGER" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "LIST" and isinstance(value, list):
+        return [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
+    return value
+
+
+_TYPES = {
+    "STRING": (str,), "NUMBER_INTEGER": (int,), "NUMBER_DOUBLE": (int, float), "BOOLEAN": (bool,),
+    "LIST": (list,), "STRUCT": (dict,),
+}
+
+
+def validate_arguments(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
+    """Check run arguments (and the defaults they leave in place) before anything is submitted;
+    every error names the parameter. Returns the arguments, unchanged."""
+    from .registry import check_name
+    from .runtime import config_from_param
+    from .steps import check_shards
+
+    specs = parameter_specs(spec)
+    unknown = sorted(set(arguments) - set(specs))
+    if unknown:
+        raise UsageError(f"unknown pipeline parameter(s) {', '.join(unknown)}; parameters: {', '.join(sorted(specs))}")
+    values: dict[str, Any] = {}
+    for name, pspec in specs.items():
+        kind = pspec.get("parameterType", "STRING")
+        value = _integral(arguments.get(name, pspec.get("defaultValue")), kind)
+        if value is None and not pspec.get("isOptional"):
+            raise UsageError(f"pipeline parameter {name!r} is required")
+        if value is not None and (not isinstance(value, _TYPES.get(kind, (object,))) or (kind == "NUMBER_INTEGER" and isinstance(value, bool))):
+            raise UsageError(f"pipeline parameter {name!r} must be {kind.lower().replace('_', ' ')}, got {value!r}")
+        values[name] = value
+
+    config_from_param(values.get("config"))
+    if "eval_shards" in values:
+        try:
+            check_shards(values["eval_shards"])
+        except UsageError as exc:
+            raise UsageError(str(exc)) from None
+    for name in ("train_nodes", "gpus_per_node"):
+        if name in values and values[name] < 1:
+            raise UsageError(f"pipeline parameter {name!r} must be >= 1, got {values[name]}")
+    source = values.get("data_source", "")
+    if not str(source).strip():
+        raise UsageError("pipeline parameter 'data_source' is empty: use 'dvc', 'synth' or a folder / s3:// URI")
+    if source == "dvc":
+        for name in ("dvc_repo", "dvc_rev", "dvc_path"):
+            if not values.get(name):
+                raise UsageError(f"pipeline parameter {name!r} is required when data_source is 'dvc'")
+    for name in ("run_root", "registry_uri"):
+        if name in values and not str(values[name]).strip():
+            raise UsageError(f"pipeline parameter {name!r} is empty")
+    if "model_name" in values:
+        check_name(values["model_name"], "model_name")
+    if values.get("model_version"):
+        check_name(values["model_version"], "model_version")
+    return arguments

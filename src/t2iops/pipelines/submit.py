@@ -1,0 +1,133 @@
+"""Submit the compiled pipeline to a Kubeflow Pipelines endpoint, schedule it, follow a run.
+
+All three go through the stock ``kfp.Client``; the run arguments are validated against the
+package first, so a bad parameter fails here, naming itself, and nothing is sent.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, TextIO
+
+from ..errors import GateFailed, T2IError, UsageError
+from .compile import read_package, validate_arguments
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "T2IOPS_KFP_TOKEN"
+TERMINAL = {"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELLED"}
+GATED_TASKS = ("publish",)
+
+
+class RunFailed(T2IError):
+    """The pipeline run ended in a state other than SUCCEEDED."""
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    state: str
+    gate_passed: Optional[bool]
+
+
+def make_client(host: str, namespace: Optional[str] = None, token: Optional[str] = None):
+    import kfp
+
+    if not host:
+        raise UsageError("--host is required (the KFP API endpoint, e.g. http://localhost:8080)")
+    return kfp.Client(host=host, namespace=namespace, existing_token=token or os.environ.get(TOKEN_ENV))
+
+
+def submit_run(
+    client, package: str | Path, arguments: dict[str, Any], experiment: str, run_name: Optional[str] = None,
+    namespace: Optional[str] = None, enable_caching: Optional[bool] = None, service_account: Optional[str] = None,
+) -> str:
+    """Create a run of ``package``; returns its id."""
+    validate_arguments(read_package(package), arguments)
+    result = client.create_run_from_pipeline_package(
+        str(package), arguments=arguments, run_name=run_name, experiment_name=experiment,
+        namespace=namespace, enable_caching=enable_caching, service_account=service_account,
+    )
+    return result.run_id
+
+
+def normalize_cron(expr: str) -> str:
+    """KFP's cron has six fields (seconds first); a classic five-field one gets second 0."""
+    fields = expr.split()
+    if len(fields) == 5:
+        return "0 " + expr.strip()
+    if len(fields) == 6:
+        return expr.strip()
+    raise UsageError(f"--cron {expr!r} must have 5 fields (min hour day month weekday) or 6 (with seconds first)")
+
+
+def schedule_run(
+    client, package: str | Path, arguments: dict[str, Any], experiment: str, cron: str, job_name: str,
+    max_concurrency: int = 1, catchup: bool = False, namespace: Optional[str] = None,
+    enable_caching: Optional[bool] = None, service_account: Optional[str] = None,
+) -> str:
+    """Create a recurring run; returns its id."""
+    validate_arguments(read_package(package), arguments)
+    cron = normalize_cron(cron)
+    experiment_obj = client.create_experiment(experiment, namespace=namespace)
+    job = client.create_recurring_run(
+        experiment_id=experiment_obj.experiment_id, job_name=job_name, cron_expression=cron,
+        max_concurrency=max_concurrency, no_catchup=not catchup, pipeline_package_path=str(package),
+        params=arguments, enabled=True, enable_caching=enable_caching, service_account=service_account,
+    )
+    return job.recurring_run_id
+
+
+def _tasks(run) -> list[Any]:
+    details = getattr(run, "run_details", None)
+    return list(getattr(details, "task_details", None) or [])
+
+
+def gate_outcome(run) -> Optional[bool]:
+    """Whether the gated branch (publish) ran: True when it succeeded, False when the run
+    finished without it (the If was false), None when the run did not succeed."""
+    if str(run.state) != "SUCCEEDED":
+        return None
+    for task in _tasks(run):
+        if task.display_name in GATED_TASKS and str(task.state) == "SUCCEEDED":
+            return True
+    return False
+
+
+def wait_for_run(
+    client, run_id: str, timeout_s: float = 48 * 3600, poll_s: float = 20, stream: TextIO = sys.stderr,
+    sleep=time.sleep,
+) -> RunOutcome:
+    """Follow a run, printing each state change of the run and its tasks. Raises
+    :class:`RunFailed` when it does not succeed, :class:`GateFailed` when it succeeded but the
+    evaluation gate kept the model from being exported and published."""
+    deadline = time.monotonic() + timeout_s
+    seen: dict[str, str] = {}
+    while True:
+        run = client.get_run(run_id)
+        state = str(run.state)
+        if seen.get("") != state:
+            print(f"run {run_id}: {state}", file=stream, flush=True)
+            seen[""] = state
+        for task in _tasks(run):
+            key = task.task_id or task.display_name
+            if seen.get(key) != str(task.state):
+                seen[key] = str(task.state)
+                print(f"  {task.display_name}: {task.state}", file=stream, flush=True)
+        if state in TERMINAL:
+            break
+        if time.monotonic() > deadline:
+            raise RunFailed(f"run {run_id} did not finish within {timeout_s / 3600:.1f} h (last state {state})")
+        sleep(poll_s)
+    if state != "SUCCEEDED":
+        error = getattr(run, "error", None)
+        message = getattr(error, "message", None) if error else None
+        raise RunFailed(f"run {run_id} ended {state}" + (f": {message}" if message else ""))
+    passed = gate_outcome(run)
+    if passed is False:
+        raise GateFailed(f"run {run_id} succeeded but the evaluation gate failed: the model was not exported or published")
+    return RunOutcome(run_id, state, passed)
