@@ -34,6 +34,14 @@ PIPELINE_NAME = "t2iops-training"
 RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
 
+def _cpu_train_steps():
+    """The multi-node launcher's pod only creates and awaits the job: no GPU, little memory."""
+    steps = SETTINGS.steps.model_copy(deep=True)
+    steps.train.gpus = 0
+    steps.train.cpu, steps.train.memory = "1", "2Gi"
+    return steps
+
+
 @dsl.pipeline(name="evaluate-shards", description="Evaluate every shard of the test split in parallel.")
 def evaluate_shards(
     model: Input[Model], dataset: Input[Dataset], validated: Input[Dataset], config: str,
@@ -109,10 +117,3 @@ def training_pipeline(
         )
         configure_step(publish, "publish", SETTINGS)
     return gate_passed
-
-
-def _cpu_train_steps():
-    steps = SETTINGS.steps.model_copy(deep=True)
-    steps.train.gpus = 0
-    steps.train.cpu, steps.train.memory = "1", "2Gi"
-    return steps

@@ -1,0 +1,166 @@
+"""The compiled training pipeline (KFP IR YAML): what it asks of the cluster, its control flow,
+and that run parameters are checked, naming the parameter, before anything is sent."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from t2iops.errors import UsageError
+from t2iops.pipelines.compile import compile_pipeline, parse_cli_parameters, read_package, validate_arguments
+
+SENTINEL = "sentinel-secret-value-7f3a"
+GPU_STEPS = {"encode-dataset", "train-adapter", "evaluate-shard", "export-adapter"}
+CPU_STEPS = {"pull-dataset", "validate-dataset", "merge-evaluation", "publish-model"}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, monkeypatch_module):
+    # Credentials in the environment must never reach the package.
+    monkeypatch_module.setenv("AWS_ACCESS_KEY_ID", SENTINEL + "-id")
+    monkeypatch_module.setenv("AWS_SECRET_ACCESS_KEY", SENTINEL)
+    path = compile_pipeline(tmp_path_factory.mktemp("ir") / "pipeline.yaml", image="registry.example/t2iops:test")
+    text = path.read_text()
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    return path, text, docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def _tasks(spec: dict) -> dict:
+    """Every task of every DAG, by task name."""
+    out = {"": spec["root"]["dag"]["tasks"]}
+    for name, comp in spec["components"].items():
+        if "dag" in comp:
+            out[name] = comp["dag"]["tasks"]
+    return {t: body for tasks in out.values() for t, body in tasks.items()}
+
+
+def test_every_step_runs_in_the_one_configured_image(compiled):
+    _, _, spec, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"registry.example/t2iops:test"}
+    # kfp comes from the image: nothing is pip-installed when a step starts.
+    assert not any("pip install" in " ".join(e["container"]["command"]) for e in executors.values())
+
+
+def test_gpu_steps_request_gpus_on_the_gpu_pool_with_shm(compiled):
+    _, _, spec, k8s = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    for step in GPU_STEPS:
+        res = executors[f"exec-{step}"]["container"]["resources"]
+        assert res["accelerator"]["resourceType"] == "nvidia.com/gpu" and res["accelerator"]["resourceCount"] == "1"
+        assert res["resourceCpuRequest"] and res["resourceMemoryRequest"] == res["resourceMemoryLimit"]
+        plat = k8s[f"exec-{step}"]
+        assert plat["nodeSelector"]["labels"] == {"t2iops.io/pool": "gpu"}
+        assert plat["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"}]
+        assert plat["emptyDirMounts"] == [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "16Gi"}]
+    for step in CPU_STEPS:
+        assert "accelerator" not in executors[f"exec-{step}"]["container"]["resources"]
+        assert "nodeSelector" not in k8s[f"exec-{step}"] and "tolerations" not in k8s[f"exec-{step}"]
+        assert executors[f"exec-{step}"]["container"]["resources"]["resourceMemoryRequest"]
+
+
+def test_s3_credentials_come_from_the_secret_and_no_value_is_in_the_package(compiled):
+    _, text, spec, k8s = compiled
+    assert set(k8s) == set(spec["deploymentSpec"]["executors"])
+    for plat in k8s.values():
+        (secret,) = plat["secretAsEnv"]
+        assert secret["secretName"] == "t2iops-s3"
+        assert {(k["envVar"], k["secretKey"]) for k in secret["keyToEnv"]} == {
+            ("AWS_ACCESS_KEY_ID", "aws_access_key_id"), ("AWS_SECRET_ACCESS_KEY", "aws_secret_access_key")}
+    assert SENTINEL not in text
+    assert "aws_secret_access_key:" not in text.replace("secretKey: aws_secret_access_key", "")
+    for name, param in spec["root"]["inputDefinitions"]["parameters"].items():
+        assert not any(word in name.lower() for word in ("secret", "password", "token", "access_key")), name
+
+
+def test_train_retries_and_resumes_under_the_run_prefix(compiled):
+    _, _, spec, _ = compiled
+    train = _tasks(spec)["train-adapter"]
+    assert train["retryPolicy"] == {"maxRetryCount": 3, "backoffDuration": "60s", "backoffFactor": 2.0, "backoffMaxDuration": "1800s"}
+    inputs = train["inputs"]["parameters"]
+    assert inputs["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert inputs["run_root"]["componentInputParameter"] == "run_root"
+    assert _tasks(spec)["evaluate-shard"]["retryPolicy"]["maxRetryCount"] == 1
+
+
+def test_caching_is_set_per_step(compiled):
+    _, _, spec, _ = compiled
+    tasks = _tasks(spec)
+    assert tasks["pull-dataset"]["cachingOptions"] == {}  # off: a branch revision may move
+    assert tasks["publish-model"]["cachingOptions"] == {}  # off: writes outside the pipeline root
+    for name in ("validate-dataset", "encode-dataset", "train-adapter", "merge-evaluation", "export-adapter"):
+        assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
+
+
+def test_evaluation_fans_out_over_shards_and_export_is_gated(compiled):
+    _, _, spec, _ = compiled
+    tasks = _tasks(spec)
+    (loop,) = [t for t in tasks.values() if "parameterIterator" in t]
+    assert loop["taskInfo"]["name"] == "shard"
+    assert spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"].keys() == {"evaluate-shard"}
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--shards"
+    assert tasks["evaluate-shards"]["inputs"]["parameters"]["shards"]["componentInputParameter"] == "eval_shards"
+    merge_in = tasks["merge-evaluation"]["inputs"]["parameters"]["shard_uris"]["taskOutputParameter"]
+    assert merge_in["producerTask"] == "evaluate-shards"
+    gate = spec["root"]["dag"]["tasks"]["condition-1"]
+    assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--merge-evaluation-Output'] == true"
+    assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {"export-adapter", "publish-model"}
+    assert set(spec["root"]["dag"]["tasks"]) == {
+        "pull-dataset", "validate-dataset", "encode-dataset", "train-adapter", "evaluate-shards", "merge-evaluation", "condition-1"}
+
+
+def test_default_parameters_are_valid_and_bad_ones_are_named(compiled):
+    path, _, spec, _ = compiled
+    assert validate_arguments(spec, {}) == {}
+    cases = {
+        "eval_shards": {"eval_shards": [0, 2]},
+        "train.lr": {"config": json.dumps({"train": {"lr": -1}})},
+        "nonsense": {"config": "nonsense.key: 1"},
+        "dvc_repo": {"data_source": "dvc"},
+        "train_nodes": {"train_nodes": 0},
+        "model_name": {"model_name": "bad name!"},
+        "unknown pipeline parameter": {"eval_shard": [0]},
+        "'gpus_per_node' must be number integer": {"gpus_per_node": "two"},
+    }
+    for fragment, arguments in cases.items():
+        with pytest.raises(UsageError, match=fragment):
+            validate_arguments(spec, arguments)
+    typed = parse_cli_parameters(["eval_shards=[0,1,2]", "train_nodes=2", "dvc_rev=v1.0", "config={train.lr: 1.0e-5}"], spec)
+    assert typed == {"eval_shards": [0, 1, 2], "train_nodes": 2, "dvc_rev": "v1.0", "config": "{train.lr: 1.0e-5}"}
+    assert validate_arguments(spec, typed) is typed
+    with pytest.raises(UsageError, match="unknown pipeline parameter 'shards'"):
+        parse_cli_parameters(["shards=[0]"], spec)
+    assert read_package(path)["pipelineInfo"]["name"] == "t2iops-training"
+
+
+def test_multinode_settings_compile_a_cpu_launcher_with_the_job_settings(tmp_path):
+    settings = yaml.safe_load(open("pipelines/settings.yaml"))
+    settings["train_launcher"]["kind"] = "trainjob"
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(settings))
+    text = compile_pipeline(tmp_path / "p.yaml", settings=tmp_path / "s.yaml").read_text()
+    spec, platform = [d for d in yaml.safe_load_all(text) if d]
+    executor = spec["deploymentSpec"]["executors"]["exec-train-adapter-multinode"]
+    assert "accelerator" not in executor["container"]["resources"]
+    assert "nodeSelector" not in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train-adapter-multinode"]
+    task = _tasks(spec)["train-adapter-multinode"]
+    assert task["retryPolicy"]["maxRetryCount"] == 3
+    shipped = json.loads(task["inputs"]["parameters"]["launcher_settings"]["runtimeValue"]["constant"])
+    assert shipped["train_launcher"]["kind"] == "trainjob" and shipped["s3_secret"]["name"] == "t2iops-s3"
+    assert shipped["gpu_pool"]["node_selector"] == {"t2iops.io/pool": "gpu"}
+
+
+def test_settings_errors_name_the_key(tmp_path):
+    (tmp_path / "s.yaml").write_text("steps:\n  train:\n    memory: lots\n")
+    with pytest.raises(UsageError, match=r"steps\.train\.memory"):
+        compile_pipeline(tmp_path / "p.yaml", settings=tmp_path / "s.yaml")
+    (tmp_path / "t.yaml").write_text("gpu_pool:\n  colour: green\n")
+    with pytest.raises(UsageError, match=r"gpu_pool\.colour"):
+        compile_pipeline(tmp_path / "p.yaml", settings=tmp_path / "t.yaml")
