@@ -58,6 +58,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     subm.add_argument("--run-name", default=None, help="display name of the run (default: pipeline name + time)")
     subm.add_argument("--wait", action="store_true", help="stream the run's state until it ends")
     subm.add_argument("--timeout-hours", type=float, default=48.0, help="give up waiting after this long (default 48)")
+    subm.add_argument("--poll-seconds", type=float, default=20.0, help="seconds between status checks (default 20)")
     subm.set_defaults(func=_submit)
 
     sched = sub.add_parser(
@@ -130,7 +131,7 @@ def _submit(args, cfg) -> int:
                         enable_caching=False if args.no_cache else None, service_account=args.service_account)
     print(json.dumps({"run_id": run_id, "host": args.host, "experiment": args.experiment}))
     if args.wait:
-        outcome = wait_for_run(client, run_id, timeout_s=args.timeout_hours * 3600)
+        outcome = wait_for_run(client, run_id, timeout_s=args.timeout_hours * 3600, poll_s=args.poll_seconds)
         print(json.dumps({"run_id": run_id, "state": outcome.state, "gate_passed": outcome.gate_passed}))
     return 0
 

@@ -99,12 +99,13 @@ def gate_outcome(run) -> Optional[bool]:
 
 
 def wait_for_run(
-    client, run_id: str, timeout_s: float = 48 * 3600, poll_s: float = 20, stream: TextIO = sys.stderr,
+    client, run_id: str, timeout_s: float = 48 * 3600, poll_s: float = 20, stream: Optional[TextIO] = None,
     sleep=time.sleep,
 ) -> RunOutcome:
     """Follow a run, printing each state change of the run and its tasks. Raises
     :class:`RunFailed` when it does not succeed, :class:`GateFailed` when it succeeded but the
     evaluation gate kept the model from being exported and published."""
+    stream = stream or sys.stderr
     deadline = time.monotonic() + timeout_s
     seen: dict[str, str] = {}
     while True:
