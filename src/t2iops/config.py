@@ -162,6 +162,7 @@ class TrainConfig(_Section):
 class GateConfig(_Section):
     min_fidelity_lift: Optional[float] = Field(None, description="minimum lift of the primary fidelity metric")
     max_fid: Optional[float] = Field(None, gt=0)
+    max_kid: Optional[float] = Field(None, description="maximum KID (with adapter)")
     min_circle_iou: Optional[float] = Field(None, ge=0, le=1)
 
 
@@ -180,6 +181,13 @@ class EvaluateConfig(_Section):
     inception_weights: Optional[str] = Field(None, description="local file, s3:// URI or https URL of pt_inception weights")
     clip_model: Optional[str] = Field(None, description="CLIP weights for CLIP score (folder, hub id, s3://)")
     seed: int = Field(1234, ge=0)
+    resolution: Optional[int] = Field(None, ge=16, le=4096, description="generated image side; default encode.resolution")
+    estimator: Optional[str] = Field(
+        None, description="package.module:function returning the depth/segmentation/lineart estimator"
+    )
+    kid_subsets: int = Field(100, ge=1, description="KID: number of random subsets")
+    kid_subset_size: int = Field(1000, ge=2, description="KID: subset size (capped at the number of images)")
+    grid_rows: int = Field(8, ge=1, le=64, description="samples shown in the report grid")
     gate: GateConfig = Field(default_factory=GateConfig)
 
 

@@ -1,0 +1,273 @@
+"""Merged metrics, the gate, and the outputs people read.
+
+``metrics.json`` is a DVC metric: nested dicts of numbers (``dvc metrics diff`` compares them
+key by key), the gate's verdict included. Names: ``<metric>.with_adapter`` (first
+``evaluate.conditioning_scales`` entry), ``.without_adapter``, ``.lift`` (with - without);
+further scales go under ``sweep.scale_<s>``. ``report.html`` is self-contained (the grid is
+embedded as base64) so a KFP HTML artifact shows it as it is.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from .clip_score import dataset_clip_score
+from .fid import fid_from_stats, kernel_inception_distance
+
+WITHOUT = "without_adapter"
+FULL_RANK_N = 2048
+
+
+def _per_sample_metrics(info: dict, samples: list[dict]) -> list[dict]:
+    """Fidelity metrics (primary first) plus CLIP score when it was measured."""
+    out = list(info["fidelity"])
+    if samples and any(k.startswith("clip_score/") for k in samples[0]):
+        out.append({"name": "clip_score", "higher_is_better": True, "description": "CLIP score (100 x cosine)"})
+    return out
+
+
+def compute_metrics(samples: list[dict], stats: Optional[dict], info: dict, cfg: Any) -> dict:
+    variants = info["variants"]
+    primary = variants[1]
+    metrics: dict[str, Any] = {"num_samples": len(samples)}
+    sweep: dict[str, dict] = {f"scale_{v.split('@')[1]}": {} for v in variants[2:]}
+
+    def aggregate(name: str, v: str) -> float:
+        values = np.array([s[f"{name}/{v}"] for s in samples], dtype=np.float64)
+        return dataset_clip_score(values) if name == "clip_score" else float(values.mean())
+
+    for m in _per_sample_metrics(info, samples):
+        with_, without = aggregate(m["name"], primary), aggregate(m["name"], WITHOUT)
+        metrics[m["name"]] = {"with_adapter": with_, "without_adapter": without, "lift": with_ - without}
+        for v in variants[2:]:
+            sweep[f"scale_{v.split('@')[1]}"][m["name"]] = aggregate(m["name"], v)
+    if stats is not None and len(samples) >= 2:
+        fid = {v: fid_from_stats(stats["real"], stats[v]) for v in variants}
+        kid = {}
+        real = stats["real"].all_features()
+        ev = cfg.evaluate
+        for v in variants:
+            kid[v] = kernel_inception_distance(real, stats[v].all_features(), ev.kid_subsets, ev.kid_subset_size,
+                                               seed=ev.seed)
+        metrics["fid"] = {"with_adapter": fid[primary], "without_adapter": fid[WITHOUT]}
+        metrics["kid"] = {"with_adapter": kid[primary][0], "with_adapter_std": kid[primary][1],
+                          "without_adapter": kid[WITHOUT][0], "without_adapter_std": kid[WITHOUT][1],
+                          "subset_size": kid[primary][2]}
+        for v in variants[2:]:
+            sweep[f"scale_{v.split('@')[1]}"].update(fid=fid[v], kid=kid[v][0])
+    if sweep:
+        metrics["sweep"] = sweep
+    return metrics
+
+
+def evaluate_gate(metrics: dict, info: dict, gate_cfg: Any) -> dict:
+    """``{"passed": bool, "checks": [{name, value, op, threshold, passed}]}``. The fidelity lift
+    is signed so that higher is better (an RMSE must *drop* by at least the threshold)."""
+    checks = []
+
+    def check(name: str, value: Optional[float], op: str, threshold: float, note: str = "") -> None:
+        ok = value is not None and (value >= threshold if op == ">=" else value <= threshold)
+        entry = {"name": name, "value": value, "op": op, "threshold": threshold, "passed": bool(ok)}
+        if note:
+            entry["note"] = note
+        checks.append(entry)
+
+    primary = info["fidelity"][0]
+    if gate_cfg.min_fidelity_lift is not None:
+        lift = metrics[primary["name"]]["lift"]
+        check(f"{primary['name']}_lift", lift if primary["higher_is_better"] else -lift, ">=", gate_cfg.min_fidelity_lift)
+    missing = info.get("fid_missing") or "FID not computed"
+    if gate_cfg.max_fid is not None:
+        value = metrics.get("fid", {}).get("with_adapter")
+        check("fid", value, "<=", gate_cfg.max_fid, "" if value is not None else missing)
+    if gate_cfg.max_kid is not None:
+        value = metrics.get("kid", {}).get("with_adapter")
+        check("kid", value, "<=", gate_cfg.max_kid, "" if value is not None else missing)
+    if gate_cfg.min_circle_iou is not None:
+        value = metrics.get("circle_iou", {}).get("with_adapter")
+        check("circle_iou", value, ">=", gate_cfg.min_circle_iou,
+              "" if value is not None else "circle IoU is measured for condition_kind=circle_outline only")
+    return {"passed": all(c["passed"] for c in checks), "checks": checks}
+
+
+# ---------------------------------------------------------------------------------------
+def notes(metrics: dict, info: dict) -> list[str]:
+    out = []
+    n = metrics["num_samples"]
+    if info.get("fid_missing"):
+        out.append(f"FID and KID are missing: {info['fid_missing']}")
+    elif "fid" in metrics:
+        out.append("FID/KID use torch-fidelity's Inception (2048-d pool features) with the TF1.x-compatible "
+                   "resize, i.e. torchmetrics' antialias=False: the setting behind published FID numbers "
+                   "(torchmetrics >= 1.8 defaults to antialias=True, which gives different values).")
+        if n < FULL_RANK_N:
+            out.append(f"N = {n} < {FULL_RANK_N}: the 2048x2048 feature covariance is rank-deficient and FID is "
+                       "biased upwards at small N; compare FIDs only at equal N, and prefer KID (unbiased) here.")
+    from .condition_fidelity import notes_for
+
+    out.extend(notes_for(info.get("condition_kind", "")))
+    return out
+
+
+def _rows_for_table(metrics: dict, info: dict, samples: list[dict]) -> list[tuple]:
+    rows = []
+    for m in _per_sample_metrics(info, samples):
+        v = metrics[m["name"]]
+        rows.append((m["name"], v["without_adapter"], v["with_adapter"], v["lift"],
+                     "higher" if m["higher_is_better"] else "lower"))
+    if "fid" in metrics:
+        f, k = metrics["fid"], metrics["kid"]
+        rows.append(("fid", f["without_adapter"], f["with_adapter"], f["with_adapter"] - f["without_adapter"], "lower"))
+        rows.append(("kid", k["without_adapter"], k["with_adapter"], k["with_adapter"] - k["without_adapter"], "lower"))
+    return rows
+
+
+def _settings(info: dict, cfg: Any) -> list[tuple[str, Any]]:
+    ev = cfg.evaluate
+    return [
+        ("adapter", info["adapter"]), ("base model", f"{info['base_model']} ({info['family']})"),
+        ("split / samples", f"{ev.split} / {info['num_samples_total']}"), ("resolution", info["resolution"]),
+        ("scheduler", ev.scheduler), ("steps", ev.num_inference_steps), ("guidance scale", ev.guidance_scale),
+        ("negative prompt", ev.negative_prompt or "(none)"), ("batch size", ev.batch_size),
+        ("conditioning scales", ", ".join(f"{s:g}" for s in info["conditioning_scales"])),
+        ("conditioning factor (SDXL)", ev.conditioning_factor), ("seeds", f"{ev.seed} + sample index"),
+        ("condition kind", ev.condition_kind), ("baseline", "the plain base pipeline, same seeds and prompts"),
+        ("feature extractor", json.dumps(info["feature_extractor"]) if info["feature_extractor"] else "(none)"),
+        ("CLIP backbone", info.get("clip_backbone") or "(not measured)"),
+    ]
+
+
+def make_grid(local_shards: list[Path], samples: list[dict], info: dict, rows: int) -> Image.Image:
+    """Rows of condition | without adapter | with adapter (each scale), labelled."""
+    variants = info["variants"]
+    labels = ["condition", "without adapter"] + [f"with adapter (scale {v.split('@')[1]})" for v in variants[1:]]
+    cell = min(max(info["resolution"], 128), 256)
+    header, left = 18, 150
+    shown = samples[:rows]
+    grid = Image.new("RGB", (left + cell * len(labels), header + cell * len(shown)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, label in enumerate(labels):
+        draw.text((left + c * cell + 4, 3), label, fill="black")
+    lookup = {}
+    for path in local_shards:
+        for p in (path / "conditions").glob("*.png"):
+            lookup[("condition", p.name)] = p
+        for v in variants:
+            for p in (path / "images" / v).glob("*.png"):
+                lookup[(v, p.name)] = p
+    for r, s in enumerate(shown):
+        name = f"{s['index']:06d}_{s['id']}.png"
+        y = header + r * cell
+        draw.text((4, y + 4), f"#{s['index']} {s['id']}", fill="black")
+        for k, line in enumerate(_wrap(s["prompt"], 22)[:6]):
+            draw.text((4, y + 20 + 12 * k), line, fill="gray")
+        for c, key in enumerate(["condition", *variants]):
+            with Image.open(lookup[(key, name)]) as im:
+                grid.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (left + c * cell, y))
+    return grid
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, cur = [], ""
+    for word in str(text).split():
+        if cur and len(cur) + 1 + len(word) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = f"{cur} {word}".strip()
+    return lines + ([cur] if cur else [])
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def write_outputs(staging: Path, local_shards: list[Path], samples: list[dict], metrics: dict, info: dict, cfg: Any) -> None:
+    info = {**info, "condition_kind": cfg.evaluate.condition_kind}
+    (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    per_sample = _per_sample_metrics(info, samples)
+    variants = info["variants"]
+    columns = ["index", "id", "seed", "prompt"]
+    for m in per_sample:
+        columns += [f"{m['name']}_without_adapter", f"{m['name']}_with_adapter", f"{m['name']}_lift"]
+        columns += [f"{m['name']}_{v}" for v in variants[2:]]
+    with open(staging / "samples.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for s in samples:
+            row = [s["index"], s["id"], s["seed"], s["prompt"]]
+            for m in per_sample:
+                w, wo = s[f"{m['name']}/{variants[1]}"], s[f"{m['name']}/{WITHOUT}"]
+                row += [wo, w, w - wo] + [s[f"{m['name']}/{v}"] for v in variants[2:]]
+            writer.writerow(row)
+    for path in local_shards:
+        shutil.copytree(path / "images", staging / "images", dirs_exist_ok=True)
+        shutil.copytree(path / "conditions", staging / "conditions", dirs_exist_ok=True)
+    grid = make_grid(local_shards, samples, info, cfg.evaluate.grid_rows)
+    grid.save(staging / "grid.png")
+    buf = io.BytesIO()
+    grid.save(buf, format="PNG")
+    table = _rows_for_table(metrics, info, samples)
+    settings = _settings(info, cfg)
+    caveats = notes(metrics, info)
+    gate = metrics["gate"]
+    (staging / "report.md").write_text(_markdown(table, settings, caveats, gate, metrics))
+    (staging / "report.html").write_text(_html(table, settings, caveats, gate, metrics,
+                                              base64.b64encode(buf.getvalue()).decode()))
+
+
+def _gate_lines(gate: dict) -> list[tuple]:
+    return [(c["name"], _fmt(c["value"]), f"{c['op']} {_fmt(c['threshold'])}", "pass" if c["passed"] else "FAIL",
+             c.get("note", "")) for c in gate["checks"]]
+
+
+def _markdown(table, settings, caveats, gate, metrics) -> str:
+    out = ["# Adapter evaluation", "", f"{metrics['num_samples']} samples. Lift = with adapter - without adapter "
+           "(same seeds, same prompts).", "", "| metric | without adapter | with adapter | lift | better |",
+           "|---|---|---|---|---|"]
+    out += [f"| {n} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} | {d} |" for n, a, b, c, d in table]
+    out += ["", "![condition | without adapter | with adapter](grid.png)", "", "## Notes", ""]
+    out += [f"- {c}" for c in caveats] or ["- none"]
+    verdict = "passed" if gate["passed"] else "FAILED"
+    out += ["", f"## Gate: {verdict}", ""]
+    if gate["checks"]:
+        out += ["| check | value | needs | result | note |", "|---|---|---|---|---|"]
+        out += [f"| {' | '.join(line)} |" for line in _gate_lines(gate)]
+    else:
+        out.append("No thresholds configured (evaluate.gate).")
+    out += ["", "## Settings", "", "| setting | value |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in settings]
+    return "\n".join(out) + "\n"
+
+
+def _html(table, settings, caveats, gate, metrics, grid_b64: str) -> str:
+    e = html.escape
+
+    def rows(items):
+        return "".join("<tr>" + "".join(f"<td>{e(_fmt(x))}</td>" for x in item) + "</tr>" for item in items)
+
+    verdict = "passed" if gate["passed"] else "FAILED"
+    gate_html = (f"<table><tr><th>check</th><th>value</th><th>needs</th><th>result</th><th>note</th></tr>"
+                 f"{rows(_gate_lines(gate))}</table>" if gate["checks"] else "<p>No thresholds configured.</p>")
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>Adapter evaluation</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}img{{image-rendering:pixelated}}</style></head>
+<body><h1>Adapter evaluation</h1>
+<p>{metrics['num_samples']} samples. Lift = with adapter - without adapter (same seeds, same prompts).</p>
+<table><tr><th>metric</th><th>without adapter</th><th>with adapter</th><th>lift</th><th>better</th></tr>{rows(table)}</table>
+<h2>Samples</h2><img alt="condition | without adapter | with adapter" src="data:image/png;base64,{grid_b64}">
+<h2>Notes</h2><ul>{''.join(f'<li>{e(c)}</li>' for c in caveats) or '<li>none</li>'}</ul>
+<h2>Gate: {verdict}</h2>{gate_html}
+<h2>Settings</h2><table>{rows(settings)}</table>
+</body></html>
+"""

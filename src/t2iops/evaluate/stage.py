@@ -1,0 +1,323 @@
+"""``t2iops evaluate``: sample, measure, merge, report, gate.
+
+One code path for every way of running: :func:`evaluate_shard` evaluates a slice of the
+evaluation set and publishes partial results (per-sample rows, mergeable FID statistics, KID
+features, images); :func:`merge_shards` combines any complete set of shards into the final
+metrics, report and gate. A single-process run (:func:`evaluate`) is one shard plus a merge.
+
+Shards split the evaluation set into whole sampling batches, and every image's generator is
+seeded ``evaluate.seed + sample index``, so a sharded run produces the single-process images.
+
+Shard layout: ``shard.json`` (slice, settings fingerprint), ``samples.jsonl``,
+``stats/<variant>.npz`` (float64 sum, sum of outer products, count, float32 features; also
+``real``), ``images/<variant>/<index>_<id>.png``, ``conditions/``, ``config.resolved.yaml``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .. import storage
+from ..errors import DataError, GateFailed, ModelError, UsageError
+from .fid import EXTRACTOR_SETTINGS, FeatureStats
+
+log = logging.getLogger(__name__)
+
+WITHOUT = "without_adapter"
+SHARD_INFO = "shard.json"
+SAMPLES = "samples.jsonl"
+
+
+def adapter_variant(scale: float) -> str:
+    return f"adapter@{scale:g}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n."""
+    try:
+        index, count = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r} must look like i/n, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"--shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
+def evaluation_rows(data: str, validated: str, cfg: Any) -> list:
+    """The first ``evaluate.num_samples`` validated rows of ``evaluate.split``, ordered by id."""
+    from ..data.dataset import load_rows, load_validated_ids
+
+    split = cfg.evaluate.split
+    rows = load_rows(data, cfg, split=split, ids=load_validated_ids(validated, cfg))
+    if not rows:
+        raise DataError(f"{data}: no validated rows in split {split!r} (evaluate.split)")
+    rows.sort(key=lambda r: r.id)
+    return rows[: cfg.evaluate.num_samples]
+
+
+def shard_range(num_samples: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
+    """The sample indices [lo, hi) of shard ``index``: a contiguous run of whole batches."""
+    batches = math.ceil(num_samples / batch_size)
+    if count > batches:
+        raise UsageError(f"{count} shards but only {batches} batches of evaluate.batch_size={batch_size}")
+    first, last = batches * index // count, batches * (index + 1) // count
+    return first * batch_size, min(last * batch_size, num_samples)
+
+
+def eval_resolution(cfg: Any) -> int:
+    return int(cfg.evaluate.resolution or cfg.encode.resolution)
+
+
+def _to_tensor(images: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _adapter_digest(adapter: Any) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(adapter.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------
+# FID pieces
+def load_inception(cfg: Any, device: str):
+    """(extractor or None, why FID is missing or None). Fails unless evaluate.fid allows it."""
+    from .fid import InceptionFeatures, resolve_inception_weights
+
+    mode = cfg.evaluate.fid
+    if mode == "off":
+        return None, "FID/KID turned off (evaluate.fid=off)"
+    try:
+        return InceptionFeatures(resolve_inception_weights(cfg.evaluate.inception_weights, cfg), device), None
+    except ModelError as exc:
+        if mode == "required":
+            raise ModelError(f"{exc} (evaluate.fid=required)") from None
+        log.warning("FID/KID skipped: %s", exc)
+        return None, str(exc)
+
+
+def real_statistics(rows: list, lo: int, hi: int, resolution: int, inception: Any, cfg: Any) -> FeatureStats:
+    """Inception statistics of the real images of ``rows[lo:hi]``, accumulated batch by batch
+    exactly as the generated images' are. Each batch's features are cached by content: the
+    rows' ids and image pixels, the split, the resolution and the Inception weights, so a new
+    dataset version misses the cache and shards reuse what a single run computed."""
+    weights = storage.sha256_file(inception.weights_path)
+    bs = cfg.evaluate.batch_size
+    stats = FeatureStats()
+    for start in tqdm(range(lo, hi, bs), desc="inception (real images)", unit="batch"):
+        batch = rows[start:min(start + bs, hi)]
+        images = np.stack([np.asarray(_load_real(r, resolution)) for r in batch])
+        key = _digest({
+            "ids": [r.id for r in batch],
+            "pixels": [hashlib.sha256(im.tobytes()).hexdigest() for im in images],
+            "split": cfg.evaluate.split,
+            "resolution": resolution,
+            "weights": weights,
+        })
+        path = storage.cache_root(cfg) / "fid_real" / f"{key}.npy"
+        if path.exists():
+            features = np.load(path)
+        else:
+            features = inception(_to_tensor(images))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{key}.{uuid.uuid4().hex[:8]}.npy")
+            np.save(tmp, features)
+            tmp.replace(path)
+        stats.update(features)
+    return stats
+
+
+def _load_real(row: Any, resolution: int) -> Image.Image:
+    from .sampling import square_resize
+
+    return square_resize(row.load_image(), resolution, Image.BICUBIC)
+
+
+# ---------------------------------------------------------------------------------------
+def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, shard: tuple[int, int] = (0, 1)) -> dict:
+    """Evaluate shard ``i`` of ``n`` and publish its partial results to ``out``."""
+    import torch
+
+    from ..models.family import check_adapter_fits
+    from ..models.resolve import load_adapter, load_base_model
+    from .condition_fidelity import load_estimator_spec, metrics_for
+    from .sampling import build_pipelines, generate, square_resize
+
+    ev = cfg.evaluate
+    index, count = shard
+    load_estimator_spec(ev.condition_kind, ev.estimator)
+    fidelity = metrics_for(ev.condition_kind)
+    rows = evaluation_rows(data, validated, cfg)
+    lo, hi = shard_range(len(rows), ev.batch_size, index, count)
+    resolution = eval_resolution(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    base = load_base_model(cfg.model, cfg.storage)
+    net = load_adapter(adapter, cfg.model, cfg.storage)
+    check_adapter_fits(net, base, resolution=resolution)
+    net = net.to(dtype=base.dtype) if base.dtype is not None else net
+    pipes = build_pipelines(base, net, ev.scheduler, device)
+    variants = [WITHOUT] + [adapter_variant(s) for s in ev.conditioning_scales]
+    inception, fid_missing = load_inception(cfg, device)
+    clip = None
+    if ev.clip_model:
+        from .clip_score import ClipScorer
+
+        clip = ClipScorer(ev.clip_model, cfg, device)
+    fingerprint = _digest({
+        "evaluate": {k: v for k, v in ev.model_dump(mode="json").items() if k != "gate"},
+        "model": cfg.model.model_dump(mode="json"),
+        "resolution": resolution,
+        "adapter": _adapter_digest(net),
+        "rows": [r.id for r in rows],
+        "fid": fid_missing is None,
+    })
+    stats = {v: FeatureStats() for v in variants}
+    samples: list[dict] = []
+    with storage.publish(out, cfg, extra={"stage": "evaluate-shard", "shard": f"{index}/{count}"}) as staging:
+        for v in variants:
+            (staging / "images" / v).mkdir(parents=True)
+        (staging / "conditions").mkdir()
+        for start in tqdm(range(lo, hi, ev.batch_size), desc=f"sampling shard {index}/{count}", unit="batch"):
+            batch = rows[start:min(start + ev.batch_size, hi)]
+            ids = list(range(start, start + len(batch)))
+            seeds = [ev.seed + i for i in ids]
+            prompts = [r.text for r in batch]
+            conditions, scales = [], []
+            for r in batch:
+                original = r.load_condition()
+                conditions.append(square_resize(original, resolution, Image.BILINEAR))
+                scales.append(resolution / min(original.size))
+            cond_t = _to_tensor(np.stack([np.asarray(c) for c in conditions]))
+            images = {WITHOUT: generate(pipes, prompts, seeds, resolution, ev)}
+            for s in ev.conditioning_scales:
+                images[adapter_variant(s)] = generate(pipes, prompts, seeds, resolution, ev, conditions, s)
+            metas = [{**r.meta, "_scale": sc} for r, sc in zip(batch, scales)]
+            records = [
+                {"index": i, "id": r.id, "seed": sd, "prompt": p} for i, r, sd, p in zip(ids, batch, seeds, prompts)
+            ]
+            for v, imgs in images.items():
+                img_t = _to_tensor(imgs)
+                for metric in fidelity:
+                    for rec, value in zip(records, metric.compute(img_t, cond_t, metas)):
+                        rec[f"{metric.name}/{v}"] = float(value)
+                if clip is not None:
+                    for rec, value in zip(records, clip(img_t, prompts)):
+                        rec[f"clip_score/{v}"] = float(value)
+                if inception is not None:
+                    stats[v].update(inception(img_t))
+                for rec, im in zip(records, imgs):
+                    Image.fromarray(im).save(staging / "images" / v / f"{rec['index']:06d}_{rec['id']}.png")
+            for rec, c in zip(records, conditions):
+                c.save(staging / "conditions" / f"{rec['index']:06d}_{rec['id']}.png")
+            samples.extend(records)
+
+        (staging / "stats").mkdir()
+        if inception is not None:
+            real_statistics(rows, lo, hi, resolution, inception, cfg).save(staging / "stats" / "real.npz")
+            for v, st in stats.items():
+                st.save(staging / "stats" / f"{v}.npz")
+        with open(staging / SAMPLES, "w") as fh:
+            for rec in samples:
+                fh.write(json.dumps(rec) + "\n")
+        info = {
+            "shard": index,
+            "num_shards": count,
+            "range": [lo, hi],
+            "num_samples_total": len(rows),
+            "fingerprint": fingerprint,
+            "family": base.family,
+            "base_model": cfg.model.base_model,
+            "adapter": str(adapter),
+            "resolution": resolution,
+            "device": device,
+            "variants": variants,
+            "conditioning_scales": list(ev.conditioning_scales),
+            "fidelity": [{"name": m.name, "higher_is_better": m.higher_is_better, "description": m.description}
+                         for m in fidelity],
+            "fid_missing": fid_missing,
+            "feature_extractor": EXTRACTOR_SETTINGS if inception is not None else None,
+            "clip_backbone": clip.backbone if clip is not None else None,
+        }
+        (staging / SHARD_INFO).write_text(json.dumps(info, indent=2))
+        cfg.write(staging)
+    log.info("shard %d/%d: samples %d..%d -> %s", index, count, lo, hi, out)
+    return info
+
+
+def merge_shards(shards: list[str], out: str, cfg: Any, gate: bool = False) -> dict:
+    """Combine a complete set of shard outputs into ``out``: metrics.json, samples.csv, grid.png,
+    report.md/.html, images and the resolved config. Raises :class:`GateFailed` (after
+    publishing) when ``gate`` is set and a configured threshold is missed."""
+    from .report import compute_metrics, evaluate_gate, write_outputs
+
+    if not shards:
+        raise UsageError("merge needs at least one shard (--shards E1 E2 ...)")
+    local = []
+    infos = []
+    for s in shards:
+        try:
+            storage.read_manifest(s, cfg)
+        except storage.NotPublished as exc:
+            raise DataError(f"shard {s}: {exc}") from None
+        path = storage.materialize(s, cfg, kind="eval-shards")
+        info_path = path / SHARD_INFO
+        if not info_path.exists():
+            raise DataError(f"{s} is not an evaluation shard (no {SHARD_INFO})")
+        local.append(path)
+        infos.append(json.loads(info_path.read_text()))
+    first = infos[0]
+    for s, info in zip(shards, infos):
+        if info["fingerprint"] != first["fingerprint"]:
+            raise DataError(f"shard {s} was made with other settings, adapter or rows than {shards[0]}; "
+                            "evaluate all shards with the same configuration")
+    found = sorted(info["shard"] for info in infos)
+    if found != list(range(first["num_shards"])):
+        raise DataError(f"shards {found} of {first['num_shards']} given: each shard 0..{first['num_shards'] - 1} "
+                        "is needed exactly once")
+    order = sorted(range(len(infos)), key=lambda k: infos[k]["shard"])
+    local = [local[k] for k in order]
+    samples = []
+    for path in local:
+        samples.extend(json.loads(line) for line in (path / SAMPLES).read_text().splitlines() if line.strip())
+    stats: Optional[dict] = None
+    if first["fid_missing"] is None:
+        stats = {name: FeatureStats.merged([FeatureStats.load(p / "stats" / f"{name}.npz") for p in local])
+                 for name in ["real", *first["variants"]]}
+    metrics = compute_metrics(samples, stats, first, cfg)
+    metrics["gate"] = evaluate_gate(metrics, first, cfg.evaluate.gate)
+    with storage.publish(out, cfg, extra={"stage": "evaluate", "shards": len(shards)}) as staging:
+        write_outputs(staging, local, samples, metrics, first, cfg)
+        cfg.write(staging)
+    log.info("evaluation -> %s (gate %s)", out, "passed" if metrics["gate"]["passed"] else "FAILED")
+    if gate and not metrics["gate"]["passed"]:
+        failed = [c for c in metrics["gate"]["checks"] if not c["passed"]]
+        raise GateFailed("evaluation gate failed: " + "; ".join(
+            f"{c['name']}: {c['value']} (needs {c['op']} {c['threshold']})" for c in failed))
+    return metrics
+
+
+def evaluate(adapter: str, data: str, validated: str, out: str, cfg: Any, gate: bool = False) -> dict:
+    """Single-process evaluation: one shard, then the same merge as a sharded run."""
+    with tempfile.TemporaryDirectory(prefix="t2iops-eval-") as tmp:
+        shard_dir = str(Path(tmp) / "shard-0")
+        evaluate_shard(adapter, data, validated, shard_dir, cfg, (0, 1))
+        return merge_shards([shard_dir], out, cfg, gate=gate)
