@@ -29,14 +29,14 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "data.synth.count": 24,
     "data.synth.resolution": 64,
     "data.val_fraction": 0.2,
-    "data.test_fraction": 0.2,
+    "data.test_fraction": 0.25,
     "encode.resolution": 64,
     "encode.batch_size": 8,
     "train.max_steps": 2,
     "train.batch_size": 2,
     "train.checkpoint_every": 1,
     "evaluate.num_samples": 2,
-    "evaluate.batch_size": 2,
+    "evaluate.batch_size": 1,  # one batch per shard: two shards need two batches
     "evaluate.num_inference_steps": 2,
     "evaluate.fid": "off",
 }

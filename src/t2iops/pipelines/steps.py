@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -141,7 +140,3 @@ def copy_report(evaluation_dir: str, name: str, target: str) -> None:
     else:
         Path(target).write_text(f"(the evaluation wrote no {name})\n")
 
-
-def environment_summary() -> dict[str, str]:
-    """What the step ran on, for the logs."""
-    return {"python": sys.version.split()[0], "pod": os.environ.get("HOSTNAME", "")}
