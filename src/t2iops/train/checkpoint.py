@@ -108,7 +108,11 @@ class Checkpointer:
             if self.dist.is_main:
                 staging.mkdir(parents=True)
             self.dist.barrier()
-            write(staging)
+            try:
+                write(staging)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)  # never leave half a checkpoint behind
+                raise
             self.dist.barrier()
             if self.dist.is_main:
                 (staging / storage.MANIFEST).write_bytes(manifest_bytes(file_entries(staging), extra))

@@ -45,7 +45,7 @@ class MicroBatches(Dataset):
         self.uncond = uncond  # embeddings a dropped caption is replaced by
         self.flip = flip and reader.has_flip
         self.batches_per_epoch = len(reader) // global_batch
-        self._order: tuple[int, Optional[torch.Tensor]] = (-1, None)
+        self._order: tuple[Optional[int], Optional[torch.Tensor]] = (None, None)
 
     def __len__(self) -> int:  # only meaningful per epoch; the sampler is what runs forever
         return self.batches_per_epoch

@@ -38,7 +38,7 @@ def check_training_config(cfg: Config, world_size: int, device: torch.device, ze
     if train_samples is not None and train_samples < t.batch_size:
         raise ConfigError(f"train.batch_size={t.batch_size} is larger than the cache's train split "
                           f"({train_samples} samples)")
-    if t.validate_every and not val_samples:
+    if t.validate_every and val_samples is not None and val_samples == 0:
         raise ConfigError("train.validate_every needs a val split in the cache; encode it "
                           "(encode.splits includes val) or set train.validate_every=0")
     if t.warmup_steps > t.max_steps:

@@ -72,9 +72,9 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
     # -- data ------------------------------------------------------------------------------
     cache_local = storage.materialize(cache_dir, cfg.storage, kind="caches")
     reader = CacheReader(cache_local, "train")
+    val_count = len(reader.index["samples"].get("val", {}).get("ids", []))
+    check_training_config(cfg, dist.world_size, dist.device, zero_stage, len(reader), val_count)
     val_reader = CacheReader(cache_local, "val") if t.validate_every else None
-    check_training_config(cfg, dist.world_size, dist.device, zero_stage, len(reader),
-                          len(val_reader) if val_reader else None)
 
     # -- frozen base model -------------------------------------------------------------------
     from diffusers import DDPMScheduler

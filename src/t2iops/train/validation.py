@@ -6,14 +6,15 @@ Each round reports
   timesteps, so rounds are directly comparable (a paired comparison, not a fresh draw);
 * a grid PNG (condition | generated, one row per sample) made with the diffusers adapter
   pipeline from the cached prompt embeddings and conditions, with fixed seeds;
-* ``fidelity``: how well the generated images follow their conditions.
+* the condition-fidelity metric of ``evaluate.condition_kind`` (the one ``t2iops evaluate``
+  reports, e.g. edge F1 for circle outlines): how well the images follow their conditions.
 
 Rank 0 does the work on a private fp32 copy of the adapter's (gathered) weights.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -28,30 +29,22 @@ log = logging.getLogger("t2iops.train")
 VAL_EPOCH = -1  # the draws of validation use an epoch no training run reaches
 
 
-def edge_f1(image: Image.Image, condition: Image.Image) -> float:
-    """Binary F1 between the Canny edges (kornia, low 0.1 / high 0.2, as ControlNet++) of the
-    generated image and of the condition image."""
-    import kornia
+def fidelity_metric(condition_kind: str):
+    """The evaluation stage's primary condition-fidelity metric for ``evaluate.condition_kind``,
+    so training and evaluation report the same number; None when the kind needs an estimator
+    that is not registered (validation then reports the loss and the grid only)."""
+    from ..errors import T2IError
+    from ..evaluate.condition_fidelity import metrics_for
 
-    def edges(img: Image.Image) -> torch.Tensor:
-        x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        return kornia.filters.canny(x, low_threshold=0.1, high_threshold=0.2)[1][0, 0] > 0.5
-
-    pred, ref = edges(image), edges(condition.resize(image.size))
-    tp = (pred & ref).sum().item()
-    precision = tp / max(1, pred.sum().item())
-    recall = tp / max(1, ref.sum().item())
-    return 0.0 if tp == 0 else 2 * precision * recall / (precision + recall)
+    try:
+        return metrics_for(condition_kind)[0]
+    except T2IError as exc:
+        log.warning("validation: no fidelity metric (%s)", exc)
+        return None
 
 
-def default_fidelity() -> tuple[str, Callable[[list, list], float]]:
-    """The project's condition-fidelity metric when available, else the edge F1 above."""
-    try:  # the evaluation stage's metric, so training and evaluation report the same number
-        from ..evaluate.condition_fidelity import fidelity_score  # type: ignore
-
-        return "fidelity", fidelity_score
-    except ImportError:
-        return "edge_f1", lambda images, conditions: float(np.mean([edge_f1(i, c) for i, c in zip(images, conditions)]))
+def _uint8_batch(images: list[Image.Image]) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(i.convert("RGB"), dtype=np.uint8) for i in images])).permute(0, 3, 1, 2)
 
 
 def make_grid(conditions: list[Image.Image], images: list[Image.Image]) -> Image.Image:
@@ -78,7 +71,7 @@ class Validator:
         batches = MicroBatches(reader, n, rank=0, world_size=1, seed=cfg.train.seed, caption_dropout=0.0,
                                uncond=self.uncond, flip=False)
         self.loss_batch = batches[(VAL_EPOCH, 0)]
-        self.metric_name, self.fidelity = default_fidelity()
+        self.metric = fidelity_metric(cfg.evaluate.condition_kind)
 
     @torch.no_grad()
     def loss(self, adapter) -> float:
@@ -113,7 +106,11 @@ class Validator:
         adapter.eval()
         metrics = {"val_loss": self.loss(adapter)}
         conditions, images = self.images(adapter)
-        metrics[self.metric_name] = float(self.fidelity(images, conditions))
+        if self.metric is not None:
+            size = images[0].size
+            conditions_at_size = [c.resize(size) for c in conditions]
+            scores = self.metric.compute(_uint8_batch(images), _uint8_batch(conditions_at_size), None)
+            metrics[self.metric.name] = float(np.mean(scores))
         return metrics, make_grid(conditions, images)
 
     # -----------------------------------------------------------------------------------
