@@ -1,0 +1,180 @@
+"""The encode stage on tiny models: what the cache holds, and that a change re-encodes exactly
+the affected part."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from t2iops import storage
+from t2iops.config import load_config
+from t2iops.data.validate import validate
+from t2iops.encode import encode_dataset
+from t2iops.encode.cache import CacheReader, read_index
+
+SIZES = [(64, 64), (96, 64), (64, 128), (80, 80), (64, 64), (128, 96)]  # (width, height)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_dataset(root, captions=None):
+    """Rows of different sizes (so SDXL time ids differ per sample); condition = a ring."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "conditioning_images").mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (w, h) in enumerate(SIZES):
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        yy, xx = np.mgrid[:h, :w]
+        ring = (np.abs(np.hypot(yy - h / 2, xx - w / 3) - min(h, w) / 4) < 2)[..., None].repeat(3, -1)
+        Image.fromarray(img).save(root / f"images/{i}.png")
+        Image.fromarray((ring * 255).astype(np.uint8)).save(root / f"conditioning_images/{i}.png")
+        text = (captions or {}).get(i, "red circle with blue background" if i % 2 else "green circle with black background")
+        rows.append({"id": f"{i:02d}", "image": f"images/{i}.png", "conditioning_image": f"conditioning_images/{i}.png",
+                     "text": text})
+    (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root
+
+
+def _cfg(model, *extra):
+    return load_config(overrides=[f"model.base_model={model}", "data.val_fraction=0.0", "data.test_fraction=0.0",
+                                  "encode.resolution=64", "encode.shard_size=4", "encode.batch_size=4",
+                                  "encode.storage_dtype=fp32", *extra])
+
+
+def _prepared(tmp_path, model, *extra):
+    data = write_dataset(tmp_path / "data")
+    cfg = _cfg(model, *extra)
+    validate(str(data), str(tmp_path / "validated"), cfg)
+    return data, cfg
+
+
+def _inodes(folder):
+    return {str(p.relative_to(folder)): p.stat().st_ino for p in folder.rglob("*.safetensors")}
+
+
+def test_sdxl_cache_contents(tmp_path, tiny_sdxl_path):
+    data, cfg = _prepared(tmp_path, tiny_sdxl_path)
+    out = tmp_path / "cache"
+    encode_dataset(str(data), str(tmp_path / "validated"), str(out), cfg)
+    assert storage.is_published(str(out)) and (out / "config.resolved.yaml").exists()
+    index = read_index(out)
+    assert index["family"] == "sdxl" and index["resolution"] == 64
+    assert index["base_model"]["path"] == tiny_sdxl_path and index["base_model"]["config_hash"]
+    reader = CacheReader(out, "train")
+    assert len(reader) == 6 and reader.latent_part["shards"] == [{"file": "shard-00000.safetensors", "count": 4},
+                                                                 {"file": "shard-00001.safetensors", "count": 2}]
+    # Captions are deduplicated: 2 unique captions, embedded once each, plus the empty prompt.
+    assert reader.text_part["captions"] == ["green circle with black background", "red circle with blue background"]
+    s = reader.sample(2)
+    assert s["condition"].dtype == torch.uint8 and s["condition"].shape == (3, 64, 64)
+    assert s["latent"].shape == (8, 16, 16)  # mean + logvar of a 4-channel latent, VAE downscale 4
+    assert s["pooled_prompt_embeds"].ndim == 1
+    # Per-sample time ids: original (h, w), crop top-left, target size.
+    time_ids = [reader.sample(i)["time_ids"].tolist() for i in range(6)]
+    assert time_ids[0] == [64, 64, 0, 0, 64, 64]
+    assert time_ids[1] == [64, 96, 0, 16, 64, 64]  # 96x64 -> centre crop 16 px from the left
+    assert time_ids[2] == [128, 64, 32, 0, 64, 64]
+    assert len({tuple(t) for t in time_ids}) == 5
+    empty = reader.empty_prompt()
+    assert set(empty) == {"prompt_embeds", "pooled_prompt_embeds"}
+    assert index["force_zeros_for_empty_prompt"] is True  # SDXL pipelines' default
+
+
+def test_latents_are_the_vae_posterior_of_the_resized_image(tmp_path, tiny_sd15_path):
+    from t2iops.encode.augment import prepare_pair
+    from t2iops.models.resolve import load_base_model
+
+    data, cfg = _prepared(tmp_path, tiny_sd15_path, "encode.random_flip=true")
+    out = tmp_path / "cache"
+    encode_dataset(str(data), str(tmp_path / "validated"), str(out), cfg)
+    reader = CacheReader(out, "train")
+    assert "pooled_prompt_embeds" not in reader.sample(0) and reader.family == "sd15"
+    vae = load_base_model(cfg.model, components=("vae",)).vae
+    image = Image.open(data / "images/1.png").convert("RGB")
+    img, cond, _ = prepare_pair(image, Image.open(data / "conditioning_images/1.png").convert("RGB"), 64, False, 0)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = vae.encode(x).latent_dist.parameters[0]
+        expected_flipped = vae.encode(x.flip(-1)).latent_dist.parameters[0]
+    torch.testing.assert_close(reader.sample(1)["latent"], expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(reader.sample(1, flipped=True)["latent"], expected_flipped, atol=1e-5, rtol=1e-4)
+    assert np.array_equal(reader.sample(1)["condition"].permute(1, 2, 0).numpy(), np.asarray(cond))
+
+
+def test_rerun_is_a_noop_and_changes_reencode_only_their_part(tmp_path, tiny_sd15_path):
+    data, cfg = _prepared(tmp_path, tiny_sd15_path)
+    out = tmp_path / "cache"
+    validated = str(tmp_path / "validated")
+    encode_dataset(str(data), validated, str(out), cfg)
+    first = read_index(out)
+    manifest_mtime = (out / "_manifest.json").stat().st_mtime_ns
+    inodes = _inodes(out)
+
+    # Nothing changed: nothing is written.
+    encode_dataset(str(data), validated, str(out), cfg)
+    assert (out / "_manifest.json").stat().st_mtime_ns == manifest_mtime and _inodes(out) == inodes
+
+    # Another VAE: latents re-encoded, text carried over (same files).
+    from t2iops.models.resolve import load_base_model
+
+    vae = load_base_model(cfg.model, components=("vae",)).vae
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.mul_(0.9)
+    vae.save_pretrained(tmp_path / "other-vae")
+    cfg_vae = _cfg(tiny_sd15_path, f"model.vae={tmp_path / 'other-vae'}")
+    encode_dataset(str(data), validated, str(out), cfg_vae)
+    second = read_index(out)
+    assert second["text"] == first["text"] and second["latents"]["key"] != first["latents"]["key"]
+    now = _inodes(out)
+    assert {k: v for k, v in now.items() if k.startswith("text/")} == {k: v for k, v in inodes.items() if k.startswith("text/")}
+    assert not (out / first["latents"]["dir"]).exists()
+
+    # A caption edited: text re-encoded, latents carried over.
+    write_dataset(data, captions={3: "blue circle with red background"})
+    validate(str(data), validated, cfg_vae)
+    encode_dataset(str(data), validated, str(out), cfg_vae)
+    third = read_index(out)
+    assert third["latents"] == second["latents"] and third["text"]["key"] != second["text"]["key"]
+    assert third["dataset_version"] != second["dataset_version"]
+    after = _inodes(out)
+    assert {k: v for k, v in after.items() if k.startswith("latents/")} == {k: v for k, v in now.items() if k.startswith("latents/")}
+    reader = CacheReader(out, "train")
+    assert reader.caption(3) == "blue circle with red background"
+
+    # The resolution changes the latents only.
+    encode_dataset(str(data), validated, str(out), _cfg(tiny_sd15_path, f"model.vae={tmp_path / 'other-vae'}",
+                                                       "encode.resolution=32"))
+    fourth = read_index(out)
+    assert fourth["text"] == third["text"] and fourth["latents"]["key"] != third["latents"]["key"]
+    assert CacheReader(out, "train").sample(0)["condition"].shape == (3, 32, 32)
+
+
+def test_encode_refuses_empty_selection(tmp_path, tiny_sd15_path):
+    from t2iops.errors import DataError
+
+    data, cfg = _prepared(tmp_path, tiny_sd15_path)
+    cfg = _cfg(tiny_sd15_path, "encode.splits=[test]")
+    with pytest.raises(DataError, match="encode.splits"):
+        encode_dataset(str(data), str(tmp_path / "validated"), str(tmp_path / "cache"), cfg)
+
+
+def test_encode_cli(tmp_path, tiny_sd15_path, monkeypatch):
+    from t2iops.cli import main
+
+    data, _ = _prepared(tmp_path, tiny_sd15_path)
+    monkeypatch.chdir(tmp_path)
+    rc = main(["encode", "--data", str(data), "--validated", str(tmp_path / "validated"), "--out", "cache",
+               "-S", f"model.base_model={tiny_sd15_path}", "-S", "data.val_fraction=0", "-S", "data.test_fraction=0",
+               "-S", "encode.resolution=32"])
+    assert rc == 0 and len(CacheReader(tmp_path / "cache", "train")) == 6
+    assert os.path.exists(tmp_path / "cache" / "_manifest.json")
