@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UsageError
 
@@ -189,6 +189,12 @@ class EvaluateConfig(_Section):
     kid_subset_size: int = Field(1000, ge=2, description="KID: subset size (capped at the number of images)")
     grid_rows: int = Field(8, ge=1, le=64, description="samples shown in the report grid")
     gate: GateConfig = Field(default_factory=GateConfig)
+
+    @field_validator("fid", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        # YAML 1.1 reads a bare `off` / `on` (e.g. -S evaluate.fid=off) as a boolean.
+        return {False: "off", True: "required"}.get(value, value) if isinstance(value, bool) else value
 
 
 class ExportConfig(_Section):
