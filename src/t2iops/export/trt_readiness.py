@@ -15,8 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
-
 logger = logging.getLogger(__name__)
 
 SUPPORTED_OPS_FILE = Path(__file__).with_name("trt10_supported_ops.txt")
