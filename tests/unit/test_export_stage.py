@@ -33,7 +33,10 @@ def training_output(root: Path) -> Path:
     save_adapter(root / "adapter")
     cfg = load_config(None, ["model.base_model=org/base-model", "model.revision=abc123", "data.root=data/circles"])
     cfg.write(root)
-    (root / "summary.json").write_text(json.dumps({"steps": 10}))
+    (root / "summary.json").write_text(json.dumps({
+        "steps": 10, "data_version": "d1g3st",
+        "base_model": {"path": "org/base-model", "revision": "abc123", "commit": "f00d", "variant": None},
+    }))
     return root
 
 
@@ -82,8 +85,11 @@ def test_export_of_a_training_output_writes_a_consistent_bundle(in_tmp):
     assert manifest["files"]["onnx_fp16"]["io_dtype"] == "float32"
 
     assert manifest["family"] == "sd15" and manifest["adapter"]["type"] == "full_adapter"
-    assert manifest["base_model"] == {"id": "org/base-model", "revision": "abc123", "source": "training run config.resolved.yaml"}
-    assert manifest["training_data"]["dvc_md5"] == "0123abcd.dir" and manifest["training_data"]["source"] == "dvc.lock"
+    assert manifest["base_model"] == {"id": "org/base-model", "revision": "abc123", "commit": "f00d",
+                                      "source": "training run summary.json"}
+    data = manifest["training_data"]
+    assert data["dvc_md5"] == "0123abcd.dir" and data["dvc_stage"] == "synth" and "dvc_reason" not in data
+    assert data["dataset_version"] == "d1g3st" and data["path"] == "data/circles"
     assert manifest["git"]["commit"] is None and "not a git repository" in manifest["git"]["reason"]
     assert manifest["metrics"] == {"fid": 12.5, "circle_iou": 0.4}
 
@@ -113,7 +119,9 @@ def test_sdxl_adapter_family_and_git_commit(in_tmp):
     assert manifest["git"] == {"commit": head, "dirty": False}
     assert not (in_tmp / "out" / "adapter_fp16.onnx").exists() and "onnx_fp16" not in manifest["files"]
     assert len(manifest["outputs"]) == 4
-    assert manifest["training_data"]["dvc_md5"] is None and "no dvc.lock" in manifest["training_data"]["reason"]
+    data = manifest["training_data"]
+    assert data["dvc_md5"] is None and "no dvc.lock" in data["dvc_reason"]
+    assert data["dataset_version"] is None and "not a training output" in data["dataset_version_reason"]
 
 
 def test_sizes_that_are_not_multiples_are_refused_before_any_work(in_tmp):
@@ -193,3 +201,20 @@ def test_cli_export_and_exit_codes(in_tmp, capsys):
     assert main(["export", "--adapter", str(in_tmp / "nope"), "--out", str(in_tmp / "y")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert not (in_tmp / "y").exists()
+
+
+def test_data_version_reasons(tmp_path):
+    from t2iops.export.manifest import data_version
+    from t2iops.export.source import AdapterSource
+
+    cfg = cfg_for("data.root=./data/circles/")
+    source = AdapterSource(uri="x", adapter_dir=tmp_path, config={}, run_dir=tmp_path, training_summary={})
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": {"other": {"outs": [{"path": "data/else", "md5": "1"}]}}}))
+    record = data_version(source, cfg, cwd=tmp_path)
+    assert record["dvc_md5"] is None and "no entry for the data root" in record["dvc_reason"]
+    assert "records no data_version" in record["dataset_version_reason"]
+    # paths are compared without ./ and trailing slashes; deps count as well as outs
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": {"train": {"deps": [{"path": "data/circles", "md5": "9.dir"}]}}}))
+    assert data_version(source, cfg, cwd=tmp_path)["dvc_md5"] == "9.dir"
+    (tmp_path / "dvc.lock").write_text("stages: [unclosed")
+    assert "not valid YAML" in data_version(source, cfg, cwd=tmp_path)["dvc_reason"]

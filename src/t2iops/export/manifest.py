@@ -20,36 +20,42 @@ SCHEMA_VERSION = 1
 
 
 def data_version(source, cfg: Any, cwd: Optional[Path] = None) -> dict:
-    """The training data's DVC hash: from ``dvc.lock`` in ``cwd`` (an out or dep whose path is
-    the training data root), else from the training summary, else null with the reason."""
+    """What the adapter was trained on. ``dvc_md5``: the DVC hash of the training data root
+    from ``dvc.lock`` in ``cwd`` (null with ``dvc_reason`` otherwise). ``dataset_version``: the
+    training summary's digest of the validated rows its cache was encoded from, when recorded."""
     training = source.training_config or {}
     root = ((training.get("data") or {}).get("root")) or cfg.data.root
+    record: dict[str, Any] = {"path": root, "dvc_md5": None}
     lock = Path(cwd or Path.cwd()) / "dvc.lock"
-    reasons = []
     if lock.is_file():
         try:
             stages = (yaml.safe_load(lock.read_text()) or {}).get("stages") or {}
+            record["dvc_reason"] = f"dvc.lock has no entry for the data root {root!r}"
         except yaml.YAMLError as exc:
             stages = {}
-            reasons.append(f"dvc.lock is not valid YAML ({exc})")
+            record["dvc_reason"] = f"dvc.lock is not valid YAML ({exc})"
         wanted = _norm(root)
         for stage_name, stage in stages.items():
             for entry in (stage.get("outs") or []) + (stage.get("deps") or []):
                 if _norm(entry.get("path", "")) == wanted and entry.get("md5"):
-                    return {"dvc_md5": entry["md5"], "path": root, "dvc_stage": stage_name, "source": "dvc.lock"}
-        if not reasons:
-            reasons.append(f"dvc.lock has no entry for the data root {root!r}")
+                    record.pop("dvc_reason", None)
+                    record.update(dvc_md5=entry["md5"], dvc_stage=stage_name)
+                    break
+            if record["dvc_md5"]:
+                break
     else:
-        reasons.append(f"no dvc.lock in {lock.parent}")
+        record["dvc_reason"] = f"no dvc.lock in {lock.parent}"
     summary = source.training_summary or {}
-    for key in ("data_version", "dvc_md5", "data_md5"):
-        if summary.get(key):
-            return {"dvc_md5": summary[key], "path": root, "source": f"training summary.json ({key})"}
-    if source.run_dir is None:
-        reasons.append("the adapter folder is not a training output, so no training summary to read")
+    if summary.get("data_version"):
+        record["dataset_version"] = summary["data_version"]
+        record["dataset_version_source"] = "training summary.json (digest of the validated rows the cache was encoded from)"
     else:
-        reasons.append("the training summary records no data version")
-    return {"dvc_md5": None, "path": root, "reason": "; ".join(reasons)}
+        record["dataset_version"] = None
+        record["dataset_version_reason"] = (
+            "the adapter folder is not a training output" if source.run_dir is None
+            else "the training summary records no data_version"
+        )
+    return record
 
 
 def git_commit(cwd: Optional[Path] = None) -> dict:
@@ -130,7 +136,7 @@ def model_card(manifest: dict) -> str:
 
 Exported by t2iops {manifest['t2iops_version']} from `{adapter['source']}`.
 Base model: `{base['id']}` (revision {base.get('revision') or 'default'}).
-Training data: {f"DVC md5 `{data['dvc_md5']}`" if data.get('dvc_md5') else 'not recorded (' + data.get('reason', '') + ')'}.
+Training data: `{data['path']}`, DVC md5 {f"`{data['dvc_md5']}`" if data.get('dvc_md5') else 'not recorded (' + data.get('dvc_reason', '') + ')'}, dataset version {f"`{data['dataset_version']}`" if data.get('dataset_version') else 'not recorded'}.
 Code: {f"git `{git['commit']}`" + (' (uncommitted changes)' if git.get('dirty') else '') if git.get('commit') else 'not recorded'}.
 
 | file | what |
@@ -167,7 +173,7 @@ image = pipe(prompt, image=condition_image, adapter_conditioning_scale={usage['a
 
 ```python
 from t2iops.export.ort_adapter import OrtT2IAdapter
-adapter = OrtT2IAdapter.from_export("path/to/export", providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+adapter = OrtT2IAdapter.from_export("path/to/export")  # CUDAExecutionProvider when onnxruntime-gpu has it
 pipe = {pipe_cls}.from_pretrained("{base['id']}", adapter=adapter)
 ```
 

@@ -98,18 +98,19 @@ def load_torch_adapter(source: AdapterSource):
 
 
 def base_model_record(source: AdapterSource, cfg: Any) -> dict:
-    """Base model id and revision: from the training run when recorded, else from ``cfg``."""
+    """Base model id and revision: the training summary's record of what the cache was encoded
+    with (it carries the resolved commit), else the run's resolved config, else ``cfg``."""
+    summary_model = (source.training_summary or {}).get("base_model")
+    if isinstance(summary_model, dict) and summary_model.get("path"):
+        return {
+            "id": summary_model["path"],
+            "revision": summary_model.get("revision"),
+            "commit": summary_model.get("commit"),
+            "source": "training run summary.json",
+        }
     model = (source.training_config or {}).get("model") or {}
     if model.get("base_model"):
-        return {
-            "id": model["base_model"],
-            "revision": model.get("revision"),
-            "source": "training run config.resolved.yaml",
-        }
-    summary_model = (source.training_summary or {}).get("base_model")
-    if isinstance(summary_model, str):
-        return {"id": summary_model, "revision": (source.training_summary or {}).get("base_model_revision"),
-                "source": "training run summary.json"}
+        return {"id": model["base_model"], "revision": model.get("revision"), "source": "training run config.resolved.yaml"}
     return {"id": cfg.model.base_model, "revision": cfg.model.revision, "source": "export configuration (model.*)"}
 
 
