@@ -218,3 +218,8 @@ def test_data_version_reasons(tmp_path):
     assert data_version(source, cfg, cwd=tmp_path)["dvc_md5"] == "9.dir"
     (tmp_path / "dvc.lock").write_text("stages: [unclosed")
     assert "not valid YAML" in data_version(source, cfg, cwd=tmp_path)["dvc_reason"]
+    # data tracked with `dvc add`: the .dvc pointer file beside the data
+    (tmp_path / "dvc.lock").unlink()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "circles.dvc").write_text(yaml.safe_dump({"outs": [{"md5": "7.dir", "path": "circles"}]}))
+    assert data_version(source, cfg, cwd=tmp_path)["dvc_md5"] == "7.dir"

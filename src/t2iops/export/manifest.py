@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 
 def data_version(source, cfg: Any, cwd: Optional[Path] = None) -> dict:
     """What the adapter was trained on. ``dvc_md5``: the DVC hash of the training data root
-    from ``dvc.lock`` in ``cwd`` (null with ``dvc_reason`` otherwise). ``dataset_version``: the
+    from ``dvc.lock`` in ``cwd``, or from ``<root>.dvc`` (null with ``dvc_reason`` otherwise). ``dataset_version``: the
     training summary's digest of the validated rows its cache was encoded from, when recorded."""
     training = source.training_config or {}
     root = ((training.get("data") or {}).get("root")) or cfg.data.root
@@ -45,6 +45,15 @@ def data_version(source, cfg: Any, cwd: Optional[Path] = None) -> dict:
                 break
     else:
         record["dvc_reason"] = f"no dvc.lock in {lock.parent}"
+    pointer = lock.parent / f"{_norm(root)}.dvc"  # data tracked with `dvc add` instead of a stage
+    if not record["dvc_md5"] and pointer.is_file():
+        try:
+            outs = (yaml.safe_load(pointer.read_text()) or {}).get("outs") or []
+        except yaml.YAMLError:
+            outs = []
+        if outs and outs[0].get("md5"):
+            record.pop("dvc_reason", None)
+            record.update(dvc_md5=outs[0]["md5"], dvc_file=pointer.name)
     summary = source.training_summary or {}
     if summary.get("data_version"):
         record["dataset_version"] = summary["data_version"]
