@@ -101,6 +101,7 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
     check_adapter_fits(adapter, base, resolution=reader.index["resolution"])
     adapter = adapter.to(dist.device, torch.float32).train().requires_grad_(True)
     adapter_config = dict(adapter.config)
+    adapter_params = sum(p.numel() for p in adapter.parameters())  # before ZeRO-3 partitions them
     if ds_config is not None:
         from .optimization import DeepSpeedOptimization
 
@@ -141,7 +142,7 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
     samples_per_step = t.batch_size * t.grad_accum
     if dist.is_main:
         log.info("training %s adapter (%.1f M parameters) on %s for %d steps: %d samples/step over %d rank(s), "
-                 "%s, %s", adapter_config["adapter_type"], sum(p.numel() for p in adapter.parameters()) / 1e6,
+                 "%s, %s", adapter_config["adapter_type"], adapter_params / 1e6,
                  family, t.max_steps, samples_per_step, dist.world_size, t.mixed_precision,
                  f"ZeRO-{zero_stage}" if ds_config else "torch AdamW")
     if t.validate_every and state.step == 0:
