@@ -173,3 +173,32 @@ def test_metrics_json_is_a_dvc_metric(single, tmp_path):
     changes = diff["metrics.json"]
     assert changes["circle_iou.with_adapter"]["diff"] == pytest.approx(0.5)
     assert "edge_f1.lift" not in changes  # unchanged metrics are not listed
+
+
+@pytest.mark.s3
+def test_shards_and_weights_on_s3_merge_to_s3(single, trained, s3_bucket):
+    """Shards and Inception weights as s3:// URIs on the loopback server; the merge is published
+    to s3:// with its manifest last, and matches the local single-process metrics."""
+    from t2iops import storage
+    from t2iops.config import config_from_dict
+    from t2iops.evaluate.fid import resolve_inception_weights
+
+    work, cfg = trained
+    out, metrics = single
+    endpoint, bucket = s3_bucket
+    s3_cfg = config_from_dict({**cfg.to_dict(), "storage": {"endpoint_url": endpoint, "cache_dir": str(work / "s3-cache")}})
+    for i in range(2):
+        storage.upload_dir(work / f"S{i}", f"s3://{bucket}/shards/S{i}", s3_cfg)
+    storage.write_bytes(f"s3://{bucket}/weights/pt_inception_random.pth",
+                        (work / "pt_inception_random.pth").read_bytes(), s3_cfg)
+
+    local = resolve_inception_weights(f"s3://{bucket}/weights/pt_inception_random.pth", s3_cfg)
+    assert local.read_bytes() == (work / "pt_inception_random.pth").read_bytes()
+
+    merged = merge_shards([f"s3://{bucket}/shards/S0", f"s3://{bucket}/shards/S1"], f"s3://{bucket}/E", s3_cfg)
+    assert storage.is_published(f"s3://{bucket}/E", s3_cfg)
+    remote = json.loads(storage.read_text(f"s3://{bucket}/E/metrics.json", s3_cfg))
+    assert remote == merged
+    assert remote["circle_iou"] == metrics["circle_iou"]
+    assert remote["fid"]["with_adapter"] == pytest.approx(metrics["fid"]["with_adapter"], rel=1e-10)
+    assert "report.html" in storage.list_files(f"s3://{bucket}/E", s3_cfg)

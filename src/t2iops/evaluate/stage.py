@@ -173,7 +173,6 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
     base = load_base_model(cfg.model, cfg.storage)
     net = load_adapter(adapter, cfg.model, cfg.storage)
     check_adapter_fits(net, base, resolution=resolution)
-    net = net.to(dtype=base.dtype) if base.dtype is not None else net
     pipes = build_pipelines(base, net, ev.scheduler, device)
     variants = [WITHOUT] + [adapter_variant(s) for s in ev.conditioning_scales]
     inception, fid_missing = load_inception(cfg, device)
