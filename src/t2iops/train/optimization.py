@@ -56,6 +56,10 @@ def _tensor_bytes(obj) -> int:
         elif isinstance(x, (list, tuple)):
             for v in x:
                 visit(v)
+        elif hasattr(x, "__dict__") and not isinstance(x, torch.nn.Module):  # e.g. gradient buckets
+            for v in vars(x).values():
+                if isinstance(v, (torch.Tensor, dict, list, tuple)):
+                    visit(v)
 
     visit(obj)
     return total
@@ -210,19 +214,20 @@ class DeepSpeedOptimization:
         if path is None:
             raise FileNotFoundError(f"no DeepSpeed state under {folder / 'deepspeed'}")
 
+    # Where DeepSpeed's optimizers (ZeRO-1/2, ZeRO-3, bf16 and fp16 stage 0) keep fp32 master
+    # weights and gradient buffers, by attribute name.
+    _MASTER = ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat", "fp32_groups",
+               "fp32_groups_flat_partition")
+    _GRADS = ("averaged_gradients", "fp32_groups_gradients_flat", "fp32_groups_gradient_flat_partition",
+              "grads_in_partition", "ipg_buckets")
+
     def state_bytes(self) -> dict[str, int]:
-        """Bytes this rank holds for optimizer state and gradient partitions (benchmarks):
-        every tensor reachable from the ZeRO optimizer's state, its fp32 master partitions and
-        its gradient buffers."""
+        """Bytes this rank holds for optimizer state (moments + fp32 master weights) and gradients
+        (partitions, buckets, and ``.grad`` of the module's parameters) -- for benchmarks."""
         zero = self.engine.optimizer
         inner = getattr(zero, "optimizer", zero)
-        state = {"inner_state": inner.state}
-        for attr in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
-            if hasattr(zero, attr):
-                state[attr] = getattr(zero, attr)
-        grads = {}
-        for attr in ("averaged_gradients", "ipg_buffer", "grads_in_partition", "__param_id_to_grad_partition"):
-            if hasattr(zero, attr):
-                grads[attr] = getattr(zero, attr)
+        state = {"moments": inner.state}
+        state.update({a: getattr(zero, a) for a in self._MASTER if hasattr(zero, a)})
+        grads: dict = {a: getattr(zero, a) for a in self._GRADS if hasattr(zero, a)}
         grads["param_grads"] = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return {"optimizer_state": _tensor_bytes(state), "gradients": _tensor_bytes(grads)}
