@@ -158,6 +158,12 @@ class TrainConfig(_Section):
     validation_samples: int = Field(4, ge=1, le=64, description="val-split samples drawn during validation")
     validation_inference_steps: int = Field(20, ge=1, le=1000)
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        # YAML reads an unquoted `no` (e.g. -S train.mixed_precision=no) as False.
+        return "no" if value is False else value
+
 
 class GateConfig(_Section):
     min_fidelity_lift: Optional[float] = Field(None, description="minimum lift of the primary fidelity metric")

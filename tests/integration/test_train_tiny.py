@@ -71,9 +71,9 @@ def assert_bit_equal(a: dict, b: dict):
 
 
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family, adapter_type", [("sd15", "full_adapter"), ("sd15", "light_adapter"),
-                                                  ("sdxl", "full_adapter_xl")])
-def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, family, adapter_type):
+@pytest.mark.parametrize("family, adapter_type, precision, workers", [
+    ("sd15", "full_adapter", "no", 0), ("sd15", "light_adapter", "no", 0), ("sdxl", "full_adapter_xl", "bf16", 1)])
+def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, family, adapter_type, precision, workers):
     from diffusers import T2IAdapter
 
     model = request.getfixturevalue(f"tiny_{family}_path")
@@ -81,7 +81,8 @@ def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, fam
     out = tmp_path / "run"
     cfg = cfg_for(model, f"model.adapter_type={adapter_type}", "train.max_steps=3", "train.checkpoint_every=2",
                   "train.keep_last=1", "train.caption_dropout=0.2", "train.validate_every=3",
-                  "train.validation_samples=2", "train.validation_inference_steps=2")
+                  "train.validation_samples=2", "train.validation_inference_steps=2",
+                  f"train.mixed_precision={precision}", f"train.num_workers={workers}")
     train(cache, str(out), cfg, kfp_metrics=str(tmp_path / "kfp" / "metrics.json"))
 
     adapter = T2IAdapter.from_pretrained(out, subfolder="adapter")
@@ -98,6 +99,7 @@ def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, fam
     assert summary["steps"] == 3 and len(summary["losses"]) == 3 and summary["skipped_steps"] == 0
     assert summary["samples_per_s"] > 0 and summary["peak_memory"]["bytes"] > 0
     assert summary["family"] == family and summary["data_version"] and summary["base_model"]["path"] == model
+    assert summary["mixed_precision"] == precision and all(x is not None for x in summary["losses"])
     assert [v["step"] for v in summary["validation"]] == [0, 3]
     assert {"val_loss", "edge_f1"} <= set(summary["validation"][-1])
     assert (out / "validation" / "step-000003.png").exists()

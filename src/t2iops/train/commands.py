@@ -33,7 +33,11 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace, cfg) -> int:
+    from .distributed import shutdown
     from .trainer import train
 
-    train(args.cache, args.out, cfg, resume=args.resume, kfp_metrics=args.kfp_metrics)
+    try:
+        train(args.cache, args.out, cfg, resume=args.resume, kfp_metrics=args.kfp_metrics)
+    finally:
+        shutdown()
     return 0

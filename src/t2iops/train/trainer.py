@@ -283,7 +283,8 @@ def _validate(validator, opt, ema, state: TrainState, logger: RunLogger, out: st
     weights = _export_weights(opt, ema)
     if validator is None:
         return
-    adapter = _adapter_from(weights, dict(_raw_module(opt).config)).to(validator.device)
+    # In the compute dtype, as the pipeline feeds its residuals straight into the UNet.
+    adapter = _adapter_from(weights, dict(_raw_module(opt).config)).to(validator.device, validator.compute_dtype)
     metrics, grid = validator.run(adapter)
     state.validation.append({"step": state.step, **metrics})
     logger.scalars(state.step, metrics, prefix="val")
