@@ -242,12 +242,20 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     (as it is with fewer than 2048 samples). With S1 = V diag(w) V^T only the numerically
     non-zero eigenpairs (k of them) contribute, so the product is formed in k dimensions:
     exact, and much cheaper than two d x d products when N < d."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    return _frechet(np.asarray(mu1, np.float64), _sqrt_factor(sigma1), np.asarray(sigma1, np.float64), mu2, sigma2)
+
+
+def _sqrt_factor(sigma: np.ndarray) -> np.ndarray:
+    """``H`` (d x k) with ``H H^T = sigma`` over sigma's numerically non-zero eigenpairs."""
+    s = np.asarray(sigma, np.float64)
+    w, v = np.linalg.eigh((s + s.T) / 2)
     keep = w > max(w.max(), 0.0) * len(w) * np.finfo(np.float64).eps
-    half = v[:, keep] * np.sqrt(w[keep])  # S1^1/2 restricted to its range: d x k
-    inner = half.T @ s2 @ half
+    return v[:, keep] * np.sqrt(w[keep])
+
+
+def _frechet(mu1: np.ndarray, half1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    mu2, s2 = np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)
+    inner = half1.T @ s2 @ half1
     eig = np.linalg.eigvalsh((inner + inner.T) / 2)
     trace_sqrt = float(np.sqrt(np.clip(eig, 0, None)).sum())
     diff = mu1 - mu2
@@ -255,9 +263,19 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 
 def fid_from_stats(real: FeatureStats, fake: FeatureStats) -> float:
+    return fids_against(real, {"fake": fake})["fake"]
+
+
+def fids_against(real: FeatureStats, fakes: dict[str, FeatureStats]) -> dict[str, float]:
+    """FID of each generated set against the same real set; the real covariance's
+    eigendecomposition (the d^3 part) is computed once."""
     mu_r, cov_r = real.mean_cov()
-    mu_f, cov_f = fake.mean_cov()
-    return frechet_distance(mu_r, cov_r, mu_f, cov_f)
+    half = _sqrt_factor(cov_r)
+    out = {}
+    for name, fake in fakes.items():
+        mu_f, cov_f = fake.mean_cov()
+        out[name] = _frechet(mu_r, half, cov_r, mu_f, cov_f)
+    return out
 
 
 def kernel_inception_distance(

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .clip_score import dataset_clip_score
-from .fid import fid_from_stats, kernel_inception_distance
+from .fid import fids_against, kernel_inception_distance
 
 WITHOUT = "without_adapter"
 FULL_RANK_N = 2048
@@ -51,7 +51,7 @@ def compute_metrics(samples: list[dict], stats: Optional[dict], info: dict, cfg:
         for v in variants[2:]:
             sweep[f"scale_{v.split('@')[1]}"][m["name"]] = aggregate(m["name"], v)
     if stats is not None and len(samples) >= 2:
-        fid = {v: fid_from_stats(stats["real"], stats[v]) for v in variants}
+        fid = fids_against(stats["real"], {v: stats[v] for v in variants})
         kid = {}
         real = stats["real"].all_features()
         ev = cfg.evaluate
