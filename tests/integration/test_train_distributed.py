@@ -108,7 +108,11 @@ def test_zero3_on_two_ranks_drops_non_finite_steps_like_one_process(tmp_path, ca
     save_file(tensors, str(shard))
 
     plain = plain_run(poisoned, tmp_path / "plain", tiny_sdxl_path)
-    zero3 = torchrun(poisoned, tmp_path / "zero3", tiny_sdxl_path, "train.zero_stage=3")
+    # ZeRO-3 from a user DeepSpeed JSON: "auto" filled in from our config, extras kept.
+    ds_json = tmp_path / "ds.json"
+    ds_json.write_text(json.dumps({"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": 2,
+                                   "zero_optimization": {"stage": 3, "reduce_bucket_size": 200000}}))
+    zero3 = torchrun(poisoned, tmp_path / "zero3", tiny_sdxl_path, f"train.deepspeed_config={ds_json}")
     assert zero3["optimizer"] == "deepspeed-zero3"
     assert plain["skipped_steps"] >= 1
     assert zero3["skipped_steps"] == plain["skipped_steps"]
@@ -119,3 +123,21 @@ def test_zero3_on_two_ranks_drops_non_finite_steps_like_one_process(tmp_path, ca
     for k in a:
         assert torch.isfinite(b[k]).all()
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)  # Adam amplifies rounding near g=0
+
+
+def test_zero2_with_optimizer_offload_in_one_process(tmp_path, cache, tiny_sdxl_path):
+    """DeepSpeed with world size 1 (no launcher) and the optimizer state offloaded to the CPU."""
+    plain = plain_run(cache, tmp_path / "plain", tiny_sdxl_path)
+    out = tmp_path / "offload"
+    cmd = [sys.executable, "-m", "t2iops.cli", "train", "--cache", str(cache), "--out", str(out)]
+    for o in overrides(tiny_sdxl_path, "train.zero_stage=2", "train.offload_optimizer=true"):
+        cmd += ["-S", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["optimizer"] == "deepspeed-zero2" and summary["world_size"] == 1
+    assert summary["losses"] == pytest.approx(plain["losses"], rel=1e-5)
+    a, b = weights(tmp_path / "plain"), weights(out)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)

@@ -196,6 +196,18 @@ def test_non_finite_losses_skip_steps_and_abort_keeping_the_last_checkpoint(tmp_
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step-000005", "step-000010"]
 
 
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path, tiny_sdxl_path, sdxl_cache):
+    runs = {}
+    for flag in (False, True):
+        out = tmp_path / f"gc-{flag}"
+        train(sdxl_cache, str(out), cfg_for(tiny_sdxl_path, "train.max_steps=2", "train.lr=1e-3",
+                                            f"train.gradient_checkpointing={str(flag).lower()}"))
+        runs[flag] = (json.loads((out / "summary.json").read_text())["losses"], adapter_weights(out / "adapter"))
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)
+    for k, v in runs[False][1].items():
+        torch.testing.assert_close(runs[True][1][k], v, atol=1e-6, rtol=1e-5)
+
+
 def test_ema_weights_are_exported(tmp_path, tiny_sd15_path, sd15_cache):
     out = tmp_path / "run"
     train(sd15_cache, str(out), cfg_for(tiny_sd15_path, "train.max_steps=3", "train.ema_decay=0.5",
