@@ -242,6 +242,17 @@ def test_pretrained_adapter_start_and_fit_check(tmp_path, tiny_sd15_path, tiny_s
                                                           f"model.pretrained_adapter={first}"))
 
 
+def test_a_fresh_run_refuses_an_output_holding_another_runs_checkpoints(tmp_path, tiny_sd15_path, sd15_cache):
+    from t2iops.errors import UsageError
+
+    out = tmp_path / "run"
+    cfg = cfg_for(tiny_sd15_path, "train.max_steps=1")
+    train(sd15_cache, str(out), cfg)
+    with pytest.raises(UsageError, match="--resume latest"):
+        train(sd15_cache, str(out), cfg)
+    assert storage.is_published(str(out))  # the finished run is untouched
+
+
 def test_cache_family_must_match_the_model(tmp_path, tiny_sdxl_path, sd15_cache):
     from t2iops.errors import ModelError
 

@@ -122,14 +122,17 @@ class Checkpointer:
                 os.replace(staging, target)
         if self.dist.is_main:
             storage.write_bytes(storage.join(self.root, LATEST), name.encode(), self.storage_cfg)
-            self._prune()
+            self._prune(keep=name)
         self.dist.barrier()
         return final
 
-    def _prune(self) -> None:
+    def _prune(self, keep: str) -> None:
+        """Delete complete checkpoints beyond the newest ``keep_last``, never ``keep`` (the one
+        ``latest`` names)."""
         names = self.list_complete()
         for name in names[:-self.keep_last]:
-            storage.delete(storage.join(self.root, name), self.storage_cfg)
+            if name != keep:
+                storage.delete(storage.join(self.root, name), self.storage_cfg)
 
     def list_complete(self) -> list[str]:
         """Names of complete checkpoints (with a manifest), oldest first."""

@@ -21,7 +21,7 @@ import torch
 
 from .. import storage
 from ..config import Config
-from ..errors import ModelError, T2IError
+from ..errors import ModelError, T2IError, UsageError
 from ..encode.cache import CacheReader
 from . import checkpoint as ckpt
 from .data import train_loader
@@ -76,6 +76,16 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
     check_training_config(cfg, dist.world_size, dist.device, zero_stage, len(reader), val_count)
     val_reader = CacheReader(cache_local, "val") if t.validate_every else None
 
+    # -- where the run starts ---------------------------------------------------------------
+    checkpoints = ckpt.Checkpointer(out, dist, cfg.storage, t.keep_last)
+    resumed_from = checkpoints.resolve(resume) if resume else None
+    if resume and resumed_from is None:
+        log.info("--resume %s: no checkpoint under %s yet; starting a new run", resume, checkpoints.root)
+    if not resume and checkpoints.list_complete():
+        # Mixing two runs' checkpoints would make `latest` and pruning lie.
+        raise UsageError(f"{checkpoints.root} already holds checkpoints of another run; continue it with "
+                         "--resume latest, or train into a new --out")
+
     # -- frozen base model -------------------------------------------------------------------
     from diffusers import DDPMScheduler
 
@@ -117,11 +127,7 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
         ema = EMA(_raw_module(opt), t.ema_decay)
 
     # -- resume -----------------------------------------------------------------------------
-    checkpoints = ckpt.Checkpointer(out, dist, cfg.storage, t.keep_last)
     state = TrainState()
-    resumed_from = checkpoints.resolve(resume) if resume else None
-    if resume and resumed_from is None:
-        log.info("--resume %s: no checkpoint under %s yet; starting a new run", resume, checkpoints.root)
     if resumed_from:
         state = _restore(checkpoints.materialize(resumed_from), opt, ema, dist)
         log.info("resumed from %s at step %d", resumed_from, state.step)
