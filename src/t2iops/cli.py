@@ -24,6 +24,7 @@ from .errors import T2IError
 COMMAND_MODULES = [
     "t2iops.data.commands",
     "t2iops.models.commands",
+    "t2iops.models.toy_commands",
     "t2iops.encode.commands",
     "t2iops.train.commands",
     "t2iops.export.commands",

@@ -99,12 +99,23 @@ class ModelConfig(_Section):
 
 class ToyBaseConfig(_Section):
     resolution: int = Field(64, ge=16, le=512)
-    vae_steps: int = Field(1500, ge=1)
-    unet_steps: int = Field(3000, ge=1)
+    vae_steps: int = Field(800, ge=1)
+    unet_steps: int = Field(1200, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     num_samples: int = Field(4000, ge=16, description="synthetic training images")
     seed: int = Field(0, ge=0)
+    vae_lr: float = Field(2e-3, gt=0, le=1.0, description="VAE learning rate (AdamW)")
+    vae_batch_size: int = Field(8, ge=1, description="VAE batch (batch_size is the UNet's)")
+    vae_kl_weight: float = Field(1e-4, ge=0, description="weight of the per-element KL term in the VAE loss")
+    warmup_steps: int = Field(50, ge=0, description="UNet learning-rate warm-up steps (then cosine decay to 10%)")
+    ema_decay: float = Field(0.995, gt=0, lt=1, description="EMA decay of the UNet and text-encoder weights")
+    caption_dropout: float = Field(0.1, ge=0, le=1, description="share of captions dropped for classifier-free guidance")
+    eval_samples: int = Field(64, ge=1, description="generated images scored by the colour check")
+    eval_steps: int = Field(20, ge=1, le=1000, description="sampler steps for the colour check")
+    guidance_scale: float = Field(4.0, ge=0, description="classifier-free guidance for the colour check")
+    num_threads: int = Field(2, ge=1, le=256, description="torch CPU threads")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="torch device: cpu, cuda or cuda:N")
 
 
 class EncodeConfig(_Section):
