@@ -56,3 +56,15 @@ def test_console_script_runs_as_a_process(tmp_path):
     assert proc.returncode == 2
     assert "train.batch_size" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_command_reference_is_current():
+    """docs/cli.md is generated from the parsers; regenerate with scripts/gen_cli_docs.py."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("gen_cli_docs", root / "scripts" / "gen_cli_docs.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert (root / "docs" / "cli.md").read_text() == mod.render(), "run scripts/gen_cli_docs.py"
