@@ -17,6 +17,7 @@ Everything is published atomically to ``out`` (folder or s3:// prefix) with the 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import storage
 from ..errors import ModelError
@@ -44,20 +45,14 @@ class PhaseClock:
     def __init__(self) -> None:
         self.phases: dict[str, dict[str, float]] = {}
 
-    def __call__(self, name: str):
-        clock = self
-
-        class _Phase:
-            def __enter__(self):
-                self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-            def __exit__(self, *exc):
-                clock.phases[name] = {
-                    "wall_s": round(time.perf_counter() - self.wall, 2),
-                    "cpu_s": round(time.process_time() - self.cpu, 2),
-                }
-
-        return _Phase()
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.phases[name] = {
+            "wall_s": round(time.perf_counter() - wall, 2),
+            "cpu_s": round(time.process_time() - cpu, 2),
+        }
 
 
 # ---------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-# Image side the toy base is trained at (pixels) and the VAE's downscale factor.
+# Sizes. Three VAE blocks downscale by 4; the UNet's channels follow SDXL's (c, 2c, 4c) shape.
 VAE_BLOCK_CHANNELS = (16, 32, 32)
 LATENT_CHANNELS = 4
 UNET_BLOCK_CHANNELS = (32, 64, 128)
