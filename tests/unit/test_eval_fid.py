@@ -145,9 +145,24 @@ def test_weights_from_a_local_file_missing_file_is_a_clear_error(tmp_path):
 
 def test_weights_from_an_unreachable_url_name_the_way_out(tmp_path):
     # A closed port on loopback: fails at once, no network needed.
-    with pytest.raises(ModelError, match="cannot download .*evaluate.fid=optional"):
-        resolve_inception_weights("http://127.0.0.1:9/weights-inception-2015-12-05-6726825d.pth",
-                                  _cache_cfg(tmp_path))
+    url = "http://127.0.0.1:9/weights-inception-2015-12-05-6726825d.pth"
+    with pytest.raises(ModelError, match="cannot download .*local file or s3:// copy"):
+        resolve_inception_weights(url, _cache_cfg(tmp_path))
+
+
+def test_unreachable_weights_fail_when_required_and_are_explained_when_optional(tmp_path):
+    from t2iops.config import config_from_dict
+    from t2iops.evaluate.stage import load_inception
+
+    url = "http://127.0.0.1:9/weights-inception-2015-12-05-6726825d.pth"
+    base = _cache_cfg(tmp_path).to_dict()
+    required = config_from_dict({**base, "evaluate": {**base["evaluate"], "fid": "required", "inception_weights": url}})
+    with pytest.raises(ModelError, match="cannot download .*evaluate.fid=required; evaluate.fid=optional writes"):
+        load_inception(required, "cpu")
+    optional = config_from_dict({**base, "evaluate": {**base["evaluate"], "fid": "optional", "inception_weights": url}})
+    extractor, why = load_inception(optional, "cpu")
+    assert extractor is None
+    assert "cannot download" in why and "evaluate.fid=optional, so the report is written without FID/KID" in why
 
 
 def test_weights_with_the_wrong_layout_are_refused(tmp_path):

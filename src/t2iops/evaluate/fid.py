@@ -88,8 +88,7 @@ def _download_weights(url: str, cfg: Any) -> Path:
     except Exception as exc:  # noqa: BLE001
         raise ModelError(
             f"evaluate.inception_weights: cannot download {url} ({type(exc).__name__}: {exc}); "
-            "point evaluate.inception_weights at a local file or s3:// copy of the weights, "
-            "or set evaluate.fid=optional (report without FID) or off"
+            "point evaluate.inception_weights at a local file or s3:// copy of the weights"
         ) from None
     finally:
         if os.path.exists(tmp):

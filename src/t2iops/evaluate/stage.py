@@ -109,9 +109,12 @@ def load_inception(cfg: Any, device: str):
         return InceptionFeatures(resolve_inception_weights(cfg.evaluate.inception_weights, cfg), device), None
     except ModelError as exc:
         if mode == "required":
-            raise ModelError(f"{exc} (evaluate.fid=required)") from None
-        log.warning("FID/KID skipped: %s", exc)
-        return None, str(exc)
+            raise ModelError(
+                f"{exc} (evaluate.fid=required; evaluate.fid=optional writes the report without FID/KID)"
+            ) from None
+        why = f"{exc} (evaluate.fid=optional, so the report is written without FID/KID)"
+        log.warning("FID/KID skipped: %s", why)
+        return None, why
 
 
 def real_statistics(rows: list, lo: int, hi: int, resolution: int, inception: Any, cfg: Any) -> FeatureStats:
