@@ -82,12 +82,19 @@ def test_single_process_run_writes_every_output(single, trained):
     assert np.isfinite(metrics["fid"]["with_adapter"]) and metrics["fid"]["with_adapter"] > 0
     assert np.isfinite(metrics["kid"]["without_adapter"])
     assert metrics["gate"] == {"passed": True, "checks": []}
+    # The dataset's own images scored like the generated ones: the ceiling. A rendered disc fills
+    # the outline it was drawn from, so its circle IoU is close to 1.
+    assert metrics["circle_iou"]["real_images"] > 0.9
+    assert metrics["edge_f1"]["real_images"] > metrics["edge_f1"]["without_adapter"]
+    assert len(list((out / "real_images").glob("*.png"))) == NUM_SAMPLES
 
     rows = list(csv.DictReader(open(out / "samples.csv")))
     assert len(rows) == NUM_SAMPLES
     assert [int(r["seed"]) for r in rows] == [1234 + i for i in range(NUM_SAMPLES)]
     mean_iou = np.mean([float(r["circle_iou_with_adapter"]) for r in rows])
     assert mean_iou == pytest.approx(metrics["circle_iou"]["with_adapter"], rel=1e-9)
+    real_iou = np.mean([float(r["circle_iou_real_images"]) for r in rows])
+    assert real_iou == pytest.approx(metrics["circle_iou"]["real_images"], rel=1e-9)
 
     for variant in ("without_adapter", "adapter@1"):
         assert len(list((out / "images" / variant).glob("*.png"))) == NUM_SAMPLES
@@ -97,6 +104,8 @@ def test_single_process_run_writes_every_output(single, trained):
     assert "data:image/png;base64," in html and "<img" in html and 'src="grid.png"' not in html
     md = (out / "report.md").read_text()
     assert "antialias=False" in md and f"N = {NUM_SAMPLES} < 2048" in md and "edge_f1" in md
+    assert "| real images | better |" in md and "real images: the dataset's own images" in md
+    assert grid.size[0] >= 150 + 4 * 128  # condition, without, with, real image
 
     # The adapter changes the images; the baseline is a different pipeline, same seeds.
     a = np.asarray(Image.open(next((out / "images" / "adapter@1").glob("000000_*.png"))))

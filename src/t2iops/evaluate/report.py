@@ -3,7 +3,8 @@
 ``metrics.json`` is a DVC metric: nested dicts of numbers (``dvc metrics diff`` compares them
 key by key), the gate's verdict included. Names: ``<metric>.with_adapter`` (first
 ``evaluate.conditioning_scales`` entry), ``.without_adapter``, ``.lift`` (with - without);
-further scales go under ``sweep.scale_<s>``. ``report.html`` is self-contained (the grid is
+further scales go under ``sweep.scale_<s>``; ``.real_images`` is the same metric on the
+dataset's own images (the ceiling). ``report.html`` is self-contained (the grid is
 embedded as base64) so a KFP HTML artifact shows it as it is.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .clip_score import dataset_clip_score
 from .fid import fids_against, kernel_inception_distance
 
 WITHOUT = "without_adapter"
+REAL = "real_images"
 FULL_RANK_N = 2048
 
 
@@ -33,6 +35,11 @@ def _per_sample_metrics(info: dict, samples: list[dict]) -> list[dict]:
     if samples and any(k.startswith("clip_score/") for k in samples[0]):
         out.append({"name": "clip_score", "higher_is_better": True, "description": "CLIP score (100 x cosine)"})
     return out
+
+
+def _has_real(samples: list[dict], name: str) -> bool:
+    """Shards written before the real-image reference existed lack it; so may a user's estimator."""
+    return bool(samples) and all(f"{name}/{REAL}" in s for s in samples)
 
 
 def compute_metrics(samples: list[dict], stats: Optional[dict], info: dict, cfg: Any) -> dict:
@@ -48,6 +55,8 @@ def compute_metrics(samples: list[dict], stats: Optional[dict], info: dict, cfg:
     for m in _per_sample_metrics(info, samples):
         with_, without = aggregate(m["name"], primary), aggregate(m["name"], WITHOUT)
         metrics[m["name"]] = {"with_adapter": with_, "without_adapter": without, "lift": with_ - without}
+        if _has_real(samples, m["name"]):
+            metrics[m["name"]]["real_images"] = aggregate(m["name"], REAL)
         for v in variants[2:]:
             sweep[f"scale_{v.split('@')[1]}"][m["name"]] = aggregate(m["name"], v)
     if stats is not None and len(samples) >= 2:
@@ -112,6 +121,10 @@ def notes(metrics: dict, info: dict) -> list[str]:
         if n < FULL_RANK_N:
             out.append(f"N = {n} < {FULL_RANK_N}: the 2048x2048 feature covariance is rank-deficient and FID is "
                        "biased upwards at small N; compare FIDs only at equal N, and prefer KID (unbiased) here.")
+    if any("real_images" in v for v in metrics.values() if isinstance(v, dict)):
+        out.append("real images: the dataset's own images of the same samples, resized to the evaluation "
+                   "resolution and scored against their conditions exactly like the generated ones: the value "
+                   "a perfectly faithful generator would reach with this metric.")
     from .condition_fidelity import notes_for
 
     out.extend(notes_for(info.get("condition_kind", "")))
@@ -122,12 +135,12 @@ def _rows_for_table(metrics: dict, info: dict, samples: list[dict]) -> list[tupl
     rows = []
     for m in _per_sample_metrics(info, samples):
         v = metrics[m["name"]]
-        rows.append((m["name"], v["without_adapter"], v["with_adapter"], v["lift"],
+        rows.append((m["name"], v["without_adapter"], v["with_adapter"], v["lift"], v.get("real_images", "-"),
                      "higher" if m["higher_is_better"] else "lower"))
     if "fid" in metrics:
         f, k = metrics["fid"], metrics["kid"]
-        rows.append(("fid", f["without_adapter"], f["with_adapter"], f["with_adapter"] - f["without_adapter"], "lower"))
-        rows.append(("kid", k["without_adapter"], k["with_adapter"], k["with_adapter"] - k["without_adapter"], "lower"))
+        rows.append(("fid", f["without_adapter"], f["with_adapter"], f["with_adapter"] - f["without_adapter"], "-", "lower"))
+        rows.append(("kid", k["without_adapter"], k["with_adapter"], k["with_adapter"] - k["without_adapter"], "-", "lower"))
     return rows
 
 
@@ -149,7 +162,11 @@ def _settings(info: dict, cfg: Any) -> list[tuple[str, Any]]:
 def make_grid(local_shards: list[Path], samples: list[dict], info: dict, rows: int) -> Image.Image:
     """Rows of condition | without adapter | with adapter (each scale), labelled."""
     variants = info["variants"]
+    keys = ["condition", *variants]
     labels = ["condition", "without adapter"] + [f"with adapter (scale {v.split('@')[1]})" for v in variants[1:]]
+    if all((path / REAL).is_dir() for path in local_shards):
+        keys.append(REAL)
+        labels.append("real image")
     cell = min(max(info["resolution"], 128), 256)
     header, left = 18, 150
     shown = samples[:rows]
@@ -161,6 +178,8 @@ def make_grid(local_shards: list[Path], samples: list[dict], info: dict, rows: i
     for path in local_shards:
         for p in (path / "conditions").glob("*.png"):
             lookup[("condition", p.name)] = p
+        for p in (path / REAL).glob("*.png"):
+            lookup[(REAL, p.name)] = p
         for v in variants:
             for p in (path / "images" / v).glob("*.png"):
                 lookup[(v, p.name)] = p
@@ -170,7 +189,7 @@ def make_grid(local_shards: list[Path], samples: list[dict], info: dict, rows: i
         draw.text((4, y + 4), f"#{s['index']} {s['id']}", fill="black")
         for k, line in enumerate(_wrap(s["prompt"], 22)[:6]):
             draw.text((4, y + 20 + 12 * k), line, fill="gray")
-        for c, key in enumerate(["condition", *variants]):
+        for c, key in enumerate(keys):
             with Image.open(lookup[(key, name)]) as im:
                 grid.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (left + c * cell, y))
     return grid
@@ -197,9 +216,11 @@ def write_outputs(staging: Path, local_shards: list[Path], samples: list[dict], 
     per_sample = _per_sample_metrics(info, samples)
     variants = info["variants"]
     columns = ["index", "id", "seed", "prompt"]
+    real = {m["name"]: _has_real(samples, m["name"]) for m in per_sample}
     for m in per_sample:
         columns += [f"{m['name']}_without_adapter", f"{m['name']}_with_adapter", f"{m['name']}_lift"]
         columns += [f"{m['name']}_{v}" for v in variants[2:]]
+        columns += [f"{m['name']}_{REAL}"] if real[m["name"]] else []
     with open(staging / "samples.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)
@@ -208,10 +229,13 @@ def write_outputs(staging: Path, local_shards: list[Path], samples: list[dict], 
             for m in per_sample:
                 w, wo = s[f"{m['name']}/{variants[1]}"], s[f"{m['name']}/{WITHOUT}"]
                 row += [wo, w, w - wo] + [s[f"{m['name']}/{v}"] for v in variants[2:]]
+                row += [s[f"{m['name']}/{REAL}"]] if real[m["name"]] else []
             writer.writerow(row)
     for path in local_shards:
         shutil.copytree(path / "images", staging / "images", dirs_exist_ok=True)
         shutil.copytree(path / "conditions", staging / "conditions", dirs_exist_ok=True)
+        if (path / REAL).is_dir():
+            shutil.copytree(path / REAL, staging / REAL, dirs_exist_ok=True)
     grid = make_grid(local_shards, samples, info, cfg.evaluate.grid_rows)
     grid.save(staging / "grid.png")
     buf = io.BytesIO()
@@ -232,10 +256,10 @@ def _gate_lines(gate: dict) -> list[tuple]:
 
 def _markdown(table, settings, caveats, gate, metrics) -> str:
     out = ["# Adapter evaluation", "", f"{metrics['num_samples']} samples. Lift = with adapter - without adapter "
-           "(same seeds, same prompts).", "", "| metric | without adapter | with adapter | lift | better |",
-           "|---|---|---|---|---|"]
-    out += [f"| {n} | {_fmt(a)} | {_fmt(b)} | {_fmt(c)} | {d} |" for n, a, b, c, d in table]
-    out += ["", "![condition | without adapter | with adapter](grid.png)", "", "## Notes", ""]
+           "(same seeds, same prompts).", "", "| metric | without adapter | with adapter | lift | real images | better |",
+           "|---|---|---|---|---|---|"]
+    out += [f"| {' | '.join(_fmt(x) for x in row)} |" for row in table]
+    out += ["", "![condition | without adapter | with adapter | real image](grid.png)", "", "## Notes", ""]
     out += [f"- {c}" for c in caveats] or ["- none"]
     verdict = "passed" if gate["passed"] else "FAILED"
     out += ["", f"## Gate: {verdict}", ""]
@@ -264,8 +288,8 @@ def _html(table, settings, caveats, gate, metrics, grid_b64: str) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}img{{image-rendering:pixelated}}</style></head>
 <body><h1>Adapter evaluation</h1>
 <p>{metrics['num_samples']} samples. Lift = with adapter - without adapter (same seeds, same prompts).</p>
-<table><tr><th>metric</th><th>without adapter</th><th>with adapter</th><th>lift</th><th>better</th></tr>{rows(table)}</table>
-<h2>Samples</h2><img alt="condition | without adapter | with adapter" src="data:image/png;base64,{grid_b64}">
+<table><tr><th>metric</th><th>without adapter</th><th>with adapter</th><th>lift</th><th>real images</th><th>better</th></tr>{rows(table)}</table>
+<h2>Samples</h2><img alt="condition | without adapter | with adapter | real image" src="data:image/png;base64,{grid_b64}">
 <h2>Notes</h2><ul>{''.join(f'<li>{e(c)}</li>' for c in caveats) or '<li>none</li>'}</ul>
 <h2>Gate: {verdict}</h2>{gate_html}
 <h2>Settings</h2><table>{rows(settings)}</table>

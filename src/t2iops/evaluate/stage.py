@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 WITHOUT = "without_adapter"
 SHARD_INFO = "shard.json"
 SAMPLES = "samples.jsonl"
+REAL = "real_images"  # the dataset's own images, scored like the generated ones: the ceiling
 
 
 def adapter_variant(scale: float) -> str:
@@ -198,6 +199,7 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
         for v in variants:
             (staging / "images" / v).mkdir(parents=True)
         (staging / "conditions").mkdir()
+        (staging / REAL).mkdir()
         for start in tqdm(range(lo, hi, ev.batch_size), desc=f"sampling shard {index}/{count}", unit="batch"):
             batch = rows[start:min(start + ev.batch_size, hi)]
             ids = list(range(start, start + len(batch)))
@@ -216,7 +218,8 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
             records = [
                 {"index": i, "id": r.id, "seed": sd, "prompt": p} for i, r, sd, p in zip(ids, batch, seeds, prompts)
             ]
-            for v, imgs in images.items():
+            reals = np.stack([np.asarray(_load_real(r, resolution)) for r in batch])
+            for v, imgs in [*images.items(), (REAL, reals)]:
                 img_t = _to_tensor(imgs)
                 for metric in fidelity:
                     for rec, value in zip(records, metric.compute(img_t, cond_t, metas)):
@@ -224,10 +227,11 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
                 if clip is not None:
                     for rec, value in zip(records, clip(img_t, prompts)):
                         rec[f"clip_score/{v}"] = float(value)
-                if inception is not None:
+                if inception is not None and v != REAL:
                     stats[v].update(inception(img_t))
+                folder = staging / REAL if v == REAL else staging / "images" / v
                 for rec, im in zip(records, imgs):
-                    Image.fromarray(im).save(staging / "images" / v / f"{rec['index']:06d}_{rec['id']}.png")
+                    Image.fromarray(im).save(folder / f"{rec['index']:06d}_{rec['id']}.png")
             for rec, c in zip(records, conditions):
                 c.save(staging / "conditions" / f"{rec['index']:06d}_{rec['id']}.png")
             samples.extend(records)
