@@ -137,14 +137,15 @@ class EncodeConfig(_Section):
 
 
 class TrainConfig(_Section):
-    lr: float = Field(1e-4, gt=0, le=1.0)
+    lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW learning rate; 1e-3 suits the toy default, the "
+                      "SDXL/SD1.5 presets use 1e-5")
     weight_decay: float = Field(1e-2, ge=0)
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_eps: float = Field(1e-8, gt=0)
     batch_size: int = Field(8, ge=1, description="global batch per optimizer micro-step across all ranks")
     grad_accum: int = Field(1, ge=1)
-    max_steps: int = Field(500, ge=1, description="optimizer steps")
+    max_steps: int = Field(1000, ge=1, description="optimizer steps")
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     timestep_sampling: Literal["cubic", "uniform"] = "cubic"
