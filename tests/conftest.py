@@ -78,3 +78,15 @@ def tiny_sdxl_path(tmp_path_factory):
     from t2iops.models.tiny import build_tiny_model
 
     return str(build_tiny_model("sdxl", tmp_path_factory.mktemp("models") / "tiny-sdxl"))
+
+
+@pytest.fixture()
+def one_thread():
+    """One torch thread for the test: on two cores shared by several processes, OpenMP threads
+    spin waiting for each other (modules opt in with ``pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,13 +23,7 @@ from t2iops.train import train
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared by several processes: one thread per process avoids OpenMP spinning.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def base_overrides(model):

@@ -17,12 +17,7 @@ from t2iops.encode.cache import CacheReader, read_index
 SIZES = [(64, 64), (96, 64), (64, 128), (80, 80), (64, 64), (128, 96)]  # (width, height)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_dataset(root, captions=None):

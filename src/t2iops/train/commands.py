@@ -11,7 +11,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         help="train a T2I-Adapter from an encode cache",
         description="Train only the adapter on the frozen base model (model.base_model) from the cache written "
         "by `t2iops encode`. Global batch train.batch_size (default 8) per micro-step across all processes, "
-        "train.grad_accum micro-steps per optimizer step, train.max_steps optimizer steps (default 500). "
+        "train.grad_accum micro-steps per optimizer step, train.max_steps optimizer steps (default 1000). "
         "Several processes: `torchrun --nproc_per_node N -m t2iops.cli train ...` (or `deepspeed --no_local_rank --module t2iops.cli train ...`); "
         "train.zero_stage 1-3 or train.deepspeed_config use DeepSpeed ZeRO for the adapter's optimizer state, "
         "gradients (2) and parameters (3).\n\n"
