@@ -166,6 +166,14 @@ class TrainConfig(_Section):
     deepspeed_config: Optional[str] = Field(None, description="user DeepSpeed JSON, validated against this config")
     seed: int = Field(0, ge=0)
     num_workers: int = Field(0, ge=0)
+    shuffle_window: int = Field(4, ge=1, description="cache shards whose samples are shuffled together (the "
+                                "epoch order shuffles shards, then samples within each window of shards)")
+    stream: Literal["auto", "always", "never"] = Field(
+        "auto", description="stream cache shards on demand instead of downloading the whole cache first "
+        "(auto: when the cache is on s3://)")
+    stream_disk_gb: float = Field(50.0, gt=0, description="local disk a streamed cache may fill; used shards "
+                                  "are evicted beyond it")
+    stream_prefetch: int = Field(8, ge=0, description="micro-batches whose shards are fetched ahead")
     log_every: int = Field(10, ge=1, description="optimizer steps between metric log lines")
     validation_samples: int = Field(4, ge=1, le=64, description="val-split samples drawn during validation")
     validation_inference_steps: int = Field(20, ge=1, le=1000)

@@ -1,10 +1,16 @@
 """Batch order and per-sample randomness: independent of world size, resumable, and caption
-dropout re-drawn every epoch. Uses a small hand-written cache (no models needed)."""
+dropout re-drawn every epoch; streamed caches give the same batches. Uses a small hand-written
+cache (no models needed)."""
 import json
 
 import pytest
 import torch
 from safetensors.torch import save_file
+
+from t2iops import storage
+from t2iops.config import load_config
+from t2iops.errors import DataError
+from t2iops.train.streaming import open_cache
 
 from t2iops.encode.cache import CACHE_FORMAT, EMPTY_PROMPT, PART, CacheReader
 from t2iops.encode.encode import ShardWriter
@@ -138,3 +144,56 @@ def test_loader_resumes_at_a_position(reader):
     order = ResumableOrder(3, 0, 2)
     it = iter(order)
     assert [next(it) for _ in range(3)] == [(0, 2), (1, 0), (1, 1)]
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming: the same batches as a local cache under a tiny disk budget, shards checked
+# against the manifest, and a shard-aware epoch order.
+def _cfg(tmp_path, *extra):
+    return load_config(overrides=["train.batch_size=4", "train.seed=5", "train.caption_dropout=0.2",
+                                  f"storage.cache_dir={tmp_path / 'local'}", *extra])
+
+
+@pytest.fixture()
+def published(tmp_path):
+    with storage.publish(tmp_path / "cache") as staging:
+        write_fake_cache(staging, n=40, shard_size=5)
+    return str(tmp_path / "cache")
+
+
+def _batches(loader, count):
+    it = iter(loader)
+    return [next(it) for _ in range(count)]
+
+
+def test_streamed_batches_equal_the_local_cache_under_a_tiny_disk_budget(tmp_path, published):
+    cfg = _cfg(tmp_path, "train.stream=always", "train.stream_disk_gb=0.000001", "train.shuffle_window=2",
+               "train.stream_prefetch=2")
+    local = train_loader(CacheReader(published, "train"), cfg.train, 0, 1, start=(1, 3))
+    cache = open_cache(published, cfg)
+    assert cache.root != published and not list(cache.root.rglob("shard-*"))  # nothing fetched up front
+    streamed = train_loader(CacheReader(cache.root, "train"), cfg.train, 0, 1, start=(1, 3), fetcher=cache.fetcher)
+    for a, b in zip(_batches(local, 25), _batches(streamed, 25)):  # 2.5 epochs, from a resumed position
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])), k
+    assert cache.fetcher.evicted > 0
+    assert len(list(cache.root.rglob("latents/**/shard-*"))) <= 8  # bounded, not the whole cache
+
+
+def test_a_shard_that_does_not_match_the_manifest_is_refused(tmp_path, published):
+    cfg = _cfg(tmp_path, "train.stream=always")
+    shard = next((tmp_path / "cache" / "latents").rglob("shard-00003.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-1] + b"x")
+    cache = open_cache(published, cfg)
+    with pytest.raises(DataError, match="does not match the cache manifest"):
+        cache.fetcher.wait(["latents/l/shard-00003.safetensors"])
+
+
+def test_epoch_order_reads_one_window_of_shards_at_a_time(tmp_path, published):
+    reader = CacheReader(published, "train")
+    data = MicroBatches(reader, 5, 0, 1, seed=0, caption_dropout=0.0, uncond=uncond_embeddings(reader), flip=False,
+                        window=1)
+    shards = [{reader.latent_shard_of(int(data._epoch_order(0)[p])) for p in data.positions((0, b))} for b in range(8)]
+    assert all(len(s) == 1 for s in shards) and len(set.union(*shards)) == 8  # window of one shard = one shard a batch
+    assert data.files_for((0, 0))[0].startswith("latents/l/shard-")

@@ -12,9 +12,15 @@ Layout of a cache folder ``C`` (published atomically, ``_manifest.json`` last)::
         latent_moments [n, 2C, h, w]  VAE posterior (mean, logvar)  -- encode.latents=sample
         latent_mean    [n, C, h, w]   posterior mean                -- encode.latents=mean
         *_flipped                     the same for the mirrored image  -- encode.random_flip
-        conditions     [n, 3, H, W]   uint8 condition pixels at training resolution (unflipped)
+        conditions_png [bytes]        each condition as a lossless PNG at training resolution
+        conditions_png_offsets [n+1]  (unflipped; greyscale when R == G == B), decoded in the
+                                      loader's workers. Format 1 stored raw uint8 ``conditions``
+                                      [n, 3, H, W] (12x larger at 1024 px); it is still read.
         time_ids       [n, 6]         SDXL time ids (orig h, w, crop top, left, target h, w)
         time_ids_flipped [n, 6]                                       -- encode.random_flip
+
+Text shards hold ``TEXT_SHARD_SIZE`` captions each (an SDXL caption is 316 KB), so a streamed
+batch fetches only the few small text shards its captions live in.
 
 Text and latents are two *parts*, each in a folder named by its own key: the text key hashes
 the captions and the text encoders, the latent key hashes the images, the VAE, the resolution
@@ -31,7 +37,9 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+READABLE_FORMATS = (1, 2)  # format 1: raw uint8 conditions, text shards of encode.shard_size
+TEXT_SHARD_SIZE = 64
 INDEX = "cache.json"
 PART = "part.json"
 EMPTY_PROMPT = "empty.safetensors"
@@ -48,18 +56,62 @@ def read_index(cache_dir: str | Path) -> dict:
 
         raise DataError(f"{cache_dir} is not a t2iops cache ({INDEX} missing); run `t2iops encode` first")
     index = json.loads(path.read_text())
-    if index.get("format") != CACHE_FORMAT:
+    if index.get("format") not in READABLE_FORMATS:
         from ..errors import DataError
 
-        raise DataError(f"{path}: cache format {index.get('format')} is not {CACHE_FORMAT}; encode again")
+        raise DataError(f"{path}: cache format {index.get('format')} is not one of {READABLE_FORMATS} "
+                        "this version reads; encode again")
     return index
+
+
+def encode_png(condition) -> bytes:
+    """Lossless PNG of a uint8 ``[3, H, W]`` condition; one grey channel when R == G == B (edge,
+    outline and depth maps), which also makes decoding three times cheaper."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = condition.numpy() if hasattr(condition, "numpy") else np.asarray(condition)
+    if (pixels[0] == pixels[1]).all() and (pixels[0] == pixels[2]).all():
+        image = Image.fromarray(np.ascontiguousarray(pixels[0]), "L")
+    else:
+        image = Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), "RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes, where: str):
+    """The uint8 ``[3, H, W]`` tensor :func:`encode_png` stored (bit-exact)."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "PNG" or image.mode not in ("L", "RGB"):
+                raise ValueError(f"{image.format} {image.mode}")
+            pixels = np.asarray(image, dtype=np.uint8)
+    except Exception as exc:  # noqa: BLE001 - any decoder failure means a broken cache
+        from ..errors import DataError
+
+        raise DataError(f"{where}: stored condition is not a valid PNG ({exc})") from None
+    if pixels.ndim == 2:
+        return torch.from_numpy(pixels.copy())[None].expand(3, -1, -1).contiguous()
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
 
 class ShardedTable:
     """Row access to tensors split over safetensors shards of ``shard_size`` rows each.
 
     Files are memory-mapped by ``safe_open`` and rows read with slices, so a 50k-sample SDXL
-    cache (tens of GB) is never loaded whole."""
+    cache (tens of GB) is never loaded whole. At most ``MAX_OPEN`` shards stay open: a streamed
+    cache evicts used shards, and an open handle would keep an evicted file on disk."""
+
+    MAX_OPEN = 4
 
     def __init__(self, folder: Path, shard_size: int, num_shards: int):
         self.folder = Path(folder)
@@ -68,12 +120,28 @@ class ShardedTable:
         self._handles: dict[int, Any] = {}
 
     def _open(self, shard: int):
-        handle = self._handles.get(shard)
+        handle = self._handles.pop(shard, None)
         if handle is None:
             from safetensors import safe_open
 
-            handle = self._handles[shard] = safe_open(str(self.folder / shard_name(shard)), framework="pt")
+            if len(self._handles) >= self.MAX_OPEN:
+                self._handles.pop(next(iter(self._handles)))  # least recently used
+            handle = safe_open(str(self.folder / shard_name(shard)), framework="pt")
+        self._handles[shard] = handle  # most recently used last
         return handle
+
+    def has(self, name: str, i: int) -> bool:
+        return name in self._open(int(i) // self.shard_size).keys()
+
+    def file_of(self, i: int) -> str:
+        return shard_name(int(i) // self.shard_size)
+
+    def blob(self, name: str, i: int) -> bytes:
+        """Row ``i`` of a variable-length column (``name`` bytes cut at ``name_offsets``)."""
+        shard, local = divmod(int(i), self.shard_size)
+        handle = self._open(shard)
+        start, end = handle.get_slice(name + "_offsets")[local : local + 2].tolist()
+        return handle.get_slice(name)[start:end].numpy().tobytes()
 
     def keys(self) -> set[str]:
         return set(self._open(0).keys()) if self.num_shards else set()
@@ -133,7 +201,11 @@ class CacheReader:
         row = self.latent_rows[i]
         suffix = "_flipped" if flipped else ""
         latent_name = ("latent_moments" if self.latent_kind == "sample" else "latent_mean") + suffix
-        condition = self.latents.row("conditions", row)
+        if self.latents.has("conditions", row):  # format 1
+            condition = self.latents.row("conditions", row)
+        else:
+            condition = decode_png(self.latents.blob("conditions_png", row),
+                                   f"{self.root}/{self.latents.folder.name} row {row}")
         if flipped:
             condition = condition.flip(-1)  # exact on uint8 pixels; the latent flip is not
         out = {
@@ -143,6 +215,14 @@ class CacheReader:
         }
         out.update(self.text_embeddings(self.text_rows[i]))
         return out
+
+    def files_of(self, i: int) -> list[str]:
+        """The shard files (relative to the cache root) sample ``i`` is read from."""
+        return [f"{self.index['latents']['dir']}/{self.latents.file_of(self.latent_rows[i])}",
+                f"{self.index['text']['dir']}/{self.text.file_of(self.text_rows[i])}"]
+
+    def latent_shard_of(self, i: int) -> int:
+        return self.latent_rows[i] // self.latents.shard_size
 
     def text_embeddings(self, text_row: int) -> dict:
         out = {"prompt_embeds": self.text.row("prompt_embeds", text_row)}

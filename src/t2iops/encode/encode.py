@@ -10,6 +10,7 @@ the other one is encoded again.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from .. import storage
 from ..config import Config
 from ..errors import DataError
 from . import augment
-from .cache import CACHE_FORMAT, EMPTY_PROMPT, INDEX, PART, shard_name
+from .cache import CACHE_FORMAT, EMPTY_PROMPT, INDEX, PART, TEXT_SHARD_SIZE, encode_png, shard_name
 from .fingerprint import dataset_fingerprints, digest, model_identity
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,9 @@ def augmentation_policy(cfg: Config) -> dict:
             "crop_seed": enc.seed if enc.random_crop else None}
 
 
-def encode_dataset(data_root: str, validated_dir: str, out: str, cfg: Config) -> str:
-    """Encode the validated rows of ``cfg.encode.splits`` at ``data_root`` into a cache at ``out``
-    (folder or s3:// prefix). Returns ``out``. A no-op when the published cache is up to date."""
+def plan_encode(data_root: str, validated_dir: str, cfg: Config) -> tuple[list, dict, dict]:
+    """The rows to encode (ordered by id), the part keys and the cache index; the same in every
+    process of a sharded encode."""
     from ..data.dataset import load_rows, load_validated_ids
 
     ids = load_validated_ids(validated_dir, cfg)
@@ -68,12 +69,24 @@ def encode_dataset(data_root: str, validated_dir: str, out: str, cfg: Config) ->
     rows = [r for r in load_rows(data_root, cfg, ids=ids) if r.id in wanted]
     rows.sort(key=lambda r: r.id)
     log.info("encode: %d rows (%s)", len(rows), ", ".join(f"{s}={sum(r.split == s for r in rows)}" for s in SPLIT_ORDER))
-
     fingerprints = dataset_fingerprints(rows)
     model = model_identity(cfg.model, cfg)
     keys = cache_keys(cfg, fingerprints, model)
+    return rows, keys, _build_index(cfg, rows, keys, model)
+
+
+def finish_index(index: dict, staging: Path) -> None:
+    """Facts of the encoded parts the trainer checks against the model it loads."""
+    index["family"] = json.loads((staging / index["text"]["dir"] / PART).read_text())["family"]
+    index["scaling_factor"] = json.loads((staging / index["latents"]["dir"] / PART).read_text())["scaling_factor"]
+    (staging / INDEX).write_text(json.dumps(index, indent=1))
+
+
+def encode_dataset(data_root: str, validated_dir: str, out: str, cfg: Config) -> str:
+    """Encode the validated rows of ``cfg.encode.splits`` at ``data_root`` into a cache at ``out``
+    (folder or s3:// prefix). Returns ``out``. A no-op when the published cache is up to date."""
+    rows, keys, index = plan_encode(data_root, validated_dir, cfg)
     previous = _published_index(out, cfg)
-    index = _build_index(cfg, rows, keys, model)
     if previous is not None and _same(previous, index):
         log.info("encode: %s is up to date (dataset %s, text %s, latents %s); nothing to do",
                  out, keys["dataset_version"], keys["text"], keys["latents"])
@@ -89,10 +102,7 @@ def encode_dataset(data_root: str, validated_dir: str, out: str, cfg: Config) ->
                 encode_text(keys["captions"], target, cfg)
             else:
                 encode_latents(rows, target, cfg)
-        # Facts of the encoded parts the trainer checks against the model it loads.
-        index["family"] = json.loads((staging / index["text"]["dir"] / PART).read_text())["family"]
-        index["scaling_factor"] = json.loads((staging / index["latents"]["dir"] / PART).read_text())["scaling_factor"]
-        (staging / INDEX).write_text(json.dumps(index, indent=1))
+        finish_index(index, staging)
         cfg.write(staging)
     return out
 
@@ -172,23 +182,29 @@ def _encode_dtype(cfg: Config, device, force_upcast: bool = False):
 
 
 class ShardWriter:
-    """Collects rows and writes a safetensors shard every ``shard_size`` rows."""
+    """Collects rows and writes a safetensors shard every ``shard_size`` rows. ``blobs`` are
+    variable-length byte rows (compressed conditions), stored as one uint8 column plus
+    ``<name>_offsets``. ``first_shard`` numbers the files of one slice of a sharded encode."""
 
-    def __init__(self, folder: Path, shard_size: int):
+    def __init__(self, folder: Path, shard_size: int, first_shard: int = 0):
         self.folder = folder
         self.shard_size = shard_size
+        self.first_shard = first_shard
         self.pending: dict[str, list] = {}
+        self.pending_blobs: dict[str, list[bytes]] = {}
         self.count = 0
         self.shards: list[dict] = []
         folder.mkdir(parents=True, exist_ok=True)
 
-    def add(self, **tensors) -> None:
+    def add(self, blobs: Optional[dict] = None, **tensors) -> None:
         n = len(next(iter(tensors.values())))
         start = 0
         while start < n:
             take = min(self.shard_size - self.count, n - start)
             for name, t in tensors.items():
                 self.pending.setdefault(name, []).append(t[start:start + take].cpu())
+            for name, rows in (blobs or {}).items():
+                self.pending_blobs.setdefault(name, []).extend(rows[start:start + take])
             self.count += take
             start += take
             if self.count == self.shard_size:
@@ -200,13 +216,17 @@ class ShardWriter:
 
         if not self.count:
             return
-        name = shard_name(len(self.shards))
-        save_file({k: torch.cat(v).contiguous() for k, v in self.pending.items()}, str(self.folder / name))
+        name = shard_name(self.first_shard + len(self.shards))
+        tensors = {k: torch.cat(v).contiguous() for k, v in self.pending.items()}
+        for key, rows in self.pending_blobs.items():
+            tensors[key] = torch.frombuffer(bytearray(b"".join(rows)), dtype=torch.uint8)
+            tensors[key + "_offsets"] = torch.tensor([0, *itertools.accumulate(len(r) for r in rows)], dtype=torch.int64)
+        save_file(tensors, str(self.folder / name))
         self.shards.append({"file": name, "count": self.count})
-        self.pending, self.count = {}, 0
+        self.pending, self.pending_blobs, self.count = {}, {}, 0
 
 
-def encode_text(captions: list[str], target: Path, cfg: Config) -> None:
+def encode_text(captions: list[str], target: Path, cfg: Config, first_shard: int = 0) -> None:
     """Embeddings of each unique caption (rows in ``captions`` order) and of the empty prompt."""
     import torch
     from safetensors.torch import save_file
@@ -220,7 +240,7 @@ def encode_text(captions: list[str], target: Path, cfg: Config) -> None:
     for encoder in base.text_encoders:
         encoder.to(device).eval().requires_grad_(False)
     store = getattr(torch, DTYPES[cfg.encode.storage_dtype])
-    writer = ShardWriter(target, cfg.encode.shard_size)
+    writer = ShardWriter(target, TEXT_SHARD_SIZE, first_shard)
     bs = cfg.encode.batch_size
     with torch.inference_mode():
         for start in tqdm(range(0, len(captions), bs), desc="encode text", unit="batch"):
@@ -229,7 +249,7 @@ def encode_text(captions: list[str], target: Path, cfg: Config) -> None:
         writer.flush()
         empty = encode_prompts(base, [""])
         save_file({k: v.to(store).cpu().contiguous() for k, v in empty.items()}, str(target / EMPTY_PROMPT))
-    part = {"captions": captions, "shard_size": cfg.encode.shard_size, "shards": writer.shards,
+    part = {"captions": captions, "shard_size": TEXT_SHARD_SIZE, "shards": writer.shards,
             "pooled": "pooled_prompt_embeds" in empty, "family": base.family}
     (target / PART).write_text(json.dumps(part))
 
@@ -247,9 +267,9 @@ def _load_pair(row, cfg: Config):
     return pixels, cond, plan
 
 
-def encode_latents(rows: list, target: Path, cfg: Config) -> None:
+def encode_latents(rows: list, target: Path, cfg: Config, first_shard: int = 0) -> None:
     """VAE posteriors of each row's image (and of its mirror image when flips are on), its
-    condition as uint8 pixels, and its SDXL time ids."""
+    condition as a lossless PNG, and its SDXL time ids."""
     import torch
     from tqdm.auto import tqdm
 
@@ -262,7 +282,7 @@ def encode_latents(rows: list, target: Path, cfg: Config) -> None:
     vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
     store = getattr(torch, DTYPES[cfg.encode.storage_dtype])
     flip = cfg.encode.random_flip
-    writer = ShardWriter(target, cfg.encode.shard_size)
+    writer = ShardWriter(target, cfg.encode.shard_size, first_shard)
     bs = cfg.encode.batch_size
 
     def posterior(pixels):
@@ -274,18 +294,18 @@ def encode_latents(rows: list, target: Path, cfg: Config) -> None:
         batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
         for batch in tqdm(batches, desc="encode latents", unit="batch"):
             loaded = list(pool.map(lambda r: _load_pair(r, cfg), batch))
+            pngs = list(pool.map(encode_png, [c for _, c, _ in loaded]))
             pixels = torch.stack([p for p, _, _ in loaded])
             name = "latent_moments" if cfg.encode.latents == "sample" else "latent_mean"
             tensors = {
                 name: posterior(pixels),
-                "conditions": torch.stack([c for _, c, _ in loaded]),
                 "time_ids": torch.tensor([plan.time_ids() for _, _, plan in loaded], dtype=torch.int32),
             }
             if flip:
                 tensors[name + "_flipped"] = posterior(pixels.flip(-1))
                 tensors["time_ids_flipped"] = torch.tensor([plan.time_ids(flipped=True) for _, _, plan in loaded],
                                                            dtype=torch.int32)
-            writer.add(**tensors)
+            writer.add(blobs={"conditions_png": pngs}, **tensors)
         writer.flush()
     part = {
         "ids": [r.id for r in rows],

@@ -1,6 +1,8 @@
 """Batches from the cache, in an order and with randomness that resumes exactly.
 
-* Order: each epoch is a permutation of the train split drawn from ``(train.seed, epoch)``; the
+* Order: each epoch is a permutation of the train split drawn from ``(train.seed, epoch)``,
+  shard-aware so a streamed cache reads few shards at a time: the latent shards are shuffled,
+  taken ``train.shuffle_window`` at a time, and the samples of each window shuffled together. The
   epoch is cut into global micro-batches of ``train.batch_size`` (the incomplete tail is
   dropped) and rank ``r`` of ``W`` takes the ``r``-th slice of each. A position in the run is
   just ``(epoch, batch)``, which is what checkpoints store.
@@ -25,9 +27,20 @@ def draw_seed(seed: int, epoch: int, position: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1  # torch seeds are < 2**63
 
 
-def epoch_order(num_samples: int, seed: int, epoch: int) -> torch.Tensor:
+def epoch_order(shard_members: list[torch.Tensor], seed: int, epoch: int, window: int) -> torch.Tensor:
+    """Sample positions of one epoch: ``shard_members[k]`` are the samples stored in shard ``k``."""
     generator = torch.Generator().manual_seed(draw_seed(seed, epoch, -1))
-    return torch.randperm(num_samples, generator=generator)
+    shards = torch.randperm(len(shard_members), generator=generator).tolist()
+    order = []
+    for start in range(0, len(shards), window):
+        members = torch.cat([shard_members[k] for k in shards[start:start + window]])
+        order.append(members[torch.randperm(len(members), generator=generator)])
+    return torch.cat(order)
+
+
+def shard_members(reader: CacheReader) -> list[torch.Tensor]:
+    shard_of = torch.tensor([reader.latent_shard_of(i) for i in range(len(reader))])
+    return [m for m in (torch.nonzero(shard_of == s).flatten() for s in torch.unique(shard_of)) if len(m)]
 
 
 class MicroBatches(Dataset):
@@ -35,7 +48,7 @@ class MicroBatches(Dataset):
     ``epoch``, collated, with its per-sample random draws."""
 
     def __init__(self, reader: CacheReader, global_batch: int, rank: int, world_size: int, seed: int,
-                 caption_dropout: float, uncond: dict, flip: bool):
+                 caption_dropout: float, uncond: dict, flip: bool, window: int = 4):
         self.reader = reader
         self.global_batch = global_batch
         self.per_rank = global_batch // world_size
@@ -45,6 +58,8 @@ class MicroBatches(Dataset):
         self.uncond = uncond  # embeddings a dropped caption is replaced by
         self.flip = flip and reader.has_flip
         self.batches_per_epoch = len(reader) // global_batch
+        self.window = window
+        self.shard_members = shard_members(reader)
         self._order: tuple[Optional[int], Optional[torch.Tensor]] = (None, None)
 
     def __len__(self) -> int:  # only meaningful per epoch; the sampler is what runs forever
@@ -52,14 +67,23 @@ class MicroBatches(Dataset):
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         if self._order[0] != epoch:
-            self._order = (epoch, epoch_order(len(self.reader), self.seed, epoch))
+            self._order = (epoch, epoch_order(self.shard_members, self.seed, epoch, self.window))
         return self._order[1]
+
+    def positions(self, key: tuple[int, int]) -> range:
+        """Positions in the epoch of this rank's samples of micro-batch ``key``."""
+        first = key[1] * self.global_batch + self.rank * self.per_rank
+        return range(first, first + self.per_rank)
+
+    def files_for(self, key: tuple[int, int]) -> list[str]:
+        """Cache files (relative paths) this rank reads for micro-batch ``key``."""
+        order = self._epoch_order(key[0])
+        return sorted({f for p in self.positions(key) for f in self.reader.files_of(int(order[p]))})
 
     def __getitem__(self, key: tuple[int, int]) -> dict:
         epoch, batch = key
         order = self._epoch_order(epoch)
-        first = batch * self.global_batch + self.rank * self.per_rank
-        samples = [self._sample(int(order[p]), epoch, p) for p in range(first, first + self.per_rank)]
+        samples = [self._sample(int(order[p]), epoch, p) for p in self.positions(key)]
         out = {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
         out["epoch"], out["batch"] = epoch, batch
         return out
@@ -119,12 +143,22 @@ def uncond_embeddings(reader: CacheReader) -> dict:
     return empty
 
 
-def train_loader(reader: CacheReader, train_cfg, rank: int, world_size: int, start=(0, 0)) -> DataLoader:
+def train_loader(reader: CacheReader, train_cfg, rank: int, world_size: int, start=(0, 0),
+                 fetcher=None) -> DataLoader:
+    """Micro-batches from ``start`` on. ``fetcher`` (a :class:`t2iops.train.streaming.ShardFetcher`)
+    streams the shards each batch needs before the batch is handed to a worker."""
     dataset = MicroBatches(reader, train_cfg.batch_size, rank, world_size, train_cfg.seed,
-                           train_cfg.caption_dropout, uncond_embeddings(reader), flip=True)
+                           train_cfg.caption_dropout, uncond_embeddings(reader), flip=True,
+                           window=train_cfg.shuffle_window)
+    order = ResumableOrder(dataset.batches_per_epoch, *start)
+    if fetcher is not None:
+        from .streaming import StreamingOrder
+
+        in_flight = max(1, train_cfg.num_workers) * 2 + 2  # keys the DataLoader may hold unprocessed
+        order = StreamingOrder(order, dataset, fetcher, in_flight, train_cfg.stream_prefetch)
     return DataLoader(
         dataset,
-        sampler=ResumableOrder(dataset.batches_per_epoch, *start),
+        sampler=order,
         batch_size=None,  # the dataset returns whole micro-batches
         num_workers=train_cfg.num_workers,
         persistent_workers=train_cfg.num_workers > 0,

@@ -25,6 +25,7 @@ from ..errors import ModelError, T2IError, UsageError
 from ..encode.cache import CacheReader
 from . import checkpoint as ckpt
 from .data import train_loader
+from .streaming import open_cache
 from .diffusion import Objective, adapter_loss
 from .distributed import DistInfo, init_distributed
 from .metrics import RunLogger, format_postfix, peak_memory, write_kfp_metrics
@@ -70,11 +71,13 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
     check_training_config(cfg, dist.world_size, dist.device, zero_stage=zero_stage)
 
     # -- data ------------------------------------------------------------------------------
-    cache_local = storage.materialize(cache_dir, cfg.storage, kind="caches")
-    reader = CacheReader(cache_local, "train")
+    cache = open_cache(cache_dir, cfg, dist.rank)  # whole, or streamed shard by shard (train.stream)
+    reader = CacheReader(cache.root, "train")
     val_count = len(reader.index["samples"].get("val", {}).get("ids", []))
     check_training_config(cfg, dist.world_size, dist.device, zero_stage, len(reader), val_count)
-    val_reader = CacheReader(cache_local, "val") if t.validate_every else None
+    val_reader = CacheReader(cache.root, "val") if t.validate_every else None
+    if val_reader is not None:
+        cache.fetch_split(val_reader)
 
     # -- where the run starts ---------------------------------------------------------------
     checkpoints = ckpt.Checkpointer(out, dist, cfg.storage, t.keep_last)
@@ -144,7 +147,8 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
                               dist.device, compute_dtype)
     logger = RunLogger(out, dist.is_main, t.max_steps, state.step, resumed=bool(resumed_from),
                        storage_cfg=cfg.storage)
-    batches = iter(train_loader(reader, t, dist.rank, dist.world_size, start=(state.epoch, state.batch)))
+    batches = iter(train_loader(reader, t, dist.rank, dist.world_size, start=(state.epoch, state.batch),
+                                fetcher=cache.fetcher))
     samples_per_step = t.batch_size * t.grad_accum
     if dist.is_main:
         log.info("training %s adapter (%.1f M parameters) on %s for %d steps: %d samples/step over %d rank(s), "
