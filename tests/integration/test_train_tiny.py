@@ -280,3 +280,25 @@ def test_cli_refuses_fp16_on_cpu_before_loading_anything(tmp_path, capsys, sd15_
     assert rc == 2
     assert "train.mixed_precision=fp16" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_streamed_s3_cache_trains_and_resumes_bit_equal_to_the_local_cache(s3_bucket, tmp_path, tiny_sd15_path,
+                                                                             sd15_cache):
+    """The cache on S3, streamed shard by shard under a disk budget smaller than one shard,
+    interrupted after 3 steps and resumed: same weights and losses as training from the local
+    folder in one go."""
+    endpoint, bucket = s3_bucket
+    uri = f"s3://{bucket}/cache"
+    s3 = [f"storage.endpoint_url={endpoint}", f"storage.cache_dir={tmp_path / 'local'}", "train.stream_disk_gb=0.000001"]
+    common = ["train.checkpoint_every=3", "train.shuffle_window=1", "train.caption_dropout=0.3"]
+    storage.upload_dir(sd15_cache, uri, cfg_for(tiny_sd15_path, *s3).storage)
+    train(sd15_cache, str(tmp_path / "straight"), cfg_for(tiny_sd15_path, *common, "train.max_steps=6"))
+    out = tmp_path / "streamed"
+    train(uri, str(out), cfg_for(tiny_sd15_path, *s3, *common, "train.max_steps=3"))
+    assert (tmp_path / "local" / "streams").is_dir() and not (tmp_path / "local" / "caches").exists()
+    train(uri, str(out), cfg_for(tiny_sd15_path, *s3, *common, "train.max_steps=6"), resume="latest")
+    assert_bit_equal(adapter_weights(tmp_path / "straight" / "adapter"), adapter_weights(out / "adapter"))
+    a = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    b = json.loads((out / "summary.json").read_text())
+    assert a["losses"] == b["losses"]

@@ -173,3 +173,50 @@ def test_encode_cli(tmp_path, tiny_sd15_path, monkeypatch):
                "-S", "encode.resolution=32"])
     assert rc == 0 and len(CacheReader(tmp_path / "cache", "train")) == 6
     assert os.path.exists(tmp_path / "cache" / "_manifest.json")
+
+
+def test_sharded_encode_merges_into_the_one_process_cache(tmp_path, tiny_sdxl_path):
+    from t2iops.cli import main
+    from t2iops.encode.cache import CACHE_FORMAT
+
+    data, cfg = _prepared(tmp_path, tiny_sdxl_path, "encode.shard_size=2", "encode.batch_size=2")
+    validated = str(tmp_path / "validated")
+    encode_dataset(str(data), validated, str(tmp_path / "whole"), cfg)
+    overrides = sum((["-S", o] for o in [f"model.base_model={tiny_sdxl_path}", "data.val_fraction=0.0",
+                                        "data.test_fraction=0.0", "encode.resolution=64", "encode.shard_size=2",
+                                        "encode.batch_size=2", "encode.storage_dtype=fp32"]), [])
+    for i in range(3):
+        assert main(["encode", "--data", str(data), "--validated", validated, "--out", str(tmp_path / f"s{i}"),
+                     "--shard", f"{i}/3", *overrides]) == 0
+    assert main(["encode", "merge", "--shards", *(str(tmp_path / f"s{i}") for i in (2, 0, 1)),
+                 "--out", str(tmp_path / "merged"), *overrides]) == 0
+    whole, merged = storage.read_manifest(tmp_path / "whole"), storage.read_manifest(tmp_path / "merged")
+    # Every shard, part.json and cache.json: the same bytes (config.resolved.yaml records how each was run).
+    assert {k: v for k, v in whole["files"].items() if k != "config.resolved.yaml"} == \
+        {k: v for k, v in merged["files"].items() if k != "config.resolved.yaml"}
+    assert read_index(tmp_path / "merged")["format"] == CACHE_FORMAT
+    a, b = CacheReader(tmp_path / "whole", "train"), CacheReader(tmp_path / "merged", "train")
+    for i in range(len(a)):
+        for k, v in a.sample(i).items():
+            assert torch.equal(v, b.sample(i)[k]), (i, k)
+    from t2iops.encode.sharded import merge_shards
+    from t2iops.errors import UsageError
+
+    with pytest.raises(UsageError, match="every slice 0..2 of 3 exactly once"):
+        merge_shards([str(tmp_path / "s0"), str(tmp_path / "s2")], str(tmp_path / "bad"), cfg)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_conditions_are_stored_as_lossless_png(tmp_path):
+    from t2iops.encode.cache import decode_png, encode_png
+
+    ring = torch.zeros(3, 64, 64, dtype=torch.uint8)
+    ring[:, 10:12, 5:50] = 255
+    coloured = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    for condition in (ring, coloured):
+        assert torch.equal(decode_png(encode_png(condition), "x"), condition)
+    assert len(encode_png(ring)) < ring.numel() // 20
+    from t2iops.errors import DataError
+
+    with pytest.raises(DataError, match="row 3: stored condition is not a valid PNG"):
+        decode_png(b"garbage", "cache row 3")

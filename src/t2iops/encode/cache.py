@@ -20,7 +20,7 @@ Layout of a cache folder ``C`` (published atomically, ``_manifest.json`` last)::
         time_ids_flipped [n, 6]                                       -- encode.random_flip
 
 Text shards hold ``TEXT_SHARD_SIZE`` captions each (an SDXL caption is 316 KB), so a streamed
-batch fetches only the few small text shards its captions live in.
+batch fetches only the few small text shards its captions live in, not the whole text part.
 
 Text and latents are two *parts*, each in a folder named by its own key: the text key hashes
 the captions and the text encoders, the latent key hashes the images, the VAE, the resolution
@@ -39,7 +39,7 @@ from typing import Any, Optional
 
 CACHE_FORMAT = 2
 READABLE_FORMATS = (1, 2)  # format 1: raw uint8 conditions, text shards of encode.shard_size
-TEXT_SHARD_SIZE = 64
+TEXT_SHARD_SIZE = 8  # SDXL: 2.5 MB objects; a streamed batch of 8 reads at most 8 of them
 INDEX = "cache.json"
 PART = "part.json"
 EMPTY_PROMPT = "empty.safetensors"

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator, Optional
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -60,15 +60,17 @@ class MicroBatches(Dataset):
         self.batches_per_epoch = len(reader) // global_batch
         self.window = window
         self.shard_members = shard_members(reader)
-        self._order: tuple[Optional[int], Optional[torch.Tensor]] = (None, None)
+        self._orders: dict[int, torch.Tensor] = {}  # two epochs: a streaming sampler looks ahead
 
     def __len__(self) -> int:  # only meaningful per epoch; the sampler is what runs forever
         return self.batches_per_epoch
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        if self._order[0] != epoch:
-            self._order = (epoch, epoch_order(self.shard_members, self.seed, epoch, self.window))
-        return self._order[1]
+        if epoch not in self._orders:
+            if len(self._orders) >= 2:
+                self._orders.pop(min(self._orders))
+            self._orders[epoch] = epoch_order(self.shard_members, self.seed, epoch, self.window)
+        return self._orders[epoch]
 
     def positions(self, key: tuple[int, int]) -> range:
         """Positions in the epoch of this rank's samples of micro-batch ``key``."""

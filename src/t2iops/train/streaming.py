@@ -136,11 +136,11 @@ class StreamingOrder(Sampler):
         while True:
             while len(ahead) <= self.prefetch:
                 key = next(keys)
-                files = self.dataset.files_for(key)
-                ahead.append((key, files))
-                self.fetcher.prefetch(files)
+                ahead.append((key, self.dataset.files_for(key)))
             key, files = ahead.popleft()
-            self.fetcher.wait(files)
+            self.fetcher.wait(files)  # the batch due now gets all the bandwidth first...
+            for _, later in ahead:  # ...then the next ones are queued, in order
+                self.fetcher.prefetch(later)
             recent.append(files)
             self.fetcher.evict({f for fs in recent for f in fs} | {f for _, fs in ahead for f in fs})
             yield key

@@ -1,0 +1,23 @@
+"""The cache-scale benchmark runs end to end in its minimal mode (64 px, 24 samples, loopback S3)
+and writes the figures its report and RESULTS.md rely on."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_cache_scale_benchmark_minimal_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cache_scale.py"), "--minimal",
+                           "--json", str(tmp_path / "out.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    for key in ("bytes_per_sample_64", "first_step_s_streaming", "first_step_s_full_download", "transfer_speedup",
+                "loader_samples_s_per_worker"):
+        assert result[key] > 0, key
+    # PNG conditions make even a 64 px cache smaller than raw pixels.
+    assert result["bytes_per_sample_64"] < result["bytes_per_sample_old"]
+    assert "first_step_s_streaming" in proc.stdout
