@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # ~10 s of CPU, but a subprocess with its own S3 server: 40 s on a loaded machine
 def test_cache_scale_benchmark_minimal_run(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_cache_scale.py"), "--minimal",

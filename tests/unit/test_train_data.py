@@ -172,7 +172,8 @@ def test_streamed_batches_equal_the_local_cache_under_a_tiny_disk_budget(tmp_pat
     local = train_loader(CacheReader(published, "train"), cfg.train, 0, 1, start=(1, 3))
     cache = open_cache(published, cfg)
     assert cache.root != published and not list(cache.root.rglob("shard-*"))  # nothing fetched up front
-    streamed = train_loader(CacheReader(cache.root, "train"), cfg.train, 0, 1, start=(1, 3), fetcher=cache.fetcher)
+    in_worker = _cfg(tmp_path, "train.shuffle_window=2", "train.stream_prefetch=2", "train.num_workers=1").train
+    streamed = train_loader(CacheReader(cache.root, "train"), in_worker, 0, 1, start=(1, 3), fetcher=cache.fetcher)
     for a, b in zip(_batches(local, 25), _batches(streamed, 25)):  # 2.5 epochs, from a resumed position
         assert a.keys() == b.keys()
         for k in a:
