@@ -198,3 +198,14 @@ def test_epoch_order_reads_one_window_of_shards_at_a_time(tmp_path, published):
     shards = [{reader.latent_shard_of(int(data._epoch_order(0)[p])) for p in data.positions((0, b))} for b in range(8)]
     assert all(len(s) == 1 for s in shards) and len(set.union(*shards)) == 8  # window of one shard = one shard a batch
     assert data.files_for((0, 0))[0].startswith("latents/l/shard-")
+
+
+def test_format_1_caches_are_read_and_unknown_formats_refused(tmp_path):
+    """A format 1 cache (raw uint8 conditions) still trains; a newer format names the problem."""
+    root = write_fake_cache(tmp_path / "old")
+    index = json.loads((root / "cache.json").read_text())
+    (root / "cache.json").write_text(json.dumps({**index, "format": 1}))
+    assert CacheReader(root, "train").sample(3)["condition"].dtype == torch.uint8
+    (root / "cache.json").write_text(json.dumps({**index, "format": 99}))
+    with pytest.raises(DataError, match="cache.json: cache format 99 is not one of"):
+        CacheReader(root, "train")
