@@ -33,7 +33,7 @@ def test_trainjob_manifest_shape():
     assert m["metadata"] == {"name": "t2iops-train-5f0c6a1e77aa4c1b9d38", "namespace": "team-a",
                              "labels": {"app.kubernetes.io/part-of": "t2iops", "t2iops.io/run-id": "5f0c6a1e-77aa-4c1b-9d38-1234567890ab"}}
     spec = m["spec"]
-    assert spec["runtimeRef"] == {"name": "deepspeed-distributed", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"}
+    assert spec["runtimeRef"] == {"name": "t2iops-deepspeed", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"}
     trainer = spec["trainer"]
     assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 4 and trainer["image"] == PipelineSettings().image
     assert trainer["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == "4" and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
