@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from t2iops.pipelines.compile import compile_pipeline, parameter_specs, read_package
+from t2iops.pipelines.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -98,3 +99,8 @@ def test_image_workflow_takes_the_image_from_the_settings():
     text = (WORKFLOWS / "image.yml").read_text()
     assert "pipelines/settings.yaml" in text and "${{ github.sha }}" in text
     assert "ghcr.io/t2iops" not in text, "the repository comes from pipelines/settings.yaml only"
+    # The workflow's own reading of the settings gives the image the pipeline is compiled with.
+    (ref_step,) = [s for s in job["steps"] if s.get("id") == "ref"]
+    (read_line,) = [ln for ln in ref_step["run"].splitlines() if ln.strip().startswith('image="$(')]
+    done = subprocess.run(["bash", "-c", read_line + '; printf "%s" "$image"'], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout == load_settings().image

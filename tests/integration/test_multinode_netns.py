@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import torch
 
 from t2iops.config import load_config
 from t2iops.pipelines.settings import PipelineSettings
-from t2iops.pipelines.trainjob import rank_command, spec_from_settings, trainjob_manifest
+from t2iops.pipelines.trainjob import MASTER_PORT, rank_command, spec_from_settings, trainjob_manifest
 
 # The 2-rank test's data, overrides, one-process reference run and tolerance.
 from test_train_distributed import cache, overrides, plain_run, weights  # noqa: F401
@@ -32,7 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 SUBNET = "10.231.7"  # only inside the two namespaces this test creates
 S3_PORT = 5000
-MASTER_PORT = 29500
 BUCKET = "t2iops-netns"
 STEPS = ("train.max_steps=8",)  # checkpoints at 2, 4, 6, 8: room to kill a node mid-run
 
@@ -100,7 +100,8 @@ def s3_in_node0(nodes, tmp_path_factory):
     endpoint = f"http://{nodes.addrs[0]}:{S3_PORT}"
     try:
         _s3(nodes, endpoint, f"""
-                        for _ in range(100):
+            import time
+            for _ in range(100):
                 try:
                     s3.create_bucket(Bucket={BUCKET!r}); break
                 except Exception:
@@ -151,7 +152,7 @@ def launch(nodes, endpoint, run: str, model: str, scratch: Path, *extra: str, at
                               cache_uri=f"s3://{BUCKET}/cache", out_uri=f"s3://{BUCKET}/{run}/train",
                               config_yaml=cfg.to_yaml())
     command = rank_command(spec)
-    assert " ".join(command[2:]) in trainjob_manifest(spec)["spec"]["trainer"]["command"][2]
+    assert shlex.join(command) in trainjob_manifest(spec)["spec"]["trainer"]["command"][2]  # what mpirun starts
     procs = []
     for node in (0, 1):
         home = scratch / f"{run}-{attempt}-node{node}"  # a restarted pod gets a fresh disk
@@ -160,6 +161,7 @@ def launch(nodes, endpoint, run: str, model: str, scratch: Path, *extra: str, at
                "OMPI_COMM_WORLD_SIZE": "2", "MASTER_ADDR": nodes.addrs[0], "MASTER_PORT": str(MASTER_PORT),
                "T2IOPS_CONFIG_YAML": spec.config_yaml, "AWS_ENDPOINT_URL": endpoint,
                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+               # In a pod the hostname resolves to the pod's address; here gloo is told the link.
                "GLOO_SOCKET_IFNAME": nodes.links[node], "TMPDIR": str(home / "tmp"),
                "T2IOPS_CACHE": str(home / "cache"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
         procs.append(nodes.popen(node, command, env, scratch / f"{run}-{attempt}-node{node}.log"))

@@ -41,6 +41,8 @@ def test_trainjob_manifest_shape():
     assert trainer["command"][:2] == ["bash", "-c"]
     assert "mpirun --hostfile /etc/mpi/hostfile -np 8" in script
     assert "--cache s3://bucket/root/enc --out s3://bucket/runs/r1/train --resume latest" in script
+    # Ranks sharing a node's /tmp each write their own params file.
+    assert script.count('"${TMPDIR:-/tmp}/t2iops-params-$RANK.yaml"') == 2
     env = _container_env(trainer["env"])
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "t2iops-s3", "key": "aws_secret_access_key"}}
     assert env["T2IOPS_CONFIG_YAML"] == "train:\n  lr: 0.0001\n"
