@@ -55,6 +55,8 @@ def test_retrain_workflow_passes_exactly_the_parameters_the_pipeline_declares(tm
     assert len(by_p) == len(set(by_p)), f"a parameter is passed twice: {by_p}"
     assert not set(by_p) & by_flag, "a parameter is passed both by -p and by its own flag"
     passed = set(by_p) | by_flag | RETRAIN_DERIVED_PARAMETERS
+    # The runs' pods use the service account infra/k8s creates and the settings name.
+    assert f"--service-account {load_settings().train_launcher.service_account} " in command
     assert passed == declared, f"missing: {sorted(declared - passed)}; unknown to the pipeline: {sorted(passed - declared)}"
 
 
