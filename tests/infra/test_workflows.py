@@ -45,6 +45,7 @@ def _retrain_command(step_script: str) -> str:
     return line
 
 
+@pytest.mark.slow  # compiles the pipeline (kfp import + compile)
 def test_retrain_workflow_passes_exactly_the_parameters_the_pipeline_declares(tmp_path):
     declared = set(parameter_specs(read_package(compile_pipeline(tmp_path / "pipeline.yaml"))))
     steps = _workflow("retrain.yml")["jobs"]["cluster"]["steps"]
