@@ -33,7 +33,7 @@ def test_trainjob_manifest_shape():
     assert m["metadata"] == {"name": "t2iops-train-5f0c6a1e77aa4c1b9d38", "namespace": "team-a",
                              "labels": {"app.kubernetes.io/part-of": "t2iops", "t2iops.io/run-id": "5f0c6a1e-77aa-4c1b-9d38-1234567890ab"}}
     spec = m["spec"]
-    assert spec["runtimeRef"] == {"name": "deepspeed-distributed", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"}
+    assert spec["runtimeRef"] == {"name": "t2iops-deepspeed", "apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime"}
     trainer = spec["trainer"]
     assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 4 and trainer["image"] == PipelineSettings().image
     assert trainer["resourcesPerNode"]["requests"]["nvidia.com/gpu"] == "4" and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "4"
@@ -41,6 +41,8 @@ def test_trainjob_manifest_shape():
     assert trainer["command"][:2] == ["bash", "-c"]
     assert "mpirun --hostfile /etc/mpi/hostfile -np 8" in script
     assert "--cache s3://bucket/root/enc --out s3://bucket/runs/r1/train --resume latest" in script
+    # Ranks sharing a node's /tmp each write their own params file.
+    assert script.count('"${TMPDIR:-/tmp}/t2iops-params-$RANK.yaml"') == 2
     env = _container_env(trainer["env"])
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "t2iops-s3", "key": "aws_secret_access_key"}}
     assert env["T2IOPS_CONFIG_YAML"] == "train:\n  lr: 0.0001\n"

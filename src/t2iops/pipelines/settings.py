@@ -105,7 +105,7 @@ class Steps(_Strict):
 
 class TrainLauncher(_Strict):
     kind: Literal["in-pod", "trainjob", "pytorchjob"] = "in-pod"
-    trainjob_runtime: str = Field("deepspeed-distributed", description="ClusterTrainingRuntime the TrainJob refers to")
+    trainjob_runtime: str = Field("t2iops-deepspeed", description="ClusterTrainingRuntime the TrainJob refers to (infra/k8s/runtime)")
     namespace: Optional[str] = Field(None, description="default: the pipeline pod's namespace")
     service_account: Optional[str] = "t2iops-pipeline"
     poll_seconds: int = Field(30, ge=1)

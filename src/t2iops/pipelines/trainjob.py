@@ -4,9 +4,10 @@ Two job kinds, both N nodes x M GPUs, both running ``t2iops train`` from the pro
 GPU node pool, with the S3 secret as environment, a memory-backed /dev/shm, and the training
 output (checkpoints + final adapter) on S3 so every node and every retry sees the same files:
 
-* ``trainjob``: a Kubeflow Trainer ``TrainJob`` (trainer.kubeflow.org/v1alpha1) on the DeepSpeed
-  runtime (``deepspeed-distributed``, an MPI runtime: the launcher runs ``mpirun`` over the nodes'
-  hostfile, each rank maps OpenMPI's rank variables to the torch.distributed ones).
+* ``trainjob``: a Kubeflow Trainer ``TrainJob`` (trainer.kubeflow.org/v1alpha1, Trainer v2.3.0) on
+  the project's MPI runtime (``t2iops-deepspeed``, infra/k8s/runtime: every node runs the project
+  image; the launcher runs ``mpirun`` over the nodes' hostfile and each rank runs
+  :func:`rank_command`, which maps OpenMPI's rank variables to the torch.distributed ones).
 * ``pytorchjob``: a Training Operator ``PyTorchJob`` (kubeflow.org/v1), one Master and N-1
   Workers, each running ``torchrun`` with the rendezvous the operator sets (MASTER_ADDR, RANK).
 
@@ -32,7 +33,8 @@ TRAINJOB_API = ("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
 PYTORCHJOB_API = ("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob")
 PATCH_MANAGER = "t2iops.io/pipeline"
 SHM_VOLUME = "dshm"
-PARAMS_PATH = "/tmp/t2iops-params.yaml"
+# One params file per rank: several ranks of one node share its /tmp.
+PARAMS_PATH = '"${TMPDIR:-/tmp}/t2iops-params-$RANK.yaml"'
 NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -60,7 +62,7 @@ class DistributedTrainSpec:
     shm_size: str = "16Gi"
     secret_env: dict[str, tuple[str, str]] = field(default_factory=dict)  # env -> (secret, key)
     service_account: Optional[str] = None
-    runtime: str = "deepspeed-distributed"
+    runtime: str = "t2iops-deepspeed"
     labels: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -116,11 +118,8 @@ def spec_from_settings(
 # ---------------------------------------------------------------------------------------
 # Pieces shared by both kinds
 def _train_args(spec: DistributedTrainSpec) -> str:
-    return " ".join(
-        shlex.quote(a)
-        for a in ("-m", "t2iops.cli", "train", "--params", PARAMS_PATH, "--cache", spec.cache_uri,
-                  "--out", spec.out_uri, "--resume", "latest")
-    )
+    quoted = shlex.join(["--cache", spec.cache_uri, "--out", spec.out_uri, "--resume", "latest"])
+    return f"-m t2iops.cli train --params {PARAMS_PATH} {quoted}"  # the params path expands per rank
 
 
 def _env(spec: DistributedTrainSpec) -> list[dict[str, Any]]:
@@ -144,6 +143,7 @@ def _shm_volume(spec: DistributedTrainSpec) -> dict[str, Any]:
 
 _SHM_MOUNT = {"name": SHM_VOLUME, "mountPath": "/dev/shm"}
 _WRITE_PARAMS = f'printf "%s" "$T2IOPS_CONFIG_YAML" > {PARAMS_PATH}'
+MASTER_PORT = 29500
 
 
 def _metadata(spec: DistributedTrainSpec) -> dict[str, Any]:
@@ -151,19 +151,27 @@ def _metadata(spec: DistributedTrainSpec) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------
-def trainjob_manifest(spec: DistributedTrainSpec) -> dict[str, Any]:
-    """A TrainJob on the MPI-based DeepSpeed runtime: ``mpirun`` starts nodes x GPUs ranks."""
-    world = spec.nodes * spec.gpus_per_node
-    exports = " ".join(f"-x {name}" for name in ["T2IOPS_CONFIG_YAML", *sorted(spec.secret_env)])
+def rank_command(spec: DistributedTrainSpec) -> list[str]:
+    """What ``mpirun`` starts for every rank on every node: OpenMPI's rank variables become the
+    torch.distributed ones, the config is written to a per-rank file, then ``t2iops train``
+    resumes from the run's latest checkpoint (a fresh run when there is none). Besides the OMPI
+    variables it needs MASTER_ADDR / MASTER_PORT, T2IOPS_CONFIG_YAML and the S3 credentials."""
     rank_script = (
         "export RANK=$OMPI_COMM_WORLD_RANK LOCAL_RANK=$OMPI_COMM_WORLD_LOCAL_RANK "
         "WORLD_SIZE=$OMPI_COMM_WORLD_SIZE; " + _WRITE_PARAMS + f"; exec python {_train_args(spec)}"
     )
+    return ["bash", "-c", rank_script]
+
+
+def trainjob_manifest(spec: DistributedTrainSpec) -> dict[str, Any]:
+    """A TrainJob on the MPI-based DeepSpeed runtime: ``mpirun`` starts nodes x GPUs ranks."""
+    world = spec.nodes * spec.gpus_per_node
+    exports = " ".join(f"-x {name}" for name in ["T2IOPS_CONFIG_YAML", *sorted(spec.secret_env)])
     script = (
         "set -eu; MASTER_ADDR=$(head -n1 /etc/mpi/hostfile | cut -d' ' -f1); "
         f"exec mpirun --hostfile /etc/mpi/hostfile -np {world} --bind-to none "
-        f"-x MASTER_ADDR=$MASTER_ADDR -x MASTER_PORT=29500 {exports} "
-        f"bash -c {shlex.quote(rank_script)}"
+        f"-x MASTER_ADDR=$MASTER_ADDR -x MASTER_PORT={MASTER_PORT} {exports} "
+        f"{shlex.join(rank_command(spec))}"
     )
     pod_patch: dict[str, Any] = {
         "nodeSelector": dict(spec.node_selector),
