@@ -26,6 +26,11 @@ from urllib.parse import urlsplit
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "trailer", "upgrade"}
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that timed out on a slow answer closes the socket: expected here
+
+
 class FaultProxy:
     def __init__(self, upstream: str, fraction: float = 0.0, faults: Iterable[str] = ("503",),
                  slow_s: float = 3.0, seed: int = 0):
@@ -38,7 +43,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self.requests = 0
         self.injected: dict[str, int] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

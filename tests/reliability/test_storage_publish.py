@@ -183,3 +183,20 @@ def test_local_publish_survives_and_replaces_atomically(tmp_path):
     assert storage.read_manifest(dest)["tag"] == "two"
     assert sorted(p.name for p in dest.iterdir()) == ["_manifest.json", "part-0000.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_files_and_folders_of_a_published_output_are_read_by_their_logical_path(s3_bucket, tmp_path):
+    endpoint, bucket = s3_bucket
+    cfg = _cfg(endpoint, tmp_path)
+    uri = f"s3://{bucket}/cache"
+    with storage.publish(uri, cfg) as staging:
+        (staging / "latents").mkdir()
+        (staging / "latents" / "0.bin").write_bytes(b"l0")
+        (staging / "latents" / "1.bin").write_bytes(b"l1")
+        (staging / "index.json").write_text("{}")
+    assert storage.read_text(f"{uri}/index.json", cfg) == "{}"
+    assert storage.exists(f"{uri}/latents/1.bin", cfg) and not storage.exists(f"{uri}/latents/2.bin", cfg)
+    assert storage.list_files(f"{uri}/latents", cfg) == ["0.bin", "1.bin"]
+    storage.download_dir(f"{uri}/latents", tmp_path / "carried", cfg)
+    assert sorted(p.name for p in (tmp_path / "carried").iterdir()) == ["0.bin", "1.bin"]
+    assert storage.materialize(f"{uri}/latents/0.bin", cfg).read_bytes() == b"l0"

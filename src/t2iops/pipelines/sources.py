@@ -12,6 +12,7 @@ a link that leads outside is refused before anything is copied.
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -71,10 +72,14 @@ def copy_dataset(uri: str, out: str, cfg: Config) -> dict[str, Any]:
     return {"source": uri}
 
 
-def dvc_remote_config(cfg: Config) -> Optional[dict[str, str]]:
-    """Overrides for the repository's DVC remote: the S3 endpoint of ``storage.endpoint_url``."""
+def dvc_remote_config(cfg: Config) -> Optional[dict[str, Any]]:
+    """Overrides for the repository's DVC remote: the S3 endpoint of ``storage.endpoint_url`` and
+    the same connect/read timeouts as our own S3 calls (only with an endpoint: they are S3-remote
+    options that other remote types refuse)."""
     if cfg.storage.endpoint_url:
-        return {"endpointurl": cfg.storage.endpoint_url}
+        return {"endpointurl": cfg.storage.endpoint_url,
+                "connect_timeout": math.ceil(cfg.storage.connect_timeout),
+                "read_timeout": math.ceil(cfg.storage.read_timeout)}
     return None
 
 
