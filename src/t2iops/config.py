@@ -43,6 +43,7 @@ class StorageConfig(_Section):
         "back-off + connect_timeout + read_timeout)",
     )
     verify: bool = Field(True, description="check sizes and sha256 of published outputs on read")
+    max_concurrency: int = Field(16, ge=1, le=256, description="objects copied at once in a prefix copy")
 
 
 class SynthConfig(_Section):

@@ -35,6 +35,7 @@ def _files_below(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.s3
+@pytest.mark.slow  # four CLI processes, ~30 s on the shared 2-core machine
 def test_verbose_stages_leak_no_credential(s3_bucket, tmp_path):
     endpoint, bucket = s3_bucket
     from t2iops.data.synth import synthesize
@@ -70,6 +71,7 @@ def test_verbose_stages_leak_no_credential(s3_bucket, tmp_path):
     assert leaks == []
 
 
+@pytest.mark.slow  # dvc's import and clone attempt, ~20-40 s on the shared 2-core machine
 def test_a_token_in_the_dvc_repo_url_never_shows(tmp_path, monkeypatch):
     for k, v in SENTINELS.items():
         monkeypatch.setenv(k, v)

@@ -56,6 +56,7 @@ def _upload_raw(local: Path, endpoint: str, bucket: str, prefix: str) -> None:
             client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local).as_posix()}")
 
 
+@pytest.mark.slow  # a CLI process through injected faults and timeouts, ~20-30 s
 def test_dataset_read_and_publish_complete_through_faults(s3_bucket, tmp_path, circles):
     endpoint, bucket = s3_bucket
     _upload_raw(circles, endpoint, bucket, "ds")
@@ -85,6 +86,7 @@ def test_export_style_publish_and_read_complete_through_faults(s3_bucket, tmp_pa
     assert storage.read_manifest(uri, _cfg(endpoint, tmp_path))["stage"] == "export"
 
 
+@pytest.mark.slow  # imports torch; several slow answers waited out, ~20 s
 def test_checkpoint_write_and_resume_complete_through_faults(s3_bucket, tmp_path):
     import torch
 

@@ -33,6 +33,7 @@ def storage_settings(cfg: Any) -> dict:
         "read_timeout": float(getattr(storage, "read_timeout", 20.0)),
         "retry_deadline": float(getattr(storage, "retry_deadline", 45.0)),
         "verify": bool(getattr(storage, "verify", True)),
+        "max_concurrency": int(getattr(storage, "max_concurrency", 16)),
     }
 
 
@@ -52,6 +53,7 @@ def _cached_client(endpoint_url, region, max_attempts, connect_timeout, read_tim
 
     config = BotoConfig(
         retries={"max_attempts": max_attempts, "mode": "adaptive"},
+        max_pool_connections=64,  # parallel prefix copies share one client
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )

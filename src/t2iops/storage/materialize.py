@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -103,22 +102,27 @@ def _materialize_s3(uri: str, cfg: Any, kind: str) -> Path:
     name = Path(key).name
     with file_lock(root / f".{digest}.lock"):
         if not (final / ".complete").exists():
-            tmp = root / f".{digest}.tmp-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(parents=True)
+            # One partial folder per identity (we hold its lock): a download killed midway resumes
+            # from the files its journal lists; a failed check removes the whole partial copy.
+            tmp = root / f".{digest}.partial"
+            tmp.mkdir(parents=True, exist_ok=True)
             try:
                 if single:
                     if not name:
                         raise StorageError(f"{uri}: nothing to download")
                     download_entry(client, bucket, entries[0], tmp / name, verify)
                 else:
-                    download_entries(client, bucket, entries, prefix_of(key), tmp, verify)
+                    download_entries(client, bucket, entries, prefix_of(key), tmp, verify,
+                                     storage_settings(cfg)["max_concurrency"], journal=root / f".{digest}.journal")
                     if manifest_body:
                         (tmp / MANIFEST).write_bytes(manifest_body)
                 (tmp / ".complete").write_text(ident)
                 if final.exists():
                     shutil.rmtree(final)
                 os.replace(tmp, final)
-            finally:
-                if tmp.exists():
-                    shutil.rmtree(tmp, ignore_errors=True)
+                (root / f".{digest}.journal").unlink(missing_ok=True)
+            except StorageError:
+                shutil.rmtree(tmp, ignore_errors=True)  # refused or unsafe: keep nothing of it
+                (root / f".{digest}.journal").unlink(missing_ok=True)
+                raise
     return final / name if single else final

@@ -10,16 +10,19 @@ anything is written, and verifies what the manifest records.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from .client import named_errors, s3_client, storage_settings
+from .transfer import run_parallel
 from .uris import (MANIFEST, VERSIONS, IntegrityError, StorageError, check_relative, is_s3, join, prefix_of,
                    safe_target, split_s3)
 
@@ -78,6 +81,7 @@ def published_view(client, bucket: str, prefix: str) -> list[Entry]:
     """Every file below the listing ``prefix`` as readers see it (see the module docstring)."""
     raw = list_objects(client, bucket, prefix)
     keys = [o["Key"] for o in raw]
+    sizes = {o["Key"]: o.get("Size") for o in raw}
     if not keys and prefix:
         return _view_from_ancestor(client, bucket, prefix)
     versioned_dirs = set()
@@ -93,7 +97,7 @@ def published_view(client, bucket: str, prefix: str) -> list[Entry]:
     for key in keys:
         if key.endswith("/") or any(key.startswith(d + marker) for d in versioned_dirs):
             continue
-        view[key] = Entry(key, key)
+        view[key] = Entry(key, key, sizes[key])
     for d in sorted(versioned_dirs):
         if d + MANIFEST not in view:
             continue  # versions no manifest names yet: a publish in flight or a killed one
@@ -187,13 +191,25 @@ def check_integrity(bucket: str, entry: Entry, size: int, digest: str) -> None:
         raise IntegrityError(f"s3://{bucket}/{entry.key}: sha256 {digest} differs from the manifest's {entry.sha256}; refusing it")
 
 
-def download_entries(client, bucket: str, entries: list[Entry], strip: str, local_dir: Path, verify: bool) -> None:
-    """Download ``entries`` into ``local_dir`` (each at its logical key minus ``strip``); every
-    key is checked to stay inside ``local_dir`` before any file is written."""
+def download_entries(client, bucket: str, entries: list[Entry], strip: str, local_dir: Path, verify: bool,
+                     concurrency: int = 1, journal: Optional[Path] = None) -> None:
+    """Download ``entries`` into ``local_dir`` (each at its logical key minus ``strip``) on
+    ``concurrency`` threads; every key is checked to stay inside ``local_dir`` before any file is
+    written. With a ``journal`` (a file listing the keys already copied and verified) an
+    interrupted copy resumes where it stopped."""
     local_dir.mkdir(parents=True, exist_ok=True)
     targets = [(e, safe_target(local_dir, e.logical[len(strip):], f"s3://{bucket}/{e.logical}")) for e in entries]
-    for entry, target in targets:
+    done = set(journal.read_text().splitlines()) if journal is not None and journal.exists() else set()
+    lock = threading.Lock()
+
+    def copy(entry: Entry, target: Path) -> None:
         download_entry(client, bucket, entry, target, verify)
+        if journal is not None:
+            with lock, open(journal, "a") as fh:
+                fh.write(entry.key + "\n")
+
+    tasks = [(functools.partial(copy, e, t), e.bytes or 0) for e, t in targets if not (e.key in done and t.exists())]
+    run_parallel(tasks, concurrency, f"download s3://{bucket}/{strip}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -309,14 +325,17 @@ def upload_dir(local_dir: str | Path, uri: str, cfg: Any = None, exclude: tuple[
     prefix = prefix_of(key)
     client = s3_client(cfg)
     local_dir = Path(local_dir)
-    written = []
-    for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(local_dir).as_posix()
-        if rel in exclude:
-            continue
-        upload_file(client, path, bucket, prefix + rel)
-        written.append(rel)
+    written = [p.relative_to(local_dir).as_posix() for p in sorted(local_dir.rglob("*")) if p.is_file()]
+    written = [rel for rel in written if rel not in exclude]
+    upload_files(client, local_dir, written, bucket, prefix, storage_settings(cfg)["max_concurrency"])
     return written
+
+
+def upload_files(client, local_dir: Path, rels: list[str], bucket: str, prefix: str, concurrency: int) -> None:
+    """Upload ``local_dir/rel`` to ``prefix + rel`` for each ``rel``, ``concurrency`` at a time."""
+    tasks = [(functools.partial(upload_file, client, local_dir / rel, bucket, prefix + rel),
+              (local_dir / rel).stat().st_size) for rel in rels]
+    run_parallel(tasks, concurrency, f"upload s3://{bucket}/{prefix}")
 
 
 def download_dir(uri: str, local_dir: str | Path, cfg: Any = None) -> Path:
@@ -331,7 +350,8 @@ def download_dir(uri: str, local_dir: str | Path, cfg: Any = None) -> Path:
             entry = resolve_key(client, bucket, key)
             raise StorageError(f"{uri} is a single object ({entry.key}), not a prefix")
         raise FileNotFoundError(f"nothing found under {uri}")
-    download_entries(client, bucket, entries, prefix, Path(local_dir), storage_settings(cfg)["verify"])
+    s = storage_settings(cfg)
+    download_entries(client, bucket, entries, prefix, Path(local_dir), s["verify"], s["max_concurrency"])
     return Path(local_dir)
 
 

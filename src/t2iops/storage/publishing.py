@@ -26,9 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from .client import error_code, named_errors, s3_client
+from .client import error_code, named_errors, s3_client, storage_settings
 from .objects import (delete_keys, fsync_dir, get_object_bytes, list_objects, parse_manifest, read_bytes,
-                      upload_file)
+                      upload_files)
 from .uris import MANIFEST, VERSIONS, ConcurrentPublish, NotPublished, is_s3, join, prefix_of, split_s3
 
 EXTRA_MANIFEST = "_manifest.extra.json"
@@ -131,9 +131,9 @@ def publish_s3(staging: Path, dest: str, manifest: dict, cfg: Any = None) -> str
     body = {**manifest, "layout": "versioned", "version": version,
             "previous": (current or {}).get("version")}
     try:
-        for rel in manifest["files"]:
-            upload_file(client, staging / rel, bucket, version_base + rel)
-            uploaded.append(version_base + rel)
+        uploaded = [version_base + rel for rel in manifest["files"]]  # cleaned up on failure, present or not
+        upload_files(client, staging, list(manifest["files"]), bucket, version_base,
+                     storage_settings(cfg)["max_concurrency"])
         _swap_pointer(client, bucket, pointer_key, body, etag, dest)
     except BaseException:
         with contextlib.suppress(Exception):  # best effort: a later publish removes orphans anyway
