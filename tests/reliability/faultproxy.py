@@ -33,12 +33,13 @@ class _QuietServer(ThreadingHTTPServer):
 
 class FaultProxy:
     def __init__(self, upstream: str, fraction: float = 0.0, faults: Iterable[str] = ("503",),
-                 slow_s: float = 3.0, seed: int = 0):
+                 slow_s: float = 3.0, seed: int = 0, delay_s: float = 0.0):
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname, parts.port)
         self.fraction = fraction
         self.faults = tuple(faults)
         self.slow_s = slow_s
+        self.delay_s = delay_s  # added to every forwarded request: a store far away (benchmarks)
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self.requests = 0
@@ -100,6 +101,8 @@ class FaultProxy:
                     return
                 if fault == "slow":
                     time.sleep(proxy.slow_s)
+                if proxy.delay_s:
+                    time.sleep(proxy.delay_s)
                 self._forward(body)
 
             def _error(self, status: int) -> None:
