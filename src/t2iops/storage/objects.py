@@ -152,6 +152,11 @@ def _endpoint(client) -> str:
     return endpoint_of(client)
 
 
+class _BodyBroken(Exception):
+    """The response started but its body broke off: worth fetching again (the call itself has
+    already been retried by botocore within the deadline, so its errors are not)."""
+
+
 def download_entry(client, bucket: str, entry: Entry, target: Path, verify: bool = True) -> None:
     """Stream one object to ``target`` (via a temp file), checking size and sha256 when known."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -161,9 +166,10 @@ def download_entry(client, bucket: str, entry: Entry, target: Path, verify: bool
             try:
                 digest, size = _stream_to(client, bucket, entry.key, tmp)
                 break
-            except StorageError:
+            except _BodyBroken as exc:
                 if attempt == STREAM_ATTEMPTS - 1:
-                    raise
+                    raise StorageError(f"cannot download s3://{bucket}/{entry.key} (endpoint {_endpoint(client)}): "
+                                       f"the body broke off {STREAM_ATTEMPTS} times: {exc}") from None
         if verify:
             check_integrity(bucket, entry, size, digest)
         os.replace(tmp, target)
@@ -173,14 +179,20 @@ def download_entry(client, bucket: str, entry: Entry, target: Path, verify: bool
 
 
 def _stream_to(client, bucket: str, key: str, path: Path) -> tuple[str, int]:
+    from botocore.exceptions import BotoCoreError
+
     h = hashlib.sha256()
     size = 0
-    with named_errors(client, "download", bucket, key), open(path, "wb") as fh:
+    with named_errors(client, "download", bucket, key):
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
-        for chunk in body.iter_chunks(1 << 20):
-            fh.write(chunk)
-            h.update(chunk)
-            size += len(chunk)
+    with open(path, "wb") as fh:
+        try:
+            for chunk in body.iter_chunks(1 << 20):
+                fh.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+        except (BotoCoreError, ConnectionError, TimeoutError) as exc:  # not OSError: a full disk is no network fault
+            raise _BodyBroken(str(exc)) from None
     return h.hexdigest(), size
 
 
