@@ -43,6 +43,7 @@ class FaultProxy:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self.requests = 0
+        self.seen: list[tuple[str, str]] = []  # (method, path) of every request
         self.injected: dict[str, int] = {}
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -91,6 +92,8 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
+                with proxy._lock:
+                    proxy.seen.append((self.command, self.path))
                 fault = proxy.pick_fault()
                 if fault in ("500", "503"):
                     return self._error(int(fault))
