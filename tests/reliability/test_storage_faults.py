@@ -71,6 +71,7 @@ def test_dataset_read_and_publish_complete_through_faults(s3_bucket, tmp_path, c
     assert storage.read_manifest(f"s3://{bucket}/verdict", direct)["status"] == "passed"
 
 
+@pytest.mark.slow  # several slow answers waited out, ~15-30 s
 def test_export_style_publish_and_read_complete_through_faults(s3_bucket, tmp_path):
     endpoint, bucket = s3_bucket
     uri = f"s3://{bucket}/export"

@@ -18,6 +18,7 @@ from t2iops.config import load_config
 pytestmark = pytest.mark.s3
 
 
+@pytest.mark.slow  # a subprocess copying through a 0.2 s/request store, ~20 s
 def test_a_killed_materialize_resumes_where_it_stopped(s3_bucket, tmp_path):
     endpoint, bucket = s3_bucket
     cache = tmp_path / "cache"
