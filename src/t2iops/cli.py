@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 from .config import Config, load_config
 from .errors import T2IError
+from .redact import install_logging_redaction, redact_text
 
 # Each module exposes ``register(subparsers, common)`` adding its subcommands; handlers are
 # ``func(args, cfg) -> int | None``. Heavy imports (torch, diffusers) stay inside handlers so
@@ -112,24 +113,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # -v is for our code: the AWS SDKs print signed headers at DEBUG, and every line is redacted.
+    install_logging_redaction()
     func: Callable = args.func
     try:
         cfg = config_from_args(args)
         rc = func(args, cfg)
         return int(rc or 0)
     except T2IError as exc:
-        print(f"t2iops {args.command}: error: {exc}", file=sys.stderr)
+        print(f"t2iops {args.command}: error: {redact_text(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except FileNotFoundError as exc:
-        print(f"t2iops {args.command}: error: file not found: {exc}", file=sys.stderr)
+        print(f"t2iops {args.command}: error: file not found: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"t2iops {args.command}: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one line for scripts; the traceback with -v
+    except Exception as exc:  # one line for scripts; the (redacted) traceback with -v
         if getattr(args, "verbose", False) or os.environ.get("T2IOPS_TRACEBACK"):
-            raise
-        print(f"t2iops {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            import traceback
+
+            sys.stderr.write(redact_text(traceback.format_exc()))
+        print(f"t2iops {args.command}: error: {type(exc).__name__}: {redact_text(str(exc))}", file=sys.stderr)
         return 1
 
 

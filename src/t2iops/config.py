@@ -35,6 +35,15 @@ class StorageConfig(_Section):
     cache_dir: Optional[str] = Field(
         None, description="Local cache for s3:// inputs; default ~/.cache/t2iops"
     )
+    connect_timeout: float = Field(5.0, gt=0, le=300, description="seconds to open a connection to the store")
+    read_timeout: float = Field(20.0, gt=0, le=3600, description="seconds to wait for a response to arrive")
+    retry_deadline: float = Field(
+        45.0, gt=0, le=3600,
+        description="seconds after which a failing call stops retrying (worst case per call: this + 20 s "
+        "back-off + connect_timeout + read_timeout)",
+    )
+    verify: bool = Field(True, description="check sizes and sha256 of published outputs on read")
+    max_concurrency: int = Field(16, ge=1, le=256, description="objects copied at once in a prefix copy")
 
 
 class SynthConfig(_Section):

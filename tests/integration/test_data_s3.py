@@ -48,7 +48,10 @@ def test_bad_row_on_s3_fails_validation_with_report_on_s3(s3_bucket, tmp_path, c
     endpoint, bucket = s3_bucket
     opts = settings(endpoint, tmp_path)
     data, validated = f"s3://{bucket}/d", f"s3://{bucket}/v"
-    assert main(["data", "synth", "--out", data, "-S", "data.synth.count=6", "-S", "data.synth.resolution=16", *opts]) == 0
+    # A dataset uploaded by hand (not published: no manifest), as users bring their own.
+    local = tmp_path / "d"
+    assert main(["data", "synth", "--out", str(local), "-S", "data.synth.count=6", "-S", "data.synth.resolution=16"]) == 0
+    storage.upload_dir(local, data, load_config(overrides=opts[1::2]), exclude=(storage.MANIFEST,))
     cfg = load_config(overrides=opts[1::2])
     load_rows(data, cfg)  # warm the local cache: a changed object must still be seen below
     boto3.client("s3", endpoint_url=endpoint).put_object(Bucket=bucket, Key="d/images/000002.png", Body=b"junk")

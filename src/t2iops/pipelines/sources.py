@@ -5,11 +5,14 @@
 Credentials come from the environment (in a cluster: a Kubernetes secret mapped to
 ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, or IRSA), never from parameters; the S3
 endpoint, when the remote is not AWS, comes from ``storage.endpoint_url``. The output is
-published atomically with a manifest recording repository, revision and resolved commit.
+published atomically with a manifest recording repository (credentials removed from its URL),
+revision and resolved commit. A copied folder may hold symlinks only to files inside itself:
+a link that leads outside is refused before anything is copied.
 """
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 from pathlib import Path
 from typing import Any, Optional
@@ -17,6 +20,7 @@ from typing import Any, Optional
 from .. import storage
 from ..config import Config
 from ..errors import DataError, UsageError
+from ..redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,10 @@ def copy_dataset(uri: str, out: str, cfg: Config) -> dict[str, Any]:
         raise DataError(f"pipeline parameter 'data_source': nothing found at {uri}") from None
     if not local.is_dir():
         raise DataError(f"pipeline parameter 'data_source': {uri} is not a folder / prefix")
+    try:
+        storage.check_links_inside(local, f"pipeline parameter 'data_source' {uri}")
+    except storage.UnsafePath as exc:
+        raise DataError(str(exc)) from None
     with storage.publish(out, cfg, extra={"stage": "pull", "source": uri}) as staging:
         for path in sorted(local.rglob("*")):
             rel = path.relative_to(local)
@@ -64,10 +72,14 @@ def copy_dataset(uri: str, out: str, cfg: Config) -> dict[str, Any]:
     return {"source": uri}
 
 
-def dvc_remote_config(cfg: Config) -> Optional[dict[str, str]]:
-    """Overrides for the repository's DVC remote: the S3 endpoint of ``storage.endpoint_url``."""
+def dvc_remote_config(cfg: Config) -> Optional[dict[str, Any]]:
+    """Overrides for the repository's DVC remote: the S3 endpoint of ``storage.endpoint_url`` and
+    the same connect/read timeouts as our own S3 calls (only with an endpoint: they are S3-remote
+    options that other remote types refuse)."""
     if cfg.storage.endpoint_url:
-        return {"endpointurl": cfg.storage.endpoint_url}
+        return {"endpointurl": cfg.storage.endpoint_url,
+                "connect_timeout": math.ceil(cfg.storage.connect_timeout),
+                "read_timeout": math.ceil(cfg.storage.read_timeout)}
     return None
 
 
@@ -78,29 +90,40 @@ def fetch_dvc(repo: str, path: str, rev: str, out: str, cfg: Config, remote: Opt
     for name, value in (("dvc_repo", repo), ("dvc_path", path), ("dvc_rev", rev)):
         if not value:
             raise UsageError(f"pipeline parameter '{name}' is required when data_source is 'dvc'")
+    shown = redact_url(repo)  # what errors, logs and lineage record: never the token in the URL
     rel = path.strip("/")
     try:
         fs = DVCFileSystem(repo, rev=rev, remote=remote, remote_config=dvc_remote_config(cfg))
         is_dir = fs.isdir(rel)  # the revision is resolved here: an unknown one raises
     except Exception as exc:  # scm, clone and revision errors come in many types
-        raise DataError(f"cannot open DVC repository {repo} at revision {rev!r}: {exc}") from None
+        raise DataError(f"cannot open DVC repository {shown} at revision {rev!r}: {redact_text(str(exc))}") from None
     if not is_dir:
-        raise DataError(f"{repo}@{rev}: {path} does not exist or is not a DVC-tracked folder")
+        raise DataError(f"{shown}@{rev}: {path} does not exist or is not a DVC-tracked folder")
     files = list(fs.find(rel, detail=False))
     if not files:
-        raise DataError(f"{repo}@{rev}: {path} is empty")
+        raise DataError(f"{shown}@{rev}: {path} is empty")
     commit = _resolved_commit(fs)
-    lineage = {"source": DVC, "repo": repo, "rev": rev, "commit": commit, "path": rel, "file_count": len(files)}
+    lineage = {"source": DVC, "repo": shown, "rev": rev, "commit": commit, "path": rel, "file_count": len(files)}
     with storage.publish(out, cfg, extra={"stage": "pull", **lineage}) as staging:
-        for remote_file in files:
-            target = staging / Path(remote_file).relative_to(rel)
+        targets = [_dvc_target(staging, rel, remote_file, shown) for remote_file in files]
+        for remote_file, target in zip(files, targets):
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 fs.get_file(remote_file, str(target))
             except Exception as exc:
-                raise DataError(f"{repo}@{rev}: cannot download {remote_file} from the DVC remote: {exc}") from None
-    log.info("pulled %d files of %s@%s:%s (commit %s) -> %s", len(files), repo, rev, rel, commit, out)
+                raise DataError(f"{shown}@{rev}: cannot download {remote_file} from the DVC remote: "
+                                f"{redact_text(str(exc))}") from None
+    log.info("pulled %d files of %s@%s:%s (commit %s) -> %s", len(files), shown, rev, rel, commit, out)
     return lineage
+
+
+def _dvc_target(staging: Path, rel: str, remote_file: str, shown: str) -> Path:
+    """Where ``remote_file`` goes in ``staging``; refused when it would land outside."""
+    try:
+        inner = Path(remote_file).relative_to(rel).as_posix()
+        return storage.safe_target(staging, inner, f"{shown}: {remote_file}")
+    except (ValueError, storage.UnsafePath) as exc:
+        raise DataError(str(exc)) from None
 
 
 def _resolved_commit(fs) -> Optional[str]:

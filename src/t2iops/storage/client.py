@@ -1,0 +1,132 @@
+"""The boto3 client: timeouts, a retry deadline, and errors that name endpoint, bucket and key.
+
+Failure bound: one S3 call gives up once ``storage.retry_deadline`` seconds have passed since its
+first attempt, at the next failed attempt. The worst case for a call is therefore
+``retry_deadline + 20 s`` (botocore's longest back-off) ``+ connect_timeout + read_timeout``:
+45 + 20 + 5 + 20 = 90 s with the defaults. A stage stops at its first failed call, so with the
+store down for good every stage fails within that bound (≤ 120 s) and publishes nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import time
+from typing import Any, Iterator
+
+from ..redact import redact_text, redact_url
+from .uris import StorageError
+
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                  "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+
+
+def storage_settings(cfg: Any) -> dict:
+    """Accept a StorageConfig, a full Config or None."""
+    storage = getattr(cfg, "storage", cfg) if cfg is not None else None
+    return {
+        "endpoint_url": getattr(storage, "endpoint_url", None),
+        "region": getattr(storage, "region", None),
+        "max_attempts": getattr(storage, "max_attempts", 8),
+        "cache_dir": getattr(storage, "cache_dir", None),
+        "connect_timeout": float(getattr(storage, "connect_timeout", 5.0)),
+        "read_timeout": float(getattr(storage, "read_timeout", 20.0)),
+        "retry_deadline": float(getattr(storage, "retry_deadline", 45.0)),
+        "verify": bool(getattr(storage, "verify", True)),
+        "max_concurrency": int(getattr(storage, "max_concurrency", 16)),
+    }
+
+
+def s3_client(cfg: Any = None):
+    """A boto3 S3 client for these settings. Clients are cached per settings and per the
+    credential-related environment (creating one costs about a second on a busy machine)."""
+    s = storage_settings(cfg)
+    env_key = tuple(os.environ.get(k) for k in CREDENTIAL_ENV)
+    return _cached_client(s["endpoint_url"], s["region"], s["max_attempts"], s["connect_timeout"],
+                          s["read_timeout"], s["retry_deadline"], env_key, os.getpid())
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_client(endpoint_url, region, max_attempts, connect_timeout, read_timeout, retry_deadline, _env, _pid):
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    config = BotoConfig(
+        retries={"max_attempts": max_attempts, "mode": "adaptive"},
+        max_pool_connections=64,  # parallel prefix copies share one client
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+    )
+    kwargs: dict[str, Any] = {"config": config}
+    if endpoint_url:
+        kwargs["endpoint_url"] = endpoint_url
+    if region:
+        kwargs["region_name"] = region
+    client = boto3.session.Session().client("s3", **kwargs)
+    _install_deadline(client, retry_deadline)
+    return client
+
+
+class RetryDeadlineExceeded(Exception):
+    pass
+
+
+def _install_deadline(client, deadline: float) -> None:
+    """Stop botocore's retries of one call once ``deadline`` seconds have passed."""
+
+    def note_start(context=None, **_):
+        if context is not None:
+            context.setdefault("t2iops_started", time.monotonic())
+
+    def give_up(attempts=0, caught_exception=None, response=None, request_dict=None, **_):
+        failed = caught_exception is not None or (response is not None and response[0].status_code >= 500)
+        started = ((request_dict or {}).get("context") or {}).get("t2iops_started")
+        if not failed or started is None:
+            return None
+        elapsed = time.monotonic() - started
+        if elapsed >= deadline:
+            cause = caught_exception or f"HTTP {response[0].status_code}"
+            raise RetryDeadlineExceeded(
+                f"gave up after {attempts} attempts in {elapsed:.1f} s (storage.retry_deadline={deadline:g} s): {cause}"
+            )
+        return None
+
+    client.meta.events.register("before-call.s3", note_start)
+    client.meta.events.register_first("needs-retry.s3", give_up)
+
+
+def endpoint_of(client) -> str:
+    return redact_url(getattr(client.meta, "endpoint_url", "") or "default AWS endpoint")
+
+
+def is_missing(exc: BaseException) -> bool:
+    """A 404 / NoSuchKey from any S3 call."""
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("NoSuchKey", "404", "NotFound") or status == 404
+
+
+def error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _sdk_errors() -> tuple[type, ...]:
+    from boto3.exceptions import Boto3Error
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError, Boto3Error, RetryDeadlineExceeded, ConnectionError, TimeoutError)
+
+
+@contextlib.contextmanager
+def named_errors(client, action: str, bucket: str, key: str = "") -> Iterator[None]:
+    """Turn SDK errors into :class:`StorageError` (or FileNotFoundError for a missing key) whose
+    message names the endpoint, bucket and key."""
+    try:
+        yield
+    except _sdk_errors() as exc:
+        where = f"s3://{bucket}/{key} (bucket {bucket!r}, key {key!r}, endpoint {endpoint_of(client)})"
+        if is_missing(exc):
+            raise FileNotFoundError(f"{where} does not exist") from None
+        raise StorageError(f"cannot {action} {where}: {redact_text(str(exc))}") from None

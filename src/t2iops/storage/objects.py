@@ -1,0 +1,371 @@
+"""Object operations on local paths and s3:// URIs, seen as a reader should see them.
+
+A published S3 output keeps its files under ``<prefix>/_v/<version>/`` and names the live version
+in ``<prefix>/_manifest.json``. Readers address its files by their logical path
+(``<prefix>/<rel>``): :func:`published_view` maps every logical path to the versioned key and the
+size / sha256 the manifest records, and hides versions no manifest names (a publish in flight or
+one that was killed). Every download checks that each key stays inside the destination before
+anything is written, and verifies what the manifest records.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import shutil
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from .client import named_errors, s3_client, storage_settings
+from .transfer import run_parallel
+from .uris import (MANIFEST, VERSIONS, IntegrityError, StorageError, check_relative, is_s3, join, prefix_of,
+                   safe_target, split_s3)
+
+STREAM_ATTEMPTS = 3  # a body that breaks off mid-stream is fetched again (the call itself retries in botocore)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file as a reader sees it: its logical key, the key that holds its bytes, and what
+    the manifest says it must be (None for objects outside any published output)."""
+
+    logical: str
+    key: str
+    bytes: Optional[int] = None
+    sha256: Optional[str] = None
+
+
+def list_objects(client, bucket: str, prefix: str) -> list[dict]:
+    out: list[dict] = []
+    with named_errors(client, "list", bucket, prefix):
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            out.extend(page.get("Contents", []))
+    return out
+
+
+def get_object_bytes(client, bucket: str, key: str) -> tuple[bytes, str]:
+    """(body, ETag) of one object; FileNotFoundError when it does not exist."""
+    with named_errors(client, "read", bucket, key):
+        obj = client.get_object(Bucket=bucket, Key=key)
+        return obj["Body"].read(), obj.get("ETag", "")
+
+
+def parse_manifest(data: bytes, where: str) -> dict:
+    try:
+        manifest = json.loads(data)
+    except ValueError:
+        raise StorageError(f"{where} is not valid JSON") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        raise StorageError(f"{where} is not a manifest (no 'files' mapping)")
+    return manifest
+
+
+def manifest_entries(bucket_prefix: str, manifest: dict) -> list[Entry]:
+    """The files a manifest at ``bucket_prefix`` (a listing prefix) lists, with where they live."""
+    version = manifest.get("version")
+    base = f"{bucket_prefix}{VERSIONS}/{version}/" if version else bucket_prefix
+    entries = []
+    for rel, meta in sorted(manifest.get("files", {}).items()):
+        check_relative(rel, f"{bucket_prefix}{MANIFEST}")
+        meta = meta if isinstance(meta, dict) else {}
+        entries.append(Entry(bucket_prefix + rel, base + rel, meta.get("bytes"), meta.get("sha256")))
+    return entries
+
+
+def published_view(client, bucket: str, prefix: str) -> list[Entry]:
+    """Every file below the listing ``prefix`` as readers see it (see the module docstring)."""
+    raw = list_objects(client, bucket, prefix)
+    keys = [o["Key"] for o in raw]
+    sizes = {o["Key"]: o.get("Size") for o in raw}
+    if not keys and prefix:
+        return _view_from_ancestor(client, bucket, prefix)
+    versioned_dirs = set()
+    marker = f"{VERSIONS}/"
+    for key in keys:
+        rel = key[len(prefix):]
+        parts = rel.split("/")
+        for i, part in enumerate(parts[:-1]):
+            if part == VERSIONS:
+                versioned_dirs.add(prefix + "".join(p + "/" for p in parts[:i]))
+                break
+    view: dict[str, Entry] = {}
+    for key in keys:
+        if key.endswith("/") or any(key.startswith(d + marker) for d in versioned_dirs):
+            continue
+        view[key] = Entry(key, key, sizes[key])
+    for d in sorted(versioned_dirs):
+        if d + MANIFEST not in view:
+            continue  # versions no manifest names yet: a publish in flight or a killed one
+        body, _ = get_object_bytes(client, bucket, d + MANIFEST)
+        manifest = parse_manifest(body, f"s3://{bucket}/{d}{MANIFEST}")
+        if manifest.get("version"):
+            for entry in manifest_entries(d, manifest):
+                view[entry.logical] = entry
+    return [view[k] for k in sorted(view)]
+
+
+def _view_from_ancestor(client, bucket: str, prefix: str) -> list[Entry]:
+    """The files below ``prefix`` when ``prefix`` is a folder inside a published output."""
+    parts = prefix.rstrip("/").split("/")
+    for depth in range(len(parts) - 1, -1, -1):
+        base = "".join(p + "/" for p in parts[:depth])
+        try:
+            body, _ = get_object_bytes(client, bucket, base + MANIFEST)
+        except FileNotFoundError:
+            continue
+        manifest = parse_manifest(body, f"s3://{bucket}/{base}{MANIFEST}")
+        if manifest.get("version"):
+            return [e for e in manifest_entries(base, manifest) if e.logical.startswith(prefix)]
+        return []
+    return []
+
+
+def resolve_key(client, bucket: str, key: str) -> Entry:
+    """The entry for one logical key: the object itself, or the file of the nearest published
+    output above it that lists it. FileNotFoundError when neither exists."""
+    with contextlib.suppress(FileNotFoundError):
+        with named_errors(client, "inspect", bucket, key):
+            client.head_object(Bucket=bucket, Key=key)
+        return Entry(key, key)
+    parts = key.split("/")
+    for depth in range(len(parts) - 1, -1, -1):
+        base = "".join(p + "/" for p in parts[:depth])
+        rel = "/".join(parts[depth:])
+        try:
+            body, _ = get_object_bytes(client, bucket, base + MANIFEST)
+        except FileNotFoundError:
+            continue
+        manifest = parse_manifest(body, f"s3://{bucket}/{base}{MANIFEST}")
+        if manifest.get("version") and rel in manifest.get("files", {}):
+            return next(e for e in manifest_entries(base, manifest) if e.logical == key)
+    raise FileNotFoundError(f"s3://{bucket}/{key} does not exist (endpoint {_endpoint(client)})")
+
+
+def _endpoint(client) -> str:
+    from .client import endpoint_of
+
+    return endpoint_of(client)
+
+
+class _BodyBroken(Exception):
+    """The response started but its body broke off: worth fetching again (the call itself has
+    already been retried by botocore within the deadline, so its errors are not)."""
+
+
+def download_entry(client, bucket: str, entry: Entry, target: Path, verify: bool = True) -> None:
+    """Stream one object to ``target`` (via a temp file), checking size and sha256 when known."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part-{uuid.uuid4().hex[:8]}")
+    try:
+        for attempt in range(STREAM_ATTEMPTS):
+            try:
+                digest, size = _stream_to(client, bucket, entry.key, tmp)
+                break
+            except _BodyBroken as exc:
+                if attempt == STREAM_ATTEMPTS - 1:
+                    raise StorageError(f"cannot download s3://{bucket}/{entry.key} (endpoint {_endpoint(client)}): "
+                                       f"the body broke off {STREAM_ATTEMPTS} times: {exc}") from None
+        if verify:
+            check_integrity(bucket, entry, size, digest)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _stream_to(client, bucket: str, key: str, path: Path) -> tuple[str, int]:
+    from botocore.exceptions import BotoCoreError
+
+    h = hashlib.sha256()
+    size = 0
+    with named_errors(client, "download", bucket, key):
+        body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    with open(path, "wb") as fh:
+        try:
+            for chunk in body.iter_chunks(1 << 20):
+                fh.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+        except (BotoCoreError, ConnectionError, TimeoutError) as exc:  # not OSError: a full disk is no network fault
+            raise _BodyBroken(str(exc)) from None
+    return h.hexdigest(), size
+
+
+def check_integrity(bucket: str, entry: Entry, size: int, digest: str) -> None:
+    if entry.bytes is not None and size != entry.bytes:
+        raise IntegrityError(f"s3://{bucket}/{entry.key}: {size} bytes, the manifest records {entry.bytes}; refusing it")
+    if entry.sha256 is not None and digest != entry.sha256:
+        raise IntegrityError(f"s3://{bucket}/{entry.key}: sha256 {digest} differs from the manifest's {entry.sha256}; refusing it")
+
+
+def download_entries(client, bucket: str, entries: list[Entry], strip: str, local_dir: Path, verify: bool,
+                     concurrency: int = 1, journal: Optional[Path] = None) -> None:
+    """Download ``entries`` into ``local_dir`` (each at its logical key minus ``strip``) on
+    ``concurrency`` threads; every key is checked to stay inside ``local_dir`` before any file is
+    written. With a ``journal`` (a file listing the keys already copied and verified) an
+    interrupted copy resumes where it stopped."""
+    local_dir.mkdir(parents=True, exist_ok=True)
+    targets = [(e, safe_target(local_dir, e.logical[len(strip):], f"s3://{bucket}/{e.logical}")) for e in entries]
+    done = set(journal.read_text().splitlines()) if journal is not None and journal.exists() else set()
+    lock = threading.Lock()
+
+    def copy(entry: Entry, target: Path) -> None:
+        download_entry(client, bucket, entry, target, verify)
+        if journal is not None:
+            with lock, open(journal, "a") as fh:
+                fh.write(entry.key + "\n")
+
+    tasks = [(functools.partial(copy, e, t), e.bytes or 0) for e, t in targets if not (e.key in done and t.exists())]
+    run_parallel(tasks, concurrency, f"download s3://{bucket}/{strip}")
+
+
+# ---------------------------------------------------------------------------------------
+# The public object API
+def list_files(uri: str | os.PathLike, cfg: Any = None) -> list[str]:
+    """Relative paths of every file below ``uri`` (sorted); published outputs show their files."""
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        prefix = prefix_of(key)
+        return [e.logical[len(prefix):] for e in published_view(s3_client(cfg), bucket, prefix)]
+    root = Path(uri)
+    if not root.exists():
+        return []
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def exists(uri: str | os.PathLike, cfg: Any = None) -> bool:
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        client = s3_client(cfg)
+        try:
+            resolve_key(client, bucket, key)
+            return True
+        except FileNotFoundError:
+            return bool(published_view(client, bucket, prefix_of(key))[:1])
+    return Path(uri).exists()
+
+
+def read_bytes(uri: str | os.PathLike, cfg: Any = None) -> bytes:
+    """One file's bytes; a file of a published output is checked against its manifest."""
+    uri = str(uri)
+    if not is_s3(uri):
+        return Path(uri).read_bytes()
+    bucket, key = split_s3(uri)
+    client = s3_client(cfg)
+    try:
+        return get_object_bytes(client, bucket, key)[0]
+    except FileNotFoundError:
+        entry = resolve_key(client, bucket, key)
+    data, _ = get_object_bytes(client, bucket, entry.key)
+    if storage_settings(cfg)["verify"]:
+        check_integrity(bucket, entry, len(data), hashlib.sha256(data).hexdigest())
+    return data
+
+
+def read_text(uri: str | os.PathLike, cfg: Any = None) -> str:
+    return read_bytes(uri, cfg).decode("utf-8")
+
+
+def write_bytes(uri: str | os.PathLike, data: bytes, cfg: Any = None) -> None:
+    """Write one object/file atomically (temp file + fsync + rename locally; a single PUT on S3)."""
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        client = s3_client(cfg)
+        with named_errors(client, "write", bucket, key):
+            client.put_object(Bucket=bucket, Key=key, Body=data)
+        return
+    path = Path(uri)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def delete_keys(client, bucket: str, keys: list[str]) -> None:
+    for i in range(0, len(keys), 1000):
+        with named_errors(client, "delete", bucket, keys[i]):
+            client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+
+
+def delete(uri: str | os.PathLike, cfg: Any = None) -> None:
+    """Remove a file, folder or prefix (missing is fine)."""
+    uri = str(uri)
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        client = s3_client(cfg)
+        keys = [o["Key"] for o in list_objects(client, bucket, prefix_of(key))]
+        with contextlib.suppress(FileNotFoundError):
+            with named_errors(client, "inspect", bucket, key):
+                client.head_object(Bucket=bucket, Key=key)
+            keys.append(key)
+        delete_keys(client, bucket, keys)
+        return
+    path = Path(uri)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def upload_file(client, path: Path, bucket: str, key: str) -> None:
+    with named_errors(client, "upload", bucket, key):
+        client.upload_file(str(path), bucket, key)
+
+
+def upload_dir(local_dir: str | Path, uri: str, cfg: Any = None, exclude: tuple[str, ...] = ()) -> list[str]:
+    bucket, key = split_s3(uri)
+    prefix = prefix_of(key)
+    client = s3_client(cfg)
+    local_dir = Path(local_dir)
+    written = [p.relative_to(local_dir).as_posix() for p in sorted(local_dir.rglob("*")) if p.is_file()]
+    written = [rel for rel in written if rel not in exclude]
+    upload_files(client, local_dir, written, bucket, prefix, storage_settings(cfg)["max_concurrency"])
+    return written
+
+
+def upload_files(client, local_dir: Path, rels: list[str], bucket: str, prefix: str, concurrency: int) -> None:
+    """Upload ``local_dir/rel`` to ``prefix + rel`` for each ``rel``, ``concurrency`` at a time."""
+    tasks = [(functools.partial(upload_file, client, local_dir / rel, bucket, prefix + rel),
+              (local_dir / rel).stat().st_size) for rel in rels]
+    run_parallel(tasks, concurrency, f"upload s3://{bucket}/{prefix}")
+
+
+def download_dir(uri: str, local_dir: str | Path, cfg: Any = None) -> Path:
+    """Copy every file below ``uri`` (as :func:`published_view` shows it) into ``local_dir``.
+    A key that would land outside ``local_dir`` is refused before anything is written."""
+    bucket, key = split_s3(uri)
+    prefix = prefix_of(key)
+    client = s3_client(cfg)
+    entries = published_view(client, bucket, prefix)
+    if not entries:
+        with contextlib.suppress(FileNotFoundError):
+            entry = resolve_key(client, bucket, key)
+            raise StorageError(f"{uri} is a single object ({entry.key}), not a prefix")
+        raise FileNotFoundError(f"nothing found under {uri}")
+    s = storage_settings(cfg)
+    download_entries(client, bucket, entries, prefix, Path(local_dir), s["verify"], s["max_concurrency"])
+    return Path(local_dir)
+
+
+__all__ = ["Entry", "list_files", "exists", "read_bytes", "read_text", "write_bytes", "delete", "upload_dir",
+           "download_dir", "join"]

@@ -1,0 +1,220 @@
+"""Atomic publishing and manifests.
+
+:func:`publish` hands out a local staging folder; when the block exits without error its files
+become the output at ``dest``, all at once, with a manifest (file list, sizes, sha256):
+
+* **Locally** every file and folder is fsynced, then the staging folder is renamed into place
+  (the old output, if any, is renamed away first and removed after).
+* **On S3** the files go to immutable keys ``<dest>/_v/<version>/<rel>``; then the manifest
+  ``<dest>/_manifest.json``, naming the version, is written **last** with a conditional PUT
+  (``If-Match`` the manifest we replaced, ``If-None-Match: *`` for a first publish) and read back.
+  Until that PUT, readers see the previous output, whole; a killed publish leaves only unnamed
+  version keys, which readers never look at. Of two concurrent publishers one lands and the other
+  fails with :class:`ConcurrentPublish` (and removes its version). After the manifest moves, the
+  version before the previous one is deleted: the previous one stays for readers still reading it.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+from .client import error_code, named_errors, s3_client, storage_settings
+from .objects import (delete_keys, fsync_dir, get_object_bytes, list_objects, parse_manifest, read_bytes,
+                      upload_files)
+from .uris import MANIFEST, VERSIONS, ConcurrentPublish, NotPublished, is_s3, join, prefix_of, split_s3
+
+EXTRA_MANIFEST = "_manifest.extra.json"
+# Versions no manifest names (a killed publish) are removed by a later publish once this old.
+ORPHAN_AGE_S = 24 * 3600
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def build_manifest(staging: Path, extra: Optional[dict]) -> dict:
+    files = {}
+    for p in sorted(q for q in staging.rglob("*") if q.is_file()):
+        rel = p.relative_to(staging).as_posix()
+        if rel == MANIFEST:
+            continue
+        files[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files, **(extra or {})}
+
+
+@contextlib.contextmanager
+def publish(dest: str | os.PathLike, cfg: Any = None, extra: Optional[dict] = None) -> Iterator[Path]:
+    """Stage outputs locally, then publish them to ``dest`` atomically (see the module docstring).
+
+    ``extra`` (a dict) is merged into the manifest; the staging folder may also be given extra
+    manifest fields by writing ``staging / '_manifest.extra.json'``.
+    """
+    dest = str(dest)
+    if is_s3(dest):
+        staging = Path(tempfile.mkdtemp(prefix="t2iops-publish-"))
+    else:
+        d = Path(dest)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        staging = d.parent / f".{d.name}.tmp-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+    try:
+        yield staging
+        extra_path = staging / EXTRA_MANIFEST
+        merged = dict(extra or {})
+        if extra_path.exists():
+            merged.update(json.loads(extra_path.read_text()))
+            extra_path.unlink()
+        manifest = build_manifest(staging, merged)
+        if is_s3(dest):
+            publish_s3(staging, dest, manifest, cfg)
+        else:
+            _publish_local(staging, Path(dest), manifest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_local(staging: Path, dest: Path, manifest: dict) -> None:
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    _fsync_tree(staging)  # a crash after the rename must not leave an output with empty files
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    fsync_dir(dest.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def new_version_id() -> str:
+    """Sortable by time (UTC), unique by a random tail."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:12]
+
+
+def publish_s3(staging: Path, dest: str, manifest: dict, cfg: Any = None) -> str:
+    """Upload ``staging`` as a new version of ``dest`` and point the manifest at it; returns the version."""
+    client = s3_client(cfg)
+    bucket, key = split_s3(dest)
+    base = prefix_of(key)
+    pointer_key = base + MANIFEST
+    current, etag = _read_pointer(client, bucket, pointer_key)
+    version = new_version_id()
+    version_base = f"{base}{VERSIONS}/{version}/"
+    uploaded: list[str] = []
+    body = {**manifest, "layout": "versioned", "version": version,
+            "previous": (current or {}).get("version")}
+    try:
+        uploaded = [version_base + rel for rel in manifest["files"]]  # cleaned up on failure, present or not
+        upload_files(client, staging, list(manifest["files"]), bucket, version_base,
+                     storage_settings(cfg)["max_concurrency"])
+        _swap_pointer(client, bucket, pointer_key, body, etag, dest)
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: a later publish removes orphans anyway
+            delete_keys(client, bucket, uploaded)
+        raise
+    with contextlib.suppress(Exception):  # the output is published; cleanup may fail harmlessly
+        _collect_garbage(client, bucket, base, body, current)
+    return version
+
+
+def _read_pointer(client, bucket: str, key: str) -> tuple[Optional[dict], Optional[str]]:
+    try:
+        data, etag = get_object_bytes(client, bucket, key)
+    except FileNotFoundError:
+        return None, None
+    return parse_manifest(data, f"s3://{bucket}/{key}"), etag
+
+
+def _swap_pointer(client, bucket: str, key: str, body: dict, etag: Optional[str], dest: str) -> None:
+    condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+    from botocore.exceptions import ClientError
+
+    data = json.dumps(body, indent=2).encode()
+    try:
+        with named_errors(client, "publish the manifest", bucket, key):
+            try:
+                client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+            except ClientError as exc:
+                if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise _lost_race(client, bucket, key, body, dest) from None
+                raise
+    except FileNotFoundError:  # If-Match on a manifest deleted meanwhile answers 404 on some stores
+        raise _lost_race(client, bucket, key, body, dest) from None
+    # Stores that ignore conditional headers: the read-back shows whose manifest won.
+    now, _ = _read_pointer(client, bucket, key)
+    if (now or {}).get("version") != body["version"]:
+        raise _lost_race(client, bucket, key, body, dest)
+
+
+def _lost_race(client, bucket: str, key: str, body: dict, dest: str) -> ConcurrentPublish:
+    winner = None
+    with contextlib.suppress(Exception):
+        winner = (_read_pointer(client, bucket, key)[0] or {}).get("version")
+    return ConcurrentPublish(
+        f"another publish to {dest} moved s3://{bucket}/{key} first (now version "
+        f"{winner}); this publish (version {body['version']}) was withdrawn: run it again if its "
+        "output should win"
+    )
+
+
+def _collect_garbage(client, bucket: str, base: str, now: dict, replaced: Optional[dict]) -> None:
+    """Delete versions that are neither live nor the previous one (readers may still read it):
+    the version the replaced manifest had replaced, old unnamed versions, and files of an
+    output published before versioned keys (they sat directly under the prefix)."""
+    keep = {now["version"], now.get("previous")}
+    doomed: list[str] = []
+    versions_prefix = f"{base}{VERSIONS}/"
+    cutoff = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() - ORPHAN_AGE_S))
+    superseded = (replaced or {}).get("previous")
+    for obj in list_objects(client, bucket, versions_prefix):
+        version = obj["Key"][len(versions_prefix):].split("/", 1)[0]
+        if version in keep:
+            continue
+        if version == superseded or version < cutoff:
+            doomed.append(obj["Key"])
+    if replaced is not None and not replaced.get("version"):
+        doomed.extend(base + rel for rel in replaced.get("files", {}) if base + rel != base + MANIFEST)
+    delete_keys(client, bucket, doomed)
+
+
+def read_manifest(uri: str | os.PathLike, cfg: Any = None) -> dict:
+    try:
+        data = read_bytes(join(uri, MANIFEST), cfg)
+    except FileNotFoundError:
+        raise NotPublished(f"{uri} has no {MANIFEST}: it was never published or is being written") from None
+    return parse_manifest(data, join(uri, MANIFEST))
+
+
+def is_published(uri: str | os.PathLike, cfg: Any = None) -> bool:
+    try:
+        read_manifest(uri, cfg)
+        return True
+    except NotPublished:
+        return False
