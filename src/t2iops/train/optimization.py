@@ -21,6 +21,7 @@ fp16 overflow.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -265,4 +266,6 @@ class _VerifiedLoads:
         return getattr(self._engine, name)
 
     def load(self, path, map_location=None):
-        return self._checkpoint.torch_load(path, map_location=map_location, safe_globals=_deepspeed_data_classes())
+        # DeepSpeed's paths are relative to the working directory when the checkpoint's is.
+        return self._checkpoint.torch_load(os.path.abspath(path), map_location=map_location,
+                                           safe_globals=_deepspeed_data_classes())
