@@ -109,8 +109,10 @@ def _fresh_copy(run: Path, tmp: Path, name: str) -> tuple[Path, Path]:
     return copy, copy / "checkpoints" / "step-000001"
 
 
-@pytest.mark.parametrize("path_args", [(), ("train.zero_stage=1",), ("train.zero_stage=2",)],
-                         ids=["torch-adamw", "zero1", "zero2"])
+@pytest.mark.parametrize("path_args", [
+    pytest.param((), id="torch-adamw"),
+    pytest.param(("train.zero_stage=1",), id="zero1", marks=pytest.mark.slow),
+    pytest.param(("train.zero_stage=2",), id="zero2", marks=pytest.mark.slow)])
 def test_a_planted_pickle_is_refused_on_one_process(request, tmp_path, cache, tiny_sdxl_path, capsys, monkeypatch,
                                                     path_args):
     if path_args:
