@@ -24,9 +24,12 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cache", required=True, help="encode cache (folder or s3:// prefix)")
     p.add_argument("--out", required=True, help="run folder or s3:// prefix")
-    p.add_argument("--resume", default=None, metavar="latest|PATH",
-                   help="continue from OUT's newest checkpoint ('latest'; a new run when there is none) "
-                   "or from a checkpoint folder/URI; adapter, optimizer, EMA, step, RNGs and data order are restored")
+    p.add_argument("--resume", default=None, metavar="latest|auto|PATH",
+                   help="continue from OUT's newest checkpoint ('latest'; a new run when there is none), "
+                   "'auto': the same but only when that checkpoint was written for the same run specification "
+                   "(model and train config, cache), otherwise remove OUT's checkpoints and start a new run "
+                   "(the DVC stage uses it), or a checkpoint folder/URI; adapter, optimizer, EMA, step, RNGs "
+                   "and data order are restored, every checkpoint file verified against its manifest first")
     p.add_argument("--kfp-metrics", default=None, metavar="PATH",
                    help="also write final metrics in KFP's mlpipeline-metrics JSON format to PATH")
     p.set_defaults(func=_train)

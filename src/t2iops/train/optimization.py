@@ -21,6 +21,7 @@ fp16 overflow.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -136,8 +137,9 @@ class PlainOptimization:
                         "scaler": self.scaler.state_dict() if self.scaler is not None else None},
                        folder / "optimizer.pt")
 
-    def load(self, folder: Path) -> None:
-        state = torch.load(folder / "optimizer.pt", map_location=self.dist.device, weights_only=True)
+    def load(self, checkpoint, state_dir: str = "state") -> None:
+        """Load the optimizer state from a :class:`~.checkpoint.VerifiedCheckpoint`."""
+        state = checkpoint.torch_load(f"{state_dir}/optimizer.pt", map_location=self.dist.device)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
@@ -208,11 +210,20 @@ class DeepSpeedOptimization:
         """Every rank writes its partition of the optimizer state (collective)."""
         self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
 
-    def load(self, folder: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(folder / "deepspeed"), tag="state", load_optimizer_states=True,
-                                              load_lr_scheduler_states=False, load_module_strict=True)
+    def load(self, checkpoint, state_dir: str = "state") -> None:
+        """Load the engine's state from a :class:`~.checkpoint.VerifiedCheckpoint`: every file
+        DeepSpeed asks for must be one the manifest lists and we verified, and is read with
+        ``weights_only=True`` (DeepSpeed's own engine unpickles with ``weights_only=False``)."""
+        folder = checkpoint.folder / state_dir / "deepspeed"
+        own_engine = self.engine.checkpoint_engine
+        self.engine.checkpoint_engine = _VerifiedLoads(own_engine, checkpoint)
+        try:
+            path, _ = self.engine.load_checkpoint(str(folder), tag="state", load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False, load_module_strict=True)
+        finally:
+            self.engine.checkpoint_engine = own_engine
         if path is None:
-            raise FileNotFoundError(f"no DeepSpeed state under {folder / 'deepspeed'}")
+            raise FileNotFoundError(f"no DeepSpeed state under {folder}")
 
     # Where DeepSpeed's optimizers (ZeRO-1/2, ZeRO-3, bf16 and fp16 stage 0) keep fp32 master
     # weights and gradient buffers, by attribute name.
@@ -231,3 +242,30 @@ class DeepSpeedOptimization:
         grads: dict = {a: getattr(zero, a) for a in self._GRADS if hasattr(zero, a)}
         grads["param_grads"] = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
         return {"optimizer_state": _tensor_bytes(state), "gradients": _tensor_bytes(grads)}
+
+
+def _deepspeed_data_classes() -> tuple:
+    """The plain data classes DeepSpeed's ZeRO optimizer state holds besides tensors and
+    containers; ``weights_only`` loading admits these and nothing else."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return (ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler)
+
+
+class _VerifiedLoads:
+    """Stands in for DeepSpeed's checkpoint engine while a checkpoint loads: ``load`` reads only
+    verified files, with ``weights_only=True``; everything else goes to DeepSpeed's engine."""
+
+    def __init__(self, engine, checkpoint):
+        self._engine = engine
+        self._checkpoint = checkpoint
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def load(self, path, map_location=None):
+        # DeepSpeed's paths are relative to the working directory when the checkpoint's is.
+        return self._checkpoint.torch_load(os.path.abspath(path), map_location=map_location,
+                                           safe_globals=_deepspeed_data_classes())

@@ -30,6 +30,7 @@ from .diffusion import Objective, adapter_loss
 from .distributed import DistInfo, init_distributed
 from .metrics import RunLogger, format_postfix, peak_memory, write_kfp_metrics
 from .preflight import check_training_config, learning_rate, uses_deepspeed
+from .run_lock import hold_run_lock
 
 log = logging.getLogger("t2iops.train")
 
@@ -59,17 +60,24 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
           kfp_metrics: Optional[str] = None) -> str:
     """Train an adapter from the cache at ``cache_dir``; write checkpoints and the final
     ``adapter/``, ``summary.json`` and ``config.resolved.yaml`` to ``out`` (folder or s3://).
-    ``resume``: ``"latest"`` (start fresh when there is none) or a checkpoint path/URI."""
-    t = cfg.train
+    ``resume``: ``"latest"`` (start fresh when there is none), ``"auto"`` (``latest`` when it was
+    written for the same run specification, else a fresh run that removes ``out``'s checkpoints)
+    or a checkpoint path/URI. One run at a time may write ``out`` (a lock held by rank 0)."""
     dist = init_distributed(use_deepspeed=uses_deepspeed(cfg))
     ds_config = None
     if uses_deepspeed(cfg):
         from .deepspeed_config import deepspeed_config
 
-        ds_config = deepspeed_config(t, dist.world_size, cfg.storage)
+        ds_config = deepspeed_config(cfg.train, dist.world_size, cfg.storage)
     zero_stage = int(ds_config["zero_optimization"]["stage"]) if ds_config else 0
     check_training_config(cfg, dist.world_size, dist.device, zero_stage=zero_stage)
+    with hold_run_lock(out, dist):
+        return _train(cache_dir, out, cfg, resume, kfp_metrics, dist, ds_config, zero_stage)
 
+
+def _train(cache_dir: str, out: str, cfg: Config, resume: Optional[str], kfp_metrics: Optional[str],
+           dist: DistInfo, ds_config: Optional[dict], zero_stage: int) -> str:
+    t = cfg.train
     # -- data ------------------------------------------------------------------------------
     cache = open_cache(cache_dir, cfg, dist.rank)  # whole, or streamed shard by shard (train.stream)
     reader = CacheReader(cache.root, "train")
@@ -81,13 +89,18 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
 
     # -- where the run starts ---------------------------------------------------------------
     checkpoints = ckpt.Checkpointer(out, dist, cfg.storage, t.keep_last)
+    spec = ckpt.run_spec(cfg, cache_local)
     resumed_from = checkpoints.resolve(resume) if resume else None
+    if resumed_from and resume in ("latest", "auto"):
+        resumed_from = checkpoints.same_run_or_fresh(resumed_from, spec, resume)
     if resume and resumed_from is None:
         log.info("--resume %s: no checkpoint under %s yet; starting a new run", resume, checkpoints.root)
     if not resume and checkpoints.list_complete():
         # Mixing two runs' checkpoints would make `latest` and pruning lie.
         raise UsageError(f"{checkpoints.root} already holds checkpoints of another run; continue it with "
                          "--resume latest, or train into a new --out")
+    # Every file checked against the sha256 recorded at save time before anything is read.
+    verified = ckpt.verify(checkpoints.materialize(resumed_from)) if resumed_from else None
 
     # -- frozen base model -------------------------------------------------------------------
     from diffusers import DDPMScheduler
@@ -132,7 +145,7 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
     # -- resume -----------------------------------------------------------------------------
     state = TrainState()
     if resumed_from:
-        state = _restore(checkpoints.materialize(resumed_from), opt, ema, dist)
+        state = _restore(verified, opt, ema, dist)
         log.info("resumed from %s at step %d", resumed_from, state.step)
     elif dist.is_main and storage.exists(storage.join(out, storage.MANIFEST), cfg.storage):
         storage.delete(storage.join(out, storage.MANIFEST), cfg.storage)  # a new run: withdraw the old result
@@ -162,6 +175,7 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
     train_time = 0.0
     timed_steps = 0
     last_saved = state.step if resumed_from else -1
+    first_step = state.step
     autocast = dict(device_type=dist.device.type, dtype=compute_dtype, enabled=t.mixed_precision != "no")
     while state.step < t.max_steps:
         started = time.perf_counter()
@@ -220,17 +234,18 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
         if t.validate_every and state.step % t.validate_every == 0:
             _validate(validator, opt, ema, state, logger, out, cfg)
         if state.step % t.checkpoint_every == 0 or state.step == t.max_steps:
-            _save(checkpoints, state, opt, ema, adapter_config, dist, cfg, reader)
+            _save(checkpoints, state, opt, ema, adapter_config, dist, cfg, reader, spec)
             last_saved = state.step
             logger.sync()
 
     # -- the result ---------------------------------------------------------------------------
     if last_saved != state.step:
-        _save(checkpoints, state, opt, ema, adapter_config, dist, cfg, reader)
+        _save(checkpoints, state, opt, ema, adapter_config, dist, cfg, reader, spec)
     weights = _export_weights(opt, ema)
     if dist.is_main:
         summary = {
             "steps": state.step,
+            "steps_this_run": state.step - first_step,
             "samples_seen": state.samples_seen,
             "final_loss": next((x for x in reversed(state.losses) if x is not None), None),
             "losses": state.losses,
@@ -309,7 +324,7 @@ def _validate(validator, opt, ema, state: TrainState, logger: RunLogger, out: st
 
 
 def _save(checkpoints, state: TrainState, opt, ema, adapter_config: dict, dist: DistInfo, cfg: Config,
-          reader: CacheReader) -> None:
+          reader: CacheReader, spec: str) -> None:
     from safetensors.torch import save_file
 
     full = opt.full_state_dict()  # collective under ZeRO
@@ -318,7 +333,7 @@ def _save(checkpoints, state: TrainState, opt, ema, adapter_config: dict, dist: 
     def write(folder: Path) -> None:
         state_dir = folder / "state"
         (state_dir / "rng").mkdir(parents=True, exist_ok=True)
-        torch.save(ckpt.rng_state(), state_dir / "rng" / f"rank-{dist.rank:05d}.pt")
+        ckpt.save_rng_state(state_dir / "rng" / f"rank-{dist.rank:05d}.safetensors")
         opt.save(state_dir)
         if not dist.is_main:
             return
@@ -333,14 +348,16 @@ def _save(checkpoints, state: TrainState, opt, ema, adapter_config: dict, dist: 
         (state_dir / "trainer.json").write_text(json.dumps(trainer))
         cfg.write(folder)
 
-    checkpoints.save(state.step, write, extra={"data_version": reader.index["dataset_version"]})
+    checkpoints.save(state.step, write, extra={"data_version": reader.index["dataset_version"], "run_spec": spec})
 
 
-def _restore(folder: Path, opt, ema, dist: DistInfo) -> TrainState:
+def _restore(checkpoint: ckpt.VerifiedCheckpoint, opt, ema, dist: DistInfo) -> TrainState:
+    """Load a verified checkpoint: JSON and safetensors, and the optimizer's pickles with
+    ``weights_only=True``."""
     from safetensors.torch import load_file
 
-    state_dir = folder / "state"
-    trainer = json.loads((state_dir / "trainer.json").read_text())
+    folder = checkpoint.folder
+    trainer = json.loads(checkpoint.path("state/trainer.json").read_text())
     if trainer["optimizer"] != opt.name:
         raise ModelError(f"checkpoint {folder} was written by the {trainer['optimizer']} optimizer path, this run "
                          f"uses {opt.name} (train.zero_stage / train.deepspeed_config changed)")
@@ -348,17 +365,21 @@ def _restore(folder: Path, opt, ema, dist: DistInfo) -> TrainState:
         if trainer["world_size"] != dist.world_size:
             raise ModelError(f"checkpoint {folder} holds ZeRO partitions for {trainer['world_size']} ranks; "
                              f"resume it with {trainer['world_size']} processes (this run has {dist.world_size})")
-        opt.load(state_dir)
+        opt.load(checkpoint)
     else:
-        opt.load_weights(load_file(str(state_dir / "adapter.safetensors"), device=str(dist.device)))
-        opt.load(state_dir)
+        opt.load_weights(load_file(str(checkpoint.path("state/adapter.safetensors")), device=str(dist.device)))
+        opt.load(checkpoint)
     if ema is not None:
-        if not (state_dir / "ema.safetensors").exists():
+        if not checkpoint.has("state/ema.safetensors"):
             raise ModelError(f"checkpoint {folder} has no EMA weights but train.ema_decay is set")
-        ema.load_state_dict({"shadow": load_file(str(state_dir / "ema.safetensors")), "updates": trainer["ema_updates"]})
-    rng_file = state_dir / "rng" / f"rank-{dist.rank:05d}.pt"
-    if rng_file.exists():
-        ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
+        ema.load_state_dict({"shadow": load_file(str(checkpoint.path("state/ema.safetensors"))),
+                             "updates": trainer["ema_updates"]})
+    rng = f"state/rng/rank-{dist.rank:05d}"
+    if checkpoint.has(f"{rng}.safetensors"):
+        ckpt.load_rng_state(checkpoint.path(f"{rng}.safetensors"))
+    elif checkpoint.has(f"{rng}.pt"):  # written before RNG states were safetensors: never unpickled
+        log.warning("checkpoint %s keeps its RNG states as a pickle (%s.pt), which is not loaded; the resumed run "
+                    "draws different random numbers than an uninterrupted one would", folder, rng)
     fields = TrainState.__dataclass_fields__
     return TrainState(**{k: v for k, v in trainer.items() if k in fields})
 
