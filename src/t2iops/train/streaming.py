@@ -13,6 +13,7 @@ are exactly those of a fully downloaded cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import threading
@@ -171,5 +172,8 @@ def open_cache(uri: str, cfg, rank: int = 0) -> OpenedCache:
     fetcher = ShardFetcher(uri, local, manifest, cfg.storage, budget_bytes=cfg.train.stream_disk_gb * 1e9)
     small = [rel for rel in manifest["files"] if rel in SMALL_FILES or rel.endswith(("/part.json", "/empty.safetensors"))]
     fetcher.wait(small, pin=True)
+    # The manifest beside the streamed files, as a whole download has it: the run specification
+    # (resume auto) hashes the cache by its recorded sha256s in either mode.
+    (local / storage.MANIFEST).write_text(json.dumps(manifest, indent=2))
     log.info("streaming cache %s into %s (budget %.1f GB)", uri, local, cfg.train.stream_disk_gb)
     return OpenedCache(local, fetcher)

@@ -89,7 +89,7 @@ def _train(cache_dir: str, out: str, cfg: Config, resume: Optional[str], kfp_met
 
     # -- where the run starts ---------------------------------------------------------------
     checkpoints = ckpt.Checkpointer(out, dist, cfg.storage, t.keep_last)
-    spec = ckpt.run_spec(cfg, cache_local)
+    spec = ckpt.run_spec(cfg, cache.root)
     resumed_from = checkpoints.resolve(resume) if resume else None
     if resumed_from and resume in ("latest", "auto"):
         resumed_from = checkpoints.same_run_or_fresh(resumed_from, spec, resume)
