@@ -22,7 +22,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="dataset folder, s3:// prefix or HF dataset id (default: data.root)")
     p.add_argument("--validated", required=True, help="output of `t2iops data validate` (folder or s3://)")
     p.add_argument("--out", required=True, help="cache folder or s3:// prefix")
-    p.set_defaults(func=_encode)
+    p.set_defaults(func=_encode, stage="encode")
 
 
 def _encode(args: argparse.Namespace, cfg) -> int:

@@ -29,7 +29,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                    "or from a checkpoint folder/URI; adapter, optimizer, EMA, step, RNGs and data order are restored")
     p.add_argument("--kfp-metrics", default=None, metavar="PATH",
                    help="also write final metrics in KFP's mlpipeline-metrics JSON format to PATH")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, stage="train")
 
 
 def _train(args: argparse.Namespace, cfg) -> int:
