@@ -391,10 +391,12 @@ def config_from_dict(data: dict[str, Any], origin: str = "dict") -> Config:
 # reads changed. Cross-section reads are declared here on purpose, with the reason beside them.
 RUNTIME_SECTIONS = ("storage",)  # where data lives and how to reach it, not what a stage computes
 ALL_SECTIONS = "*"
+# the synthetic rows are written under the configured column names
+_SYNTH = ("data.synth", "data.image_column", "data.conditioning_image_column", "data.caption_column", "data.id_column")
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "synth": ("data.synth",),
+    "synth": _SYNTH,
     # pull (KFP only) synthesizes the circles when data_source is 'synth'
-    "pull": ("data.synth",),
+    "pull": _SYNTH,
     "validate": (
         "data.root", "data.image_column", "data.conditioning_image_column", "data.caption_column",
         "data.id_column", "data.min_size", "data.max_size", "data.max_pixels", "data.resize_policy",
@@ -426,7 +428,8 @@ def stage_paths(stage: str) -> tuple[str, ...]:
         raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_SECTIONS)}") from None
 
 
-def _covered(path: str, allowed: tuple[str, ...]) -> bool:
+def covered(path: str, allowed: tuple[str, ...]) -> bool:
+    """Whether the dotted ``path`` lies in one of the ``allowed`` paths."""
     return any(a == ALL_SECTIONS or path == a or path.startswith(a + ".") for a in allowed)
 
 
@@ -439,7 +442,7 @@ def restrict_dict(data: dict[str, Any], allowed: tuple[str, ...], prefix: str = 
     out: dict[str, Any] = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if _covered(path, allowed):
+        if covered(path, allowed):
             out[key] = value
         elif isinstance(value, dict) and _partly_covered(path, allowed):
             out[key] = restrict_dict(value, allowed, path + ".")
@@ -469,7 +472,7 @@ class StageConfig:
             raise AttributeError(name)
         path = f"{self._prefix}{name}"
         value = getattr(self._cfg, name)
-        if _covered(path, self._allowed):
+        if covered(path, self._allowed):
             return value
         if isinstance(value, BaseModel) and _partly_covered(path, self._allowed):
             return StageConfig(value, self._stage, self._allowed, path + ".")

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from ..config import RUNTIME_SECTIONS, Config, ConfigError, StageConfig, load_config, restrict_dict, stage_paths
+from ..config import RUNTIME_SECTIONS, Config, ConfigError, StageConfig, covered, load_config, stage_paths
 
 # The KFP steps and the stage whose sections each receives (merge is the evaluate stage's end).
 KFP_STAGES = ("pull", "validate", "encode", "train", "evaluate", "export", "publish")
@@ -72,23 +72,13 @@ def config_from_param(text: str | None, stage: str | None = None) -> Config:
     if stage:
         allowed = stage_paths(stage) + RUNTIME_SECTIONS
         given = overrides if isinstance(overrides, dict) else dict(o.split("=", 1) for o in overrides)
-        stray = sorted(k for k in given if not restrict_dict(_nest(k), allowed))
+        stray = sorted(k for k in given if not covered(k.strip(), allowed))
         if stray:
             raise ConfigError(
                 f"pipeline parameter {name!r} sets {', '.join(stray)}, which the {stage} stage does not read "
                 f"(it reads: {', '.join(stage_paths(stage))})"
             )
     return cfg
-
-
-def _nest(dotted: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    cur = out
-    parts = dotted.strip().split(".")
-    for part in parts[:-1]:
-        cur = cur.setdefault(part, {})
-    cur[parts[-1]] = True
-    return out
 
 
 def config_param(cfg_or_overrides: Config | dict[str, Any] | list[str], stage: str | None = None) -> str:
