@@ -123,14 +123,12 @@ def _run_arguments(args, cfg, package: Path) -> dict:
 
 def _compile(args, cfg) -> int:
     from .cluster_checks import check_cluster_arguments
-    from .compile import compile_pipeline, parameter_specs, read_package
+    from .compile import compile_pipeline
+    from .runtime import stage_parameters
+    from .settings import default_data_source
 
+    check_cluster_arguments({**stage_parameters(cfg), "data_source": default_data_source(cfg)})
     path = compile_pipeline(args.output, args.settings, args.image, cfg)
-    try:
-        check_cluster_arguments({n: s.get("defaultValue") for n, s in parameter_specs(read_package(path)).items()})
-    except Exception:
-        path.unlink()  # no package a cluster run would fail with
-        raise
     print(str(path))
     return 0
 

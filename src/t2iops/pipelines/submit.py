@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, TextIO
@@ -62,7 +63,8 @@ def make_client(host: str, namespace: Optional[str] = None, token: Optional[str]
 
     if not host:
         raise UsageError("--host is required (the KFP API endpoint, e.g. http://localhost:8080)")
-    with reaching(host):
+    with reaching(host), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # kfp's note on server versions, on every client
         return kfp.Client(host=host, namespace=namespace, existing_token=token or os.environ.get(TOKEN_ENV))
 
 
