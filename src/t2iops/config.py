@@ -393,22 +393,24 @@ RUNTIME_SECTIONS = ("storage",)  # where data lives and how to reach it, not wha
 ALL_SECTIONS = "*"
 # the synthetic rows are written under the configured column names
 _SYNTH = ("data.synth", "data.image_column", "data.conditioning_image_column", "data.caption_column", "data.id_column")
+# validate, encode and evaluate read rows through the one dataset reader (columns, limits, split)
+_DATASET = (
+    "data.root", "data.image_column", "data.conditioning_image_column", "data.caption_column", "data.id_column",
+    "data.min_size", "data.max_size", "data.max_pixels", "data.resize_policy", "data.max_bad_fraction",
+    "data.val_fraction", "data.test_fraction",
+)
 STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "synth": _SYNTH,
     # pull (KFP only) synthesizes the circles when data_source is 'synth'
     "pull": _SYNTH,
-    "validate": (
-        "data.root", "data.image_column", "data.conditioning_image_column", "data.caption_column",
-        "data.id_column", "data.min_size", "data.max_size", "data.max_pixels", "data.resize_policy",
-        "data.max_bad_fraction", "data.val_fraction", "data.test_fraction",
-    ),
+    "validate": _DATASET,
     # the toy base learns the synthetic circles; model.base_model is its default output folder
     "toy_base": ("toy_base", "data.synth", "model.base_model"),
-    "encode": ("data.root", "model", "encode"),
+    "encode": (*_DATASET, "model", "encode"),
     # validation during training samples like the evaluation does (same fidelity metric, seeds, CFG)
     "train": ("model", "train", "evaluate.condition_kind", "evaluate.seed", "evaluate.guidance_scale"),
     # evaluate.resolution defaults to the resolution the adapter was trained (encoded) at
-    "evaluate": ("data.root", "model", "encode.resolution", "evaluate"),
+    "evaluate": (*_DATASET, "model", "encode.resolution", "evaluate"),
     # the parity check draws synthetic circle conditions (seed, data.synth); the serving manifest
     # records the generation settings the evaluation used and the training data root
     "export": (
