@@ -5,7 +5,8 @@ Every component is a lightweight Python component whose body imports ``t2iops`` 
 stage function. In a cluster it runs in the project image (``image`` in pipelines/settings.yaml
 or ``T2IOPS_IMAGE``; the image already has kfp, so nothing is pip-installed at run time); under
 ``kfp.local.SubprocessRunner(use_venv=False)`` it runs in the current environment. Each takes the
-configuration as the ``config`` string parameter (YAML/JSON overrides), validated before work.
+sections of the configuration its stage reads as the ``config`` string parameter (the pipeline's
+``config_<stage>``), validated and restricted to that stage before work.
 """
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def pull_dataset(
     from t2iops.pipelines.runtime import stage_config
     from t2iops.pipelines.sources import pull_dataset as pull
 
-    cfg = stage_config(config)
+    cfg = stage_config(config, "pull")
     info = pull(source, dataset.path, cfg, dvc_repo=dvc_repo, dvc_rev=dvc_rev, dvc_path=dvc_path, dvc_remote=dvc_remote)
     dataset.metadata.update(info)
 
@@ -33,7 +33,7 @@ def validate_dataset(dataset: Input[Dataset], config: str, validated: Output[Dat
     from t2iops.pipelines.runtime import stage_config
     from t2iops.pipelines.reports import validation_markdown
 
-    cfg = stage_config(config)
+    cfg = stage_config(config, "validate")
     summary = validate(dataset.path, validated.path, cfg)
     validated.metadata.update({k: summary[k] for k in ("rows", "good", "bad", "status")})
     with open(report.path, "w") as fh:

@@ -11,5 +11,5 @@ def encode_dataset(dataset: Input[Dataset], validated: Input[Dataset], config: s
     from t2iops.encode.encode import encode_dataset as encode
     from t2iops.pipelines.runtime import stage_config
 
-    cfg = stage_config(config)
+    cfg = stage_config(config, "encode")
     encode(dataset.path, validated.path, cache.path, cfg)

@@ -2,7 +2,8 @@
 and applies the gate. Wraps :func:`t2iops.evaluate.stage.evaluate_shard` and
 :func:`t2iops.evaluate.stage.merge_shards`.
 
-Shards are published under ``<run_root>/<run_id>/evaluate/`` and handed to the merge by URI."""
+Shards are published under ``<run_root>/<key>/evaluate/`` (the key a digest of the model, data
+and configuration the shard evaluates) and handed to the merge by URI."""
 from typing import List
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
@@ -19,16 +20,16 @@ def evaluate_shard(
     shard_index: int,
     shards: List[int],
     run_root: str,
-    run_id: str,
 ) -> str:
     """Samples shard_index of len(shards) with and without the adapter; returns the shard's URI."""
     from t2iops.evaluate.stage import evaluate_shard as evaluate
     from t2iops.pipelines.runtime import stage_config
-    from t2iops.pipelines.steps import check_shards, shard_uri
+    from t2iops.pipelines.steps import check_shards, shard_uri, step_key
 
-    cfg = stage_config(config)
+    cfg = stage_config(config, "evaluate")
     count = check_shards(shards)
-    out = shard_uri(run_root, run_id, shard_index, count)
+    key = step_key(model.uri, dataset.uri, validated.uri, config)
+    out = shard_uri(run_root, key, shard_index, count)
     evaluate(model.path, dataset.path, validated.path, out, cfg, shard=(shard_index, count))
     return out
 
@@ -47,7 +48,7 @@ def merge_evaluation(
     from t2iops.pipelines.runtime import stage_config
     from t2iops.pipelines.steps import copy_report, log_metrics
 
-    cfg = stage_config(config)
+    cfg = stage_config(config, "evaluate")
     result = merge_shards(list(shard_uris), evaluation.path, cfg, gate=False)
     log_metrics(metrics, result)
     copy_report(evaluation.path, "report.html", report.path)

@@ -12,7 +12,7 @@ def export_adapter(model: Input[Model], evaluation: Input[Artifact], config: str
     from t2iops.pipelines.runtime import stage_config
     from t2iops.pipelines.steps import copy_report
 
-    cfg = stage_config(config)
+    cfg = stage_config(config, "export")
     manifest = export(model.path, onnx.path, cfg, metrics_uri=f"{evaluation.path}/metrics.json")
     onnx.metadata["family"] = manifest.get("family")
     copy_report(onnx.path, "README.md", model_card.path)

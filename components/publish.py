@@ -20,7 +20,7 @@ def publish_model(
     from t2iops.pipelines.registry import publish_model as publish
     from t2iops.pipelines.runtime import stage_config
 
-    cfg = stage_config(config)
+    cfg = stage_config(config, "publish")
     lineage = {"run_id": run_id, "dataset": dict(dataset.metadata), "evaluation": evaluation.uri, "export": onnx.uri}
     return publish(onnx.path, registry_uri, model_name, model_version or run_id, cfg,
                    metrics_path=evaluation.path, lineage=lineage)

@@ -4,8 +4,12 @@
          -> if the gate passed: export -> publish (to the model registry prefix)
 
 Run parameters (all have defaults; ``t2iops pipeline submit -p name=value``):
-  config          YAML/JSON overrides of the configuration (-S style), validated before any work
-  data_source     'dvc' | 'synth' | a folder or s3:// URI of a dataset
+  config_<stage>  the configuration sections one stage reads (config.STAGE_SECTIONS), JSON; the
+                  defaults are the run specification resolved at compile time (params.yaml +
+                  --params/-S), so the KFP UI runs what params.yaml says. Each step gets only its
+                  own: changing train.lr misses the cache of train/evaluate/export only.
+  data_source     'dvc' | 'synth' | a folder or s3:// URI of a dataset (default: data.root, or
+                  'synth' for the embedded default)
   dvc_repo/dvc_rev/dvc_path/dvc_remote   the DVC-tracked dataset when data_source is 'dvc'
   run_root        prefix for the run's durable files (checkpoints, evaluation shards)
   eval_shards     the evaluation shards, [0, 1, ..., n-1]
@@ -27,11 +31,14 @@ from components.export import export_adapter
 from components.publish import publish_model
 from components.train import train_adapter, train_adapter_multinode
 from t2iops.pipelines.platform import configure_step
-from t2iops.pipelines.settings import load_settings
+from t2iops.pipelines.runtime import stage_parameters
+from t2iops.pipelines.settings import default_data_source, load_settings, run_spec
 
 SETTINGS = load_settings()
+SPEC = run_spec()
+CONFIG = stage_parameters(SPEC)  # {"config_<stage>": JSON of the sections that stage reads}
 PIPELINE_NAME = "t2iops-training"
-RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # publish only (uncached): the default model version
 
 
 def _cpu_train_steps():
@@ -45,12 +52,12 @@ def _cpu_train_steps():
 @dsl.pipeline(name="evaluate-shards", description="Evaluate every shard of the test split in parallel.")
 def evaluate_shards(
     model: Input[Model], dataset: Input[Dataset], validated: Input[Dataset], config: str,
-    shards: List[int], run_root: str, run_id: str,
+    shards: List[int], run_root: str,
 ) -> List[str]:
     with dsl.ParallelFor(shards, name="shard") as shard_index:
         shard = evaluate_shard(
             model=model, dataset=dataset, validated=validated, config=config,
-            shard_index=shard_index, shards=shards, run_root=run_root, run_id=run_id,
+            shard_index=shard_index, shards=shards, run_root=run_root,
         )
         configure_step(shard, "evaluate", SETTINGS, "evaluate shard")
     return dsl.Collected(shard.output)
@@ -58,8 +65,14 @@ def evaluate_shards(
 
 @dsl.pipeline(name=PIPELINE_NAME, description="Train, evaluate, export and publish a T2I-Adapter.")
 def training_pipeline(
-    config: str = "{}",
-    data_source: str = "synth",
+    config_pull: str = CONFIG["config_pull"],
+    config_validate: str = CONFIG["config_validate"],
+    config_encode: str = CONFIG["config_encode"],
+    config_train: str = CONFIG["config_train"],
+    config_evaluate: str = CONFIG["config_evaluate"],
+    config_export: str = CONFIG["config_export"],
+    config_publish: str = CONFIG["config_publish"],
+    data_source: str = default_data_source(SPEC),
     dvc_repo: str = "",
     dvc_rev: str = "main",
     dvc_path: str = "data/circles",
@@ -74,25 +87,25 @@ def training_pipeline(
 ) -> bool:
     pull = pull_dataset(
         source=data_source, dvc_repo=dvc_repo, dvc_rev=dvc_rev, dvc_path=dvc_path,
-        dvc_remote=dvc_remote, config=config,
+        dvc_remote=dvc_remote, config=config_pull,
     )
     configure_step(pull, "pull", SETTINGS)
     dataset = pull.outputs["dataset"]
 
-    validate = validate_dataset(dataset=dataset, config=config)
+    validate = validate_dataset(dataset=dataset, config=config_validate)
     configure_step(validate, "validate", SETTINGS)
     validated = validate.outputs["validated"]
 
-    encode = encode_dataset(dataset=dataset, validated=validated, config=config)
+    encode = encode_dataset(dataset=dataset, validated=validated, config=config_encode)
     configure_step(encode, "encode", SETTINGS)
 
     if SETTINGS.train_launcher.kind == "in-pod":
-        train = train_adapter(cache=encode.outputs["cache"], config=config, run_root=run_root, run_id=RUN_ID)
+        train = train_adapter(cache=encode.outputs["cache"], config=config_train, run_root=run_root)
         configure_step(train, "train", SETTINGS)
     else:
         # The pod only launches and awaits the job: it needs no GPU, but keeps the retries.
         train = train_adapter_multinode(
-            cache=encode.outputs["cache"], config=config, run_root=run_root, run_id=RUN_ID,
+            cache=encode.outputs["cache"], config=config_train, run_root=run_root,
             nodes=train_nodes, gpus_per_node=gpus_per_node,
             launcher_settings=SETTINGS.model_dump_json(by_alias=True),
         )
@@ -100,19 +113,19 @@ def training_pipeline(
     model = train.outputs["model"]
 
     shards = evaluate_shards(
-        model=model, dataset=dataset, validated=validated, config=config,
-        shards=eval_shards, run_root=run_root, run_id=RUN_ID,
+        model=model, dataset=dataset, validated=validated, config=config_evaluate,
+        shards=eval_shards, run_root=run_root,
     ).set_display_name("evaluate")
-    merge = merge_evaluation(shard_uris=shards.output, config=config)
+    merge = merge_evaluation(shard_uris=shards.output, config=config_evaluate)
     configure_step(merge, "merge", SETTINGS, "merge + gate")
     gate_passed = merge.outputs["Output"]
     evaluation = merge.outputs["evaluation"]
 
     with dsl.If(gate_passed == True, name="gate-passed"):  # noqa: E712 (a pipeline expression)
-        export = export_adapter(model=model, evaluation=evaluation, config=config)
+        export = export_adapter(model=model, evaluation=evaluation, config=config_export)
         configure_step(export, "export", SETTINGS)
         publish = publish_model(
-            onnx=export.outputs["onnx"], evaluation=evaluation, dataset=dataset, config=config,
+            onnx=export.outputs["onnx"], evaluation=evaluation, dataset=dataset, config=config_publish,
             registry_uri=registry_uri, model_name=model_name, model_version=model_version, run_id=RUN_ID,
         )
         configure_step(publish, "publish", SETTINGS)

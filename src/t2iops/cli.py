@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import Config, load_config
+from .config import Config, load_config, stage_config
 from .errors import T2IError
 from .redact import install_logging_redaction, redact_text
 
@@ -64,6 +64,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if params is None and Path("params.yaml").exists():
         params = "params.yaml"
     return load_config(params, args.overrides)
+
+
+def stage_config_from_args(args: argparse.Namespace):
+    """The resolved configuration; for a stage command (``stage`` in its parser defaults) only
+    the sections the stage declares in ``config.STAGE_SECTIONS``."""
+    cfg = config_from_args(args)
+    stage = getattr(args, "stage", None)
+    return stage_config(cfg, stage) if stage else cfg
 
 
 def _config_show(args: argparse.Namespace, cfg: Config) -> int:
@@ -117,7 +125,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     install_logging_redaction()
     func: Callable = args.func
     try:
-        cfg = config_from_args(args)
+        cfg = stage_config_from_args(args)
         rc = func(args, cfg)
         return int(rc or 0)
     except T2IError as exc:

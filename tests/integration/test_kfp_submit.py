@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from t2iops.cli import main
+from t2iops.config import load_config
 from t2iops.pipelines.compile import compile_pipeline
 
 
@@ -67,9 +68,13 @@ def _run_state(state: str, tasks: dict[str, str]) -> dict:
         {"task_id": f"t{i}", "display_name": name, "state": s} for i, (name, s) in enumerate(tasks.items())]}}
 
 
+# A base model a pod can load (the embedded default models/toy-base is refused before sending).
+CLUSTER = ["-S", "model.base_model=s3://models/tiny-sdxl"]
+
+
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    return compile_pipeline(tmp_path_factory.mktemp("pkg") / "pipeline.yaml")
+    return compile_pipeline(tmp_path_factory.mktemp("pkg") / "pipeline.yaml", cfg=load_config("params.yaml", CLUSTER[1::2]))
 
 
 @pytest.fixture()
@@ -83,7 +88,7 @@ def test_submit_sends_the_package_parameters_and_experiment(api, package, capsys
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "never-sent-7c1e")
     rc = main(["pipeline", "submit", "--host", api.host, "--experiment", "adapters", "--package", str(package),
                "-p", "data_source=dvc", "-p", "dvc_repo=https://git.example/data.git", "-p", "dvc_rev=v3",
-               "-p", "eval_shards=[0,1,2]", "-S", "train.lr=2e-5", "--run-name", "nightly"])
+               "-p", "eval_shards=[0,1,2]", "-S", "train.lr=2e-5", "--run-name", "nightly", *CLUSTER])
     assert rc == 0
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["run_id"] == "run-1"
     (experiment,) = api.posted("/experiments")
@@ -95,12 +100,13 @@ def test_submit_sends_the_package_parameters_and_experiment(api, package, capsys
     assert run["pipeline_spec"]["platform_spec"] == compiled[1]
     params = run["runtime_config"]["parameters"]
     assert params["data_source"] == "dvc" and params["dvc_rev"] == "v3" and params["eval_shards"] == [0, 1, 2]
-    assert json.loads(params["config"])["train"]["lr"] == 2e-5
+    assert json.loads(params["config_train"])["train"]["lr"] == 2e-5
+    assert "train" not in json.loads(params["config_encode"])  # encode's cache key ignores train.*
     assert "never-sent-7c1e" not in json.dumps(api.requests)
 
 
 def test_wait_exit_codes_follow_the_run_and_the_gate(api, package, capsys):
-    args = ["pipeline", "submit", "--host", api.host, "--package", str(package), "--wait", "--poll-seconds", "0.01"]
+    args = ["pipeline", "submit", "--host", api.host, "--package", str(package), "--wait", "--poll-seconds", "0.01", *CLUSTER]
     api.states = [_run_state("RUNNING", {"train": "RUNNING"}),
                   _run_state("SUCCEEDED", {"train": "SUCCEEDED", "merge + gate": "SUCCEEDED", "publish": "SUCCEEDED"})]
     assert main(args) == 0
@@ -116,7 +122,7 @@ def test_wait_exit_codes_follow_the_run_and_the_gate(api, package, capsys):
 
 def test_schedule_creates_a_recurring_run(api, package, capsys):
     rc = main(["pipeline", "schedule", "--host", api.host, "--package", str(package), "--cron", "0 3 * * 1",
-               "--name", "weekly", "-p", "model_name=circles"])
+               "--name", "weekly", "-p", "model_name=circles", *CLUSTER])
     assert rc == 0
     (job,) = api.posted("/recurringruns")
     assert job["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * 1"
@@ -128,9 +134,9 @@ def test_schedule_creates_a_recurring_run(api, package, capsys):
 def test_bad_parameters_fail_before_anything_is_sent(api, package, capsys):
     for params, fragment in ((["-p", "eval_shards=[1,2]"], "eval_shards"), (["-p", "nodes=2"], "unknown pipeline parameter 'nodes'"),
                              (["-S", "train.lr=-1"], "train.lr")):
-        rc = main(["pipeline", "submit", "--host", api.host, "--package", str(package), *params])
+        rc = main(["pipeline", "submit", "--host", api.host, "--package", str(package), *params, *CLUSTER])
         assert rc == 2
         assert fragment in capsys.readouterr().err
-    rc = main(["pipeline", "schedule", "--host", api.host, "--package", str(package), "--cron", "every monday"])
+    rc = main(["pipeline", "schedule", "--host", api.host, "--package", str(package), "--cron", "every monday", *CLUSTER])
     assert rc == 2 and "--cron" in capsys.readouterr().err
     assert api.posted("/runs") == [] and api.posted("/recurringruns") == []

@@ -7,8 +7,11 @@ import json
 import pytest
 import yaml
 
+from t2iops.config import load_config, stage_values
 from t2iops.errors import UsageError
 from t2iops.pipelines.compile import compile_pipeline, parse_cli_parameters, read_package, validate_arguments
+
+CLUSTER_SPEC = load_config("params.yaml", ["model.base_model=s3://models/sdxl-tiny"])
 
 SENTINEL = "sentinel-secret-value-7f3a"
 GPU_STEPS = {"encode-dataset", "train-adapter", "evaluate-shard", "export-adapter"}
@@ -20,7 +23,7 @@ def compiled(tmp_path_factory, monkeypatch_module):
     # Credentials in the environment must never reach the package.
     monkeypatch_module.setenv("AWS_ACCESS_KEY_ID", SENTINEL + "-id")
     monkeypatch_module.setenv("AWS_SECRET_ACCESS_KEY", SENTINEL)
-    path = compile_pipeline(tmp_path_factory.mktemp("ir") / "pipeline.yaml", image="registry.example/t2iops:test")
+    path = compile_pipeline(tmp_path_factory.mktemp("ir") / "pipeline.yaml", image="registry.example/t2iops:test", cfg=CLUSTER_SPEC)
     text = path.read_text()
     docs = [d for d in yaml.safe_load_all(text) if d]
     return path, text, docs[0], docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -86,9 +89,11 @@ def test_train_retries_and_resumes_under_the_run_prefix(compiled):
     train = _tasks(spec)["train-adapter"]
     assert train["retryPolicy"] == {"maxRetryCount": 3, "backoffDuration": "60s", "backoffFactor": 2.0, "backoffMaxDuration": "1800s"}
     inputs = train["inputs"]["parameters"]
-    assert inputs["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     assert inputs["run_root"]["componentInputParameter"] == "run_root"
     assert _tasks(spec)["evaluate-shard"]["retryPolicy"]["maxRetryCount"] == 1
+    # The run-id placeholder changes every run: as an input of a cached step it would defeat the cache.
+    for name in ("train-adapter", "evaluate-shard", "encode-dataset", "validate-dataset", "merge-evaluation", "export-adapter"):
+        assert "pipeline_job_uuid" not in json.dumps(_tasks(spec)[name]["inputs"]), name
 
 
 def test_caching_is_set_per_step(compiled):
@@ -122,8 +127,9 @@ def test_default_parameters_are_valid_and_bad_ones_are_named(compiled):
     assert validate_arguments(spec, {}) == {}
     cases = {
         "eval_shards": {"eval_shards": [0, 2]},
-        "train.lr": {"config": json.dumps({"train": {"lr": -1}})},
-        "nonsense": {"config": "nonsense.key: 1"},
+        "train.lr": {"config_train": json.dumps({"train": {"lr": -1}})},
+        "nonsense": {"config_train": "nonsense.key: 1"},
+        "which the train stage does not read": {"config_train": json.dumps({"evaluate": {"num_samples": 3}})},
         "dvc_repo": {"data_source": "dvc"},
         "train_nodes": {"train_nodes": 0},
         "model_name": {"model_name": "bad name!"},
@@ -133,8 +139,8 @@ def test_default_parameters_are_valid_and_bad_ones_are_named(compiled):
     for fragment, arguments in cases.items():
         with pytest.raises(UsageError, match=fragment):
             validate_arguments(spec, arguments)
-    typed = parse_cli_parameters(["eval_shards=[0,1,2]", "train_nodes=2", "dvc_rev=v1.0", "config={train.lr: 1.0e-5}"], spec)
-    assert typed == {"eval_shards": [0, 1, 2], "train_nodes": 2, "dvc_rev": "v1.0", "config": "{train.lr: 1.0e-5}"}
+    typed = parse_cli_parameters(["eval_shards=[0,1,2]", "train_nodes=2", "dvc_rev=v1.0", "config_train={train.lr: 1.0e-5}"], spec)
+    assert typed == {"eval_shards": [0, 1, 2], "train_nodes": 2, "dvc_rev": "v1.0", "config_train": "{train.lr: 1.0e-5}"}
     assert validate_arguments(spec, typed) is typed
     with pytest.raises(UsageError, match="unknown pipeline parameter 'shards'"):
         parse_cli_parameters(["shards=[0]"], spec)
@@ -164,3 +170,27 @@ def test_settings_errors_name_the_key(tmp_path):
     (tmp_path / "t.yaml").write_text("gpu_pool:\n  colour: green\n")
     with pytest.raises(UsageError, match=r"gpu_pool\.colour"):
         compile_pipeline(tmp_path / "p.yaml", settings=tmp_path / "t.yaml")
+
+
+def _defaults(spec: dict) -> dict:
+    return {n: p.get("defaultValue") for n, p in spec["root"]["inputDefinitions"]["parameters"].items()}
+
+
+def test_compile_bakes_the_run_spec_in_and_each_step_gets_only_its_sections(compiled, tmp_path):
+    _, _, spec, _ = compiled
+    defaults = _defaults(spec)
+    # params.yaml's values, not config.py's: num_samples 32 and the circle-IoU gate.
+    evaluate = json.loads(defaults["config_evaluate"])
+    assert evaluate["evaluate"]["num_samples"] == 32 and evaluate["evaluate"]["gate"]["min_circle_iou"] == 0.6
+    for stage in ("pull", "validate", "encode", "train", "evaluate", "export", "publish"):
+        assert json.loads(defaults[f"config_{stage}"]) == stage_values(CLUSTER_SPEC, stage), stage
+    assert _tasks(spec)["encode-dataset"]["inputs"]["parameters"]["config"] == {"componentInputParameter": "config_encode"}
+
+    # -S train.lr changes the package, and only what train, evaluate's validation twin... reads:
+    # the parameters feeding pull, validate and encode are byte-identical, so their cache keys are.
+    other = load_config("params.yaml", ["model.base_model=s3://models/sdxl-tiny", "train.lr=1e-5"])
+    spec2 = read_package(compile_pipeline(tmp_path / "lr.yaml", image="registry.example/t2iops:test", cfg=other))
+    changed = {n for n, v in _defaults(spec2).items() if v != defaults[n]}
+    assert changed == {"config_train", "config_publish"}  # publish records the whole spec; it is never cached
+    for step in ("pull-dataset", "validate-dataset", "encode-dataset"):
+        assert _tasks(spec2)[step]["inputs"] == _tasks(spec)[step]["inputs"], step

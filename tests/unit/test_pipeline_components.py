@@ -15,9 +15,11 @@ from t2iops.errors import DataError, UsageError
 from t2iops.pipelines.compile import load_pipeline_module
 from t2iops.pipelines.registry import publish_model
 from t2iops.pipelines.runtime import config_from_param, config_param, parse_config_param
-from t2iops.pipelines.steps import check_shards, run_prefix, scalar_metrics
+from t2iops.pipelines.steps import check_shards, run_prefix, scalar_metrics, step_key
 
-TINY = json.dumps({"data.synth.count": 6, "data.synth.resolution": 32, "data.min_size": 16})
+# Each step receives only the sections its stage reads.
+TINY_PULL = json.dumps({"data.synth.count": 6, "data.synth.resolution": 32})
+TINY_VALIDATE = json.dumps({"data.min_size": 16})
 
 
 @pytest.fixture(scope="module")
@@ -49,19 +51,19 @@ def test_pull_then_validate_components(components, tmp_path):
     data, _ = components
     dataset = _artifact(dsl.Dataset, tmp_path, "dataset")
     data.pull_dataset.python_func(source="synth", dvc_repo="", dvc_rev="", dvc_path="", dvc_remote="",
-                                  config=TINY, dataset=dataset)
+                                  config=TINY_PULL, dataset=dataset)
     assert len((Path(dataset.path) / "metadata.jsonl").read_text().splitlines()) == 6
     assert dataset.metadata["source"] == "synth" and dataset.metadata["count"] == 6
     validated = _artifact(dsl.Dataset, tmp_path, "validated")
     report = _artifact(dsl.Markdown, tmp_path, "report.md")
-    data.validate_dataset.python_func(dataset=dataset, config=TINY, validated=validated, report=report)
+    data.validate_dataset.python_func(dataset=dataset, config=TINY_VALIDATE, validated=validated, report=report)
     assert validated.metadata == {"rows": 6, "good": 6, "bad": 0, "status": "passed"}
     assert len((Path(validated.path) / "rows.jsonl").read_text().splitlines()) == 6
     assert "# Dataset validation: passed" in Path(report.path).read_text()
     # A broken row over the threshold fails the step, naming the row's file.
     (Path(dataset.path) / "images" / "000002.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="000002"):
-        data.validate_dataset.python_func(dataset=dataset, config=TINY, validated=_artifact(dsl.Dataset, tmp_path, "v2"),
+        data.validate_dataset.python_func(dataset=dataset, config=TINY_VALIDATE, validated=_artifact(dsl.Dataset, tmp_path, "v2"),
                                           report=_artifact(dsl.Markdown, tmp_path, "r2.md"))
     with pytest.raises(ConfigError, match="data.synth.count"):
         data.pull_dataset.python_func(source="synth", dvc_repo="", dvc_rev="", dvc_path="", dvc_remote="",
@@ -117,6 +119,10 @@ def test_step_helpers():
         with pytest.raises(UsageError, match="eval_shards"):
             check_shards(bad)
     assert run_prefix("s3://b/runs", "abc", "train") == "s3://b/runs/abc/train"
-    with pytest.raises(UsageError, match="run id"):
-        run_prefix("s3://b/runs", "{{$.pipeline_job_uuid}}", "train")
+    with pytest.raises(UsageError, match="no key"):
+        run_prefix("s3://b/runs", "", "train")
+    # A step's prefix is named by what identifies it: the same inputs, the same prefix (a
+    # retried step resumes there); other inputs, another prefix.
+    assert step_key("s3://root/run-1/train-adapter/model") == step_key("s3://root/run-1/train-adapter/model")
+    assert step_key("s3://root/run-1/train-adapter/model") != step_key("s3://root/run-2/train-adapter/model")
     assert scalar_metrics({"fid": {"with_adapter": 3.5, "note": "x"}, "ok": True, "n": float("nan")}) == {"fid.with_adapter": 3.5}

@@ -30,7 +30,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "Size from data.synth.count / resolution / seed (defaults 1000, 64, 0). Same seed, same bytes.",
     )
     synth.add_argument("--out", required=True, help="output folder or s3:// prefix (published atomically)")
-    synth.set_defaults(func=_synth)
+    synth.set_defaults(func=_synth, stage="synth")
 
     validate = sub.add_parser(
         "validate",
@@ -44,7 +44,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     )
     validate.add_argument("--root", default=None, help="dataset to check (default: data.root)")
     validate.add_argument("--out", required=True, help="output folder or s3:// prefix for the verdict")
-    validate.set_defaults(func=_validate)
+    validate.set_defaults(func=_validate, stage="validate")
 
     from .annotate import ANNOTATORS  # light: torch/kornia load only when annotating
 

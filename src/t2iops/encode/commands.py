@@ -27,7 +27,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     p.add_argument("--validated", help="output of `t2iops data validate` (folder or s3://)")
     p.add_argument("--out", help="cache folder or s3:// prefix (with --shard: this slice's output)")
     p.add_argument("--shard", default=None, metavar="i/n", help="encode slice i of n (merge later)")
-    p.set_defaults(func=_encode)
+    p.set_defaults(func=_encode, stage="encode")
 
     sub = p.add_subparsers(dest="encode_command", metavar="[merge]")
     merge = sub.add_parser(
@@ -40,7 +40,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     )
     merge.add_argument("--shards", nargs="+", required=True, help="slice outputs (folders or s3:// prefixes)")
     merge.add_argument("--out", required=True, help="cache folder or s3:// prefix")
-    merge.set_defaults(func=_merge)
+    merge.set_defaults(func=_merge, stage="encode")
 
 
 def _encode(args: argparse.Namespace, cfg) -> int:

@@ -37,7 +37,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     ev.add_argument("--out", help="output folder or s3:// prefix")
     ev.add_argument("--shard", default=None, metavar="i/n", help="evaluate shard i of n (partial results; merge later)")
     ev.add_argument("--gate", action="store_true", help="exit 3 when a configured evaluate.gate threshold is missed")
-    ev.set_defaults(func=_evaluate)
+    ev.set_defaults(func=_evaluate, stage="evaluate")
 
     sub = ev.add_subparsers(dest="evaluate_command", metavar="[merge]")
     merge = sub.add_parser(
@@ -52,7 +52,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     merge.add_argument("--shards", nargs="+", required=True, help="shard outputs (folders or s3:// prefixes)")
     merge.add_argument("--out", required=True, help="output folder or s3:// prefix")
     merge.add_argument("--gate", action="store_true", help="exit 3 when a configured evaluate.gate threshold is missed")
-    merge.set_defaults(func=_merge)
+    merge.set_defaults(func=_merge, stage="evaluate")
 
 
 def _summary(metrics: dict) -> str:

@@ -44,7 +44,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "--parity-sizes", type=int, nargs="+", default=None, metavar="PX",
         help="square sizes of the parity check (default: export.parity_resolutions, else export.resolutions)",
     )
-    export.set_defaults(func=_export)
+    export.set_defaults(func=_export, stage="export")
 
 
 def _export(args: argparse.Namespace, cfg) -> int:

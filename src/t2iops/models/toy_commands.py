@@ -29,7 +29,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default=None, help="output folder or s3:// prefix (default: model.base_model)")
-    parser.set_defaults(func=_toy_base)
+    parser.set_defaults(func=_toy_base, stage="toy_base")
 
 
 def _toy_base(args, cfg) -> int:

@@ -13,8 +13,13 @@ pull -> validate -> encode -> train -> evaluate (parallel shards) -> merge + gat
 
 Cluster settings (image, GPU node pool, resources, retries, caching, train launcher) come from
 pipelines/settings.yaml (--settings another file; T2IOPS_IMAGE overrides the image). Run
-parameters go with -p name=value; the configuration (params.yaml + -S overrides) becomes the
-run's `config` parameter. The compiled YAML also works with the stock kfp CLI:
+parameters go with -p name=value. The configuration (params.yaml or --params, plus -S overrides)
+is resolved once: `compile` bakes it in as the defaults of the config_<stage> parameters (each
+step gets only the sections its stage reads, so changing train.lr re-runs train, evaluate and
+export and reuses the cached pull, validate and encode); `submit` and `schedule` send it.
+Before anything is sent, compile/submit/schedule refuse (exit 2) a model.base_model or data.root
+that is a folder on this machine (use a hub id or s3://), a bad cron and a bad shard list.
+The compiled YAML also works with the stock kfp CLI:
   kfp pipeline create -p t2iops-training t2iops-training.yaml
   kfp run create -e t2iops -r my-run -f t2iops-training.yaml data_source=synth"""
 
@@ -34,7 +39,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     comp = sub.add_parser(
         "compile", parents=[common, settings], help="write the pipeline's IR YAML",
         description="Compile pipelines/training.py to KFP IR YAML (the package `submit` and `kfp run create` take). "
-        "The default run parameters are checked; nothing is sent anywhere.",
+        "The resolved configuration (--params, -S) becomes the defaults of the config_<stage> parameters; the "
+        "default run parameters are checked; nothing is sent anywhere.",
     )
     comp.add_argument("--output", "-o", default=DEFAULT_PACKAGE, help=f"output file (default {DEFAULT_PACKAGE})")
     comp.set_defaults(func=_compile)
@@ -90,61 +96,71 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     loc.set_defaults(func=_run_local)
 
 
-def _config_parameter(args, cfg) -> dict:
-    from .runtime import config_param
-
-    return {"config": config_param(cfg)}
-
-
-def _package(args) -> Path:
+def _package(args, cfg) -> Path:
     from .compile import compile_pipeline
 
     if args.package:
         return Path(args.package)
-    return compile_pipeline(DEFAULT_PACKAGE, args.settings, args.image)
+    return compile_pipeline(DEFAULT_PACKAGE, args.settings, args.image, cfg)
 
 
 def _run_arguments(args, cfg, package: Path) -> dict:
-    from .compile import parse_cli_parameters, read_package
+    """-p values, plus the resolved configuration as the config_<stage> parameters, checked
+    against the package and for a cluster before anything is sent."""
+    from .cluster_checks import check_cluster_arguments
+    from .compile import parameter_specs, parse_cli_parameters, read_package, validate_arguments
+    from .runtime import stage_parameters
 
-    values = parse_cli_parameters(args.run_params, read_package(package))
-    if "config" not in values:
-        values.update(_config_parameter(args, cfg))
+    spec = read_package(package)
+    values = parse_cli_parameters(args.run_params, spec)
+    for name, value in stage_parameters(cfg).items():
+        values.setdefault(name, value)
+    validate_arguments(spec, values)
+    defaults = {name: s.get("defaultValue") for name, s in parameter_specs(spec).items()}
+    check_cluster_arguments({**defaults, **values})
     return values
 
 
 def _compile(args, cfg) -> int:
+    from .cluster_checks import check_cluster_arguments
     from .compile import compile_pipeline
+    from .runtime import stage_parameters
+    from .settings import default_data_source
 
-    path = compile_pipeline(args.output, args.settings, args.image)
+    check_cluster_arguments({**stage_parameters(cfg), "data_source": default_data_source(cfg)})
+    path = compile_pipeline(args.output, args.settings, args.image, cfg)
     print(str(path))
     return 0
 
 
 def _submit(args, cfg) -> int:
-    from .submit import make_client, submit_run, wait_for_run
+    from .submit import make_client, reaching, submit_run, wait_for_run
 
-    package = _package(args)
+    package = _package(args, cfg)
     arguments = _run_arguments(args, cfg, package)
     client = make_client(args.host, args.namespace)
-    run_id = submit_run(client, package, arguments, args.experiment, run_name=args.run_name, namespace=args.namespace,
-                        enable_caching=False if args.no_cache else None, service_account=args.service_account)
+    with reaching(args.host):
+        run_id = submit_run(client, package, arguments, args.experiment, run_name=args.run_name, namespace=args.namespace,
+                            enable_caching=False if args.no_cache else None, service_account=args.service_account)
     print(json.dumps({"run_id": run_id, "host": args.host, "experiment": args.experiment}))
     if args.wait:
-        outcome = wait_for_run(client, run_id, timeout_s=args.timeout_hours * 3600, poll_s=args.poll_seconds)
+        with reaching(args.host):
+            outcome = wait_for_run(client, run_id, timeout_s=args.timeout_hours * 3600, poll_s=args.poll_seconds)
         print(json.dumps({"run_id": run_id, "state": outcome.state, "gate_passed": outcome.gate_passed}))
     return 0
 
 
 def _schedule(args, cfg) -> int:
-    from .submit import make_client, schedule_run
+    from .submit import make_client, normalize_cron, reaching, schedule_run
 
-    package = _package(args)
+    normalize_cron(args.cron)
+    package = _package(args, cfg)
     arguments = _run_arguments(args, cfg, package)
     client = make_client(args.host, args.namespace)
-    job_id = schedule_run(client, package, arguments, args.experiment, args.cron, args.name,
-                          max_concurrency=args.max_concurrency, catchup=args.catchup, namespace=args.namespace,
-                          enable_caching=False if args.no_cache else None, service_account=args.service_account)
+    with reaching(args.host):
+        job_id = schedule_run(client, package, arguments, args.experiment, args.cron, args.name,
+                              max_concurrency=args.max_concurrency, catchup=args.catchup, namespace=args.namespace,
+                              enable_caching=False if args.no_cache else None, service_account=args.service_account)
     print(json.dumps({"recurring_run_id": job_id, "cron": args.cron}))
     return 0
 
@@ -159,7 +175,7 @@ def _run_local(args, cfg) -> int:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            compiler.Compiler().compile(load_pipeline_module(args.settings).training_pipeline, f"{tmp}/p.yaml")
+            compiler.Compiler().compile(load_pipeline_module(args.settings, cfg=cfg).training_pipeline, f"{tmp}/p.yaml")
             from .compile import read_package
 
             parameters = parse_cli_parameters(args.run_params, read_package(f"{tmp}/p.yaml"))

@@ -1,13 +1,16 @@
 """Load the training pipeline from the checkout, validate run parameters, compile to IR YAML.
 
 The pipeline (``pipelines/training.py``) and its components (``components/``) are read from the
-project checkout at compile time; the settings file and the image are applied while they are
-imported, so ``--settings`` / ``--image`` change the compiled package and nothing else.
+project checkout at compile time; the settings file, the image and the resolved run specification
+(params.yaml + --params/-S) are applied while they are imported: the specification becomes the
+defaults of the ``config_<stage>`` parameters, so the package runs what params.yaml says even
+when started from the KFP UI.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import os
 import sys
 import warnings
@@ -17,7 +20,7 @@ from typing import Any, Iterator, Optional
 import yaml
 
 from ..errors import UsageError
-from .settings import IMAGE_ENV, SETTINGS_ENV, find_project_root
+from .settings import IMAGE_ENV, RUN_SPEC_ENV, SETTINGS_ENV, find_project_root
 
 PIPELINE_MODULE = "pipelines.training"
 _OWN_PACKAGES = ("components", "pipelines")
@@ -39,26 +42,33 @@ def _env(values: dict[str, Optional[str]]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def load_pipeline_module(settings: Optional[str | Path] = None, image: Optional[str] = None):
-    """Import ``pipelines/training.py`` afresh with the given settings file and image."""
+def load_pipeline_module(settings: Optional[str | Path] = None, image: Optional[str] = None, cfg: Any = None):
+    """Import ``pipelines/training.py`` afresh with the given settings file, image and resolved
+    configuration (``cfg``; None: the project's params.yaml)."""
     root = find_project_root()
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     for name in list(sys.modules):
         if name.split(".")[0] in _OWN_PACKAGES:
             del sys.modules[name]
-    overrides = {SETTINGS_ENV: str(Path(settings).resolve()) if settings else None, IMAGE_ENV: image}
+    overrides = {
+        SETTINGS_ENV: str(Path(settings).resolve()) if settings else None, IMAGE_ENV: image,
+        RUN_SPEC_ENV: json.dumps(cfg.to_dict()) if cfg is not None else None,
+    }
     with _env(overrides), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # kfp's note about its default base image
         module = importlib.import_module(PIPELINE_MODULE)
     return module
 
 
-def compile_pipeline(output: str | Path, settings: Optional[str | Path] = None, image: Optional[str] = None) -> Path:
-    """Write the pipeline's IR YAML to ``output`` after checking its default parameters."""
+def compile_pipeline(
+    output: str | Path, settings: Optional[str | Path] = None, image: Optional[str] = None, cfg: Any = None,
+) -> Path:
+    """Write the pipeline's IR YAML to ``output`` after checking its default parameters; ``cfg``
+    (the resolved run specification) becomes the defaults of the ``config_<stage>`` parameters."""
     from kfp import compiler
 
-    module = load_pipeline_module(settings, image)
+    module = load_pipeline_module(settings, image, cfg)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(module.training_pipeline, str(output))
@@ -128,7 +138,7 @@ def validate_arguments(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[
     """Check run arguments (and the defaults they leave in place) before anything is submitted;
     every error names the parameter. Returns the arguments, unchanged."""
     from .registry import check_name
-    from .runtime import config_from_param
+    from .runtime import KFP_STAGES, config_from_param, parameter_name
     from .steps import check_shards
 
     specs = parameter_specs(spec)
@@ -145,7 +155,9 @@ def validate_arguments(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[
             raise UsageError(f"pipeline parameter {name!r} must be {kind.lower().replace('_', ' ')}, got {value!r}")
         values[name] = value
 
-    config_from_param(values.get("config"))
+    for stage in KFP_STAGES:
+        if parameter_name(stage) in values:
+            config_from_param(values[parameter_name(stage)], stage)
     if "eval_shards" in values:
         try:
             check_shards(values["eval_shards"])

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Optional
 
 from ..config import Config, load_config
 from ..errors import UsageError
-from .runtime import config_param, flatten_overrides
+from .runtime import flatten_overrides, stage_parameters
 
 log = logging.getLogger(__name__)
 
@@ -168,8 +168,9 @@ def run_local(
             parameters.setdefault("run_root", str(work / "runs"))
             parameters.setdefault("registry_uri", str(work / "registry"))
         resolved = load_config(None, overrides)
-        parameters["config"] = config_param(resolved)
-        module = load_pipeline_module(settings)
+        for name, value in stage_parameters(resolved).items():
+            parameters.setdefault(name, value)
+        module = load_pipeline_module(settings, cfg=resolved)
         package = work / "pipeline.yaml"
         from kfp import compiler
 

@@ -1,8 +1,10 @@
-"""What a component does before and around its stage: read the ``config`` parameter.
+"""What a component does before and around its stage: read its ``config_<stage>`` parameter.
 
-The training pipeline passes the configuration as ONE string parameter: YAML or JSON holding
-either a mapping (nested sections and/or dotted keys, ``{"train.lr": 1e-5}``) or a list of
-``key.path=value`` items, exactly the ``-S`` overrides of the CLI. It is validated by
+The resolved run specification (params.yaml + ``-S``) is split by stage: each KFP step receives
+one string parameter holding only the sections its stage declares in ``config.STAGE_SECTIONS``
+(plus ``storage``), so the step's cache key changes only when what it reads changes. A parameter
+is YAML or JSON holding a mapping (nested sections and/or dotted keys, ``{"train.lr": 1e-5}``) or
+a list of ``key.path=value`` items, the ``-S`` overrides of the CLI. It is validated by
 :mod:`t2iops.config` when the pipeline is compiled or submitted and again in each component
 before any work starts, so a bad key fails fast and names itself.
 """
@@ -15,7 +17,15 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, ConfigError, load_config
+from ..config import RUNTIME_SECTIONS, Config, ConfigError, StageConfig, covered, load_config, stage_paths
+
+# The KFP steps and the stage whose sections each receives (merge is the evaluate stage's end).
+KFP_STAGES = ("pull", "validate", "encode", "train", "evaluate", "export", "publish")
+
+
+def parameter_name(stage: str) -> str:
+    """The pipeline parameter that carries ``stage``'s configuration."""
+    return f"config_{stage}"
 
 
 def flatten_overrides(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -50,28 +60,47 @@ def parse_config_param(text: str | None) -> dict[str, Any] | list[str]:
     )
 
 
-def config_from_param(text: str | None) -> Config:
-    """Validate the ``config`` parameter against the full schema; the error names the key."""
+def config_from_param(text: str | None, stage: str | None = None) -> Config:
+    """Validate a config parameter against the full schema; the error names the parameter and
+    the key. With ``stage``, a key the stage does not read is an error too (it would be ignored)."""
+    name = parameter_name(stage) if stage else "config"
     overrides = parse_config_param(text)
     try:
-        return load_config(None, overrides)
+        cfg = load_config(None, overrides)
     except ConfigError as exc:
-        raise ConfigError(f"pipeline parameter 'config': {exc}") from None
+        raise ConfigError(f"pipeline parameter {name!r}: {exc}") from None
+    if stage:
+        allowed = stage_paths(stage) + RUNTIME_SECTIONS
+        given = overrides if isinstance(overrides, dict) else dict(o.split("=", 1) for o in overrides)
+        stray = sorted(k for k in given if not covered(k.strip(), allowed))
+        if stray:
+            raise ConfigError(
+                f"pipeline parameter {name!r} sets {', '.join(stray)}, which the {stage} stage does not read "
+                f"(it reads: {', '.join(stage_paths(stage))})"
+            )
+    return cfg
 
 
-def config_param(cfg_or_overrides: Config | dict[str, Any] | list[str]) -> str:
-    """The ``config`` parameter for a run: a full Config or overrides, as compact JSON."""
+def config_param(cfg_or_overrides: Config | dict[str, Any] | list[str], stage: str | None = None) -> str:
+    """A config parameter value: a full Config (restricted to ``stage``'s sections when given)
+    or overrides, as compact JSON with sorted keys (the same spec gives the same string)."""
     if isinstance(cfg_or_overrides, Config):
-        return json.dumps(cfg_or_overrides.to_dict(), sort_keys=True)
+        data = StageConfig(cfg_or_overrides, stage).to_dict() if stage else cfg_or_overrides.to_dict()
+        return json.dumps(data, sort_keys=True)
     if isinstance(cfg_or_overrides, list):
         return json.dumps(cfg_or_overrides)
     return json.dumps(flatten_overrides(cfg_or_overrides), sort_keys=True)
 
 
-def stage_config(text: str | None) -> Config:
-    """First line of every component: logging on, config validated."""
+def stage_parameters(cfg: Config) -> dict[str, str]:
+    """The run's configuration as the pipeline's ``config_<stage>`` parameters."""
+    return {parameter_name(stage): config_param(cfg, stage) for stage in KFP_STAGES}
+
+
+def stage_config(text: str | None, stage: str) -> StageConfig:
+    """First line of every component: logging on, config validated, restricted to the stage."""
     logging.basicConfig(
         level=os.environ.get("T2IOPS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return config_from_param(text)
+    return StageConfig(config_from_param(text, stage), stage)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import UsageError
 
 IMAGE_ENV = "T2IOPS_IMAGE"
+RUN_SPEC_ENV = "T2IOPS_RUN_SPEC"  # the resolved configuration (JSON) `pipeline compile` bakes in
 SETTINGS_ENV = "T2IOPS_PIPELINE_SETTINGS"
 PROJECT_ENV = "T2IOPS_PROJECT_DIR"
 PIPELINE_FILE = Path("pipelines") / "training.py"
@@ -178,3 +179,26 @@ def load_settings(path: Optional[str | Path] = None) -> PipelineSettings:
             for e in err.errors()
         )
         raise UsageError(f"invalid pipeline settings ({path}): {problems}") from None
+
+
+def run_spec():
+    """The run specification the pipeline's parameters default to: what `t2iops pipeline compile`
+    resolved (params.yaml + --params/-S, passed in $T2IOPS_RUN_SPEC), else the project's
+    params.yaml, else the embedded default. Read while pipelines/training.py is imported."""
+    import json
+
+    from ..config import config_from_dict, load_config
+
+    text = os.environ.get(RUN_SPEC_ENV)
+    if text:
+        return config_from_dict(json.loads(text), RUN_SPEC_ENV)
+    params = find_project_root() / "params.yaml"
+    return load_config(params if params.exists() else None)
+
+
+def default_data_source(cfg) -> str:
+    """The pipeline's data_source for a configuration: 'synth' for the embedded default
+    data.root (the synthetic circles the synth stage writes), else data.root itself."""
+    from ..config import DataConfig
+
+    return "synth" if cfg.data.root == DataConfig.model_fields["root"].default else cfg.data.root

@@ -1,12 +1,16 @@
 """The glue the components call around a stage function: where a run keeps its durable files,
 how training output reaches the Model artifact, how metrics reach the KFP UI.
 
-A run's durable prefix is ``<run_root>/<run_id>/``: the trainer's output and checkpoints live in
-``train/`` (so a retried or preempted train step resumes with ``--resume latest``), evaluation
-shards in ``evaluate/shard-<i>-of-<n>/``. Artifacts in the pipeline root hold the final results.
+A step's durable prefix is ``<run_root>/<key>/``, the key a digest of artifact URIs the step
+already has: the train step's own output artifact (unique per run and task, the same when the
+step is retried, so a preempted train step resumes with ``--resume latest``), and for an
+evaluation shard the model it evaluates plus its data and configuration. The run-id placeholder is
+not an input of these steps: as an input it would change every run and defeat KFP's cache.
+Artifacts in the pipeline root hold the final results.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .. import storage
-from ..config import Config
+from ..config import Config, StageConfig
 from ..errors import T2IError, UsageError
 
 log = logging.getLogger(__name__)
@@ -26,12 +30,17 @@ log = logging.getLogger(__name__)
 RESULT_FILES = ("adapter/", "summary.json", "config.resolved.yaml")
 
 
-def run_prefix(run_root: str, run_id: str, *parts: str) -> str:
+def step_key(*sources: str) -> str:
+    """A short stable name for a step's durable prefix, from what identifies the step."""
+    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
+
+
+def run_prefix(run_root: str, key: str, *parts: str) -> str:
     if not run_root:
         raise UsageError("pipeline parameter 'run_root' is empty: give an s3:// prefix or a folder")
-    if not run_id or "{{" in run_id:
-        raise UsageError(f"run id {run_id!r} is not resolved: the train and evaluate steps need the pipeline run id")
-    return storage.join(run_root, run_id, *parts)
+    if not key:
+        raise UsageError("the step's durable prefix has no key")
+    return storage.join(run_root, key, *parts)
 
 
 def scalar_metrics(data: Any, prefix: str = "") -> dict[str, float]:
@@ -53,7 +62,7 @@ def log_metrics(artifact: Any, metrics: dict[str, Any], keys: Optional[tuple[str
 
 # ---------------------------------------------------------------------------------------
 # Training
-def copy_training_result(out: str, model_dir: str, cfg: Config) -> dict[str, Any]:
+def copy_training_result(out: str, model_dir: str, cfg: Config | StageConfig) -> dict[str, Any]:
     """The adapter, summary and resolved config of a training output (not its checkpoints) into
     the Model artifact folder; returns the summary."""
     manifest = storage.read_manifest(out, cfg)
@@ -69,12 +78,12 @@ def copy_training_result(out: str, model_dir: str, cfg: Config) -> dict[str, Any
     return json.loads((target / "summary.json").read_text())
 
 
-def train_in_pod(cache_dir: str, model_dir: str, cfg: Config, run_root: str, run_id: str) -> dict[str, Any]:
-    """Train in this pod, checkpoints under the run prefix, resuming from the latest one. With
-    several GPUs in the pod, one process per GPU under torchrun."""
+def train_in_pod(cache_dir: str, model_dir: str, cfg: Config | StageConfig, run_root: str, run_key: str) -> dict[str, Any]:
+    """Train in this pod, checkpoints under ``<run_root>/<run_key>/train``, resuming from the
+    latest one. With several GPUs in the pod, one process per GPU under torchrun."""
     from ..train import train
 
-    out = run_prefix(run_root, run_id, "train")
+    out = run_prefix(run_root, run_key, "train")
     gpus = _visible_gpus()
     if gpus > 1:
         with tempfile.TemporaryDirectory(prefix="t2iops-train-") as tmp:
@@ -100,7 +109,7 @@ def _visible_gpus() -> int:
 
 
 def train_distributed(
-    cache_uri: str, model_dir: str, cfg: Config, run_root: str, run_id: str, nodes: int, gpus_per_node: int,
+    cache_uri: str, model_dir: str, cfg: Config | StageConfig, run_root: str, run_key: str, nodes: int, gpus_per_node: int,
     settings_json: str,
 ) -> dict[str, Any]:
     """Launch the multi-node job (TrainJob / PyTorchJob per the compiled settings), await it,
@@ -110,9 +119,9 @@ def train_distributed(
 
     settings = PipelineSettings.model_validate_json(settings_json)
     launcher = settings.train_launcher
-    out = run_prefix(run_root, run_id, "train")
+    out = run_prefix(run_root, run_key, "train")
     spec = spec_from_settings(
-        settings, run_id=run_id, namespace=launcher.namespace or current_namespace(), nodes=nodes,
+        settings, run_id=run_key, namespace=launcher.namespace or current_namespace(), nodes=nodes,
         gpus_per_node=gpus_per_node, cache_uri=cache_uri, out_uri=out, config_yaml=cfg.to_yaml(),
     )
     manifest = build_manifest(launcher.kind, spec)
@@ -122,8 +131,8 @@ def train_distributed(
 
 # ---------------------------------------------------------------------------------------
 # Evaluation
-def shard_uri(run_root: str, run_id: str, index: int, count: int) -> str:
-    return run_prefix(run_root, run_id, "evaluate", f"shard-{index}-of-{count}")
+def shard_uri(run_root: str, key: str, index: int, count: int) -> str:
+    return run_prefix(run_root, key, "evaluate", f"shard-{index}-of-{count}")
 
 
 def check_shards(shards: list[int]) -> int:

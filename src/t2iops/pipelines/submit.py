@@ -5,13 +5,15 @@ package first, so a bad parameter fails here, naming itself, and nothing is sent
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, TextIO
+from typing import Any, Iterator, Optional, TextIO
 
 from ..errors import GateFailed, T2IError, UsageError
 from .compile import read_package, validate_arguments
@@ -34,12 +36,36 @@ class RunOutcome:
     gate_passed: Optional[bool]
 
 
+class HostUnreachable(T2IError):
+    """The KFP endpoint did not answer."""
+
+
+@contextlib.contextmanager
+def reaching(host: str) -> Iterator[None]:
+    """Talk to ``host``: a connection failure becomes one line naming the host, and urllib3's
+    per-retry warnings stay quiet (they would say the same thing three times)."""
+    import urllib3
+
+    noisy = logging.getLogger("urllib3.connectionpool")
+    level = noisy.level
+    noisy.setLevel(logging.ERROR)
+    try:
+        yield
+    except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise HostUnreachable(f"cannot reach the KFP endpoint {host}: {type(reason).__name__}: {reason}") from None
+    finally:
+        noisy.setLevel(level)
+
+
 def make_client(host: str, namespace: Optional[str] = None, token: Optional[str] = None):
     import kfp
 
     if not host:
         raise UsageError("--host is required (the KFP API endpoint, e.g. http://localhost:8080)")
-    return kfp.Client(host=host, namespace=namespace, existing_token=token or os.environ.get(TOKEN_ENV))
+    with reaching(host), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # kfp's note on server versions, on every client
+        return kfp.Client(host=host, namespace=namespace, existing_token=token or os.environ.get(TOKEN_ENV))
 
 
 def submit_run(
@@ -57,12 +83,9 @@ def submit_run(
 
 def normalize_cron(expr: str) -> str:
     """KFP's cron has six fields (seconds first); a classic five-field one gets second 0."""
-    fields = expr.split()
-    if len(fields) == 5:
-        return "0 " + expr.strip()
-    if len(fields) == 6:
-        return expr.strip()
-    raise UsageError(f"--cron {expr!r} must have 5 fields (min hour day month weekday) or 6 (with seconds first)")
+    from .cluster_checks import check_cron
+
+    return check_cron(expr)
 
 
 def schedule_run(

@@ -1,5 +1,7 @@
 """Ready-made configurations. Pass a preset's file to ``--params`` (in a checkout:
 ``--params src/t2iops/presets/toy.yaml``); :func:`preset_path` finds it in an installed package.
+Every preset is a complete params file (every key, as DVC needs for what dvc.yaml tracks and
+templates): copy it over ``params.yaml`` to run it with ``dvc repro export`` / ``dvc exp run``.
 
 * ``toy.yaml``: the embedded default (offline, CPU, synthetic circles, the toy base model).
 * ``sdxl-fill50k-diffengine.yaml``: diffengine's ``stable_diffusion_xl_t2i_adapter_fill50k``.

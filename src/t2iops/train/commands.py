@@ -32,7 +32,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                    "and data order are restored, every checkpoint file verified against its manifest first")
     p.add_argument("--kfp-metrics", default=None, metavar="PATH",
                    help="also write final metrics in KFP's mlpipeline-metrics JSON format to PATH")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, stage="train")
 
 
 def _train(args: argparse.Namespace, cfg) -> int:
