@@ -20,10 +20,9 @@ import logging
 from collections import Counter
 from typing import Any, Optional
 
-from tqdm.auto import tqdm
-
 from .. import storage
 from ..errors import DataError
+from ..progress import progress
 from .dataset import VALIDATED_ROWS, VALIDATION_REPORT, Row, RowError, row_from_record
 from .formats import open_source
 from .images import ImageProblem, decode_rgb
@@ -64,7 +63,7 @@ def validate(root: str, out: str, cfg: Any) -> dict:
     seen: dict[str, str] = {}
     good: list[dict] = []
     bad: list[dict] = []
-    for record in tqdm(source.records(), total=len(source), desc="validate", unit="row"):
+    for record in progress(source.records(), total=len(source), desc="validate", unit="row"):
         row: Optional[Row] = None
         try:
             row = row_from_record(record, source, cfg, seen)

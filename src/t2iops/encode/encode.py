@@ -210,10 +210,10 @@ def encode_text(captions: list[str], target: Path, cfg: Config) -> None:
     """Embeddings of each unique caption (rows in ``captions`` order) and of the empty prompt."""
     import torch
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
 
     from ..models.resolve import load_base_model
     from ..models.text import encode_prompts
+    from ..progress import progress
 
     device = _device()
     base = load_base_model(cfg.model, cfg.storage, dtype=_encode_dtype(cfg, device), components=("text_encoders",))
@@ -223,7 +223,7 @@ def encode_text(captions: list[str], target: Path, cfg: Config) -> None:
     writer = ShardWriter(target, cfg.encode.shard_size)
     bs = cfg.encode.batch_size
     with torch.inference_mode():
-        for start in tqdm(range(0, len(captions), bs), desc="encode text", unit="batch"):
+        for start in progress(range(0, len(captions), bs), desc="encode text", unit="batch"):
             emb = encode_prompts(base, captions[start:start + bs])
             writer.add(**{k: v.to(store) for k, v in emb.items()})
         writer.flush()
@@ -251,9 +251,9 @@ def encode_latents(rows: list, target: Path, cfg: Config) -> None:
     """VAE posteriors of each row's image (and of its mirror image when flips are on), its
     condition as uint8 pixels, and its SDXL time ids."""
     import torch
-    from tqdm.auto import tqdm
 
     from ..models.resolve import load_base_model
+    from ..progress import progress
 
     device = _device()
     base = load_base_model(cfg.model, cfg.storage, dtype=torch.float32, components=("vae",))
@@ -272,7 +272,7 @@ def encode_latents(rows: list, target: Path, cfg: Config) -> None:
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, torch.inference_mode():
         batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
-        for batch in tqdm(batches, desc="encode latents", unit="batch"):
+        for batch in progress(batches, desc="encode latents", unit="batch"):
             loaded = list(pool.map(lambda r: _load_pair(r, cfg), batch))
             pixels = torch.stack([p for p, _, _ in loaded])
             name = "latent_moments" if cfg.encode.latents == "sample" else "latent_mean"
