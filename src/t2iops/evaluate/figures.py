@@ -25,21 +25,27 @@ def sample_file(sample: dict) -> str:
 
 
 # -- grid -------------------------------------------------------------------------------------
+def ranking_metric(info: dict) -> dict:
+    """What the grid ranks samples by: circle IoU when it is measured (the embedded demo's
+    headline and gate), else the condition kind's primary fidelity metric."""
+    return next((m for m in info["fidelity"] if m["name"] == "circle_iou"), info["fidelity"][0])
+
+
 def grid_selection(samples: list[dict], info: dict, rows: int) -> list[tuple[str, dict]]:
-    """``rows`` samples ranked by the primary fidelity metric with the adapter (first scale):
-    the best half and the worst half, best first, each tagged with its rank; all of them,
-    ranked, when there are no more than ``rows``."""
-    primary = info["fidelity"][0]
-    key = f"{primary['name']}/{info['variants'][1]}"
-    ranked = sorted(samples, key=lambda s: (-s[key] if primary["higher_is_better"] else s[key], s["index"]))
+    """``rows`` samples ranked by :func:`ranking_metric` with the adapter (first scale): the best
+    half and the worst half, best first, each tagged with its rank; all of them, ranked, when
+    there are no more than ``rows``."""
+    metric = ranking_metric(info)
+    key = f"{metric['name']}/{info['variants'][1]}"
+    ranked = sorted(samples, key=lambda s: (-s[key] if metric["higher_is_better"] else s[key], s["index"]))
     n = len(ranked)
     if n <= rows:
         chosen = list(enumerate(ranked))
     else:
         best = math.ceil(rows / 2)
-        chosen = list(enumerate(ranked[:best])) + [(n - (rows - best) + k, s) for k, s in
-                                                   enumerate(ranked[n - (rows - best):])]
-    return [(f"rank {r + 1}/{n}: {primary['name']} {s[key]:.3f}", s) for r, s in chosen]
+        worst = rows - best
+        chosen = list(enumerate(ranked[:best])) + [(n - worst + k, s) for k, s in enumerate(ranked[n - worst:])]
+    return [(f"rank {r + 1}/{n}: {metric['name']} {s[key]:.3f}", s) for r, s in chosen]
 
 
 def make_grid(local_shards: list[Path], selection: list[tuple[str, dict]], info: dict) -> Image.Image:

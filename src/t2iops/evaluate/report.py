@@ -24,7 +24,8 @@ import numpy as np
 
 from .clip_score import dataset_clip_score
 from .fid import fids_against, kernel_inception_distance
-from .figures import grid_selection, loss_curve_figure, make_grid, sample_file, sweep_figure, sweep_table
+from .figures import (grid_selection, loss_curve_figure, make_grid, ranking_metric, sample_file, sweep_figure,
+                      sweep_table)
 from .training_curve import TRAINING_CURVE
 
 WITHOUT = "without_adapter"
@@ -193,12 +194,12 @@ def write_outputs(staging: Path, local_shards: list[Path], samples: list[dict], 
     for name, image in figures.items():
         image.save(staging / name)
         embedded[name] = base64.b64encode((staging / name).read_bytes()).decode()
-    primary = info["fidelity"][0]["name"]
+    ranked_by = ranking_metric(info)["name"]
     parts = {
         "table": _rows_for_table(metrics, info, samples), "settings": _settings(info, cfg),
         "caveats": notes(metrics, info) + ([f"loss curve: {curve['missing']}"] if curve.get("missing") else []),
         "gate": metrics["gate"], "metrics": metrics, "sweep": sweep,
-        "grid_caption": f"the best and the worst samples by {primary} with the adapter (scale "
+        "grid_caption": f"the best and the worst samples by {ranked_by} with the adapter (scale "
                         f"{info['variants'][1].split('@')[1]}), best first: condition | without adapter | "
                         "with adapter (each scale) | real image",
         "loss_source": curve.get("source"),

@@ -162,9 +162,9 @@ def _load_real(row: Any, resolution: int) -> Image.Image:
 # ---------------------------------------------------------------------------------------
 def sample_file_name(index: int, row_id: Any) -> str:
     """``<index>_<readable stem>_<hash>.png`` for any row id: no path separator, no ``..``, at
-    most 68 characters (below a million samples). Ids can be image paths (``images/0001.png``) or anything a user's id
-    column holds; the index keeps names unique within a run even when two ids sanitize alike,
-    and the hash of the full id tells such ids apart to a reader."""
+    most 68 characters (below a million samples). Ids can be image paths (``images/0001.png``)
+    or anything a user's id column holds; the index keeps names unique within a run even when
+    two ids sanitize alike, and the hash of the full id tells such ids apart to a reader."""
     text = str(row_id)
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:STEM_CHARS] or "id"
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
