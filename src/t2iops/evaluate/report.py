@@ -212,7 +212,15 @@ def _training_curve(shard: Path) -> dict:
     path = shard / TRAINING_CURVE
     if not path.is_file():
         return {"steps": [], "loss": [], "missing": "the evaluation shards predate loss curves"}
-    return json.loads(path.read_text())
+    curve = json.loads(path.read_text())
+    steps, losses = curve.get("steps"), curve.get("loss")
+    if not (_numbers(steps) and _numbers(losses) and len(steps) == len(losses)):
+        return {"steps": [], "loss": [], "missing": f"{path.name} in the shard is malformed"}
+    return curve
+
+
+def _numbers(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(x, (int, float)) for x in values)
 
 
 def _write_samples_csv(path: Path, samples: list[dict], per_sample: list[dict], variants: list[str]) -> None:
