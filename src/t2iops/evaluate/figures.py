@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from PIL import Image, ImageDraw
 
-from .plots import COLOURS, GREY, Series, line_chart, stack
+from .plots import COLOURS, GREY, Series, line_chart, nice_ticks, stack
 
 WITHOUT = "without_adapter"
 REAL = "real_images"
@@ -110,7 +110,8 @@ def loss_curve_figure(curve: dict) -> Optional[Image.Image]:
                   for i in range(len(losses))]
         series = [Series("loss", steps, losses, (170, 200, 230)),
                   Series(f"mean of {window} points", steps, smooth, COLOURS[0])]
-    return line_chart(series, "training loss of the adapter", "step", "loss")
+    ticks = [t for t in nice_ticks(steps[0], steps[-1]) if t == int(t)]  # steps are whole numbers
+    return line_chart(series, "training loss of the adapter", "step", "loss", x_ticks=ticks or None)
 
 
 # -- conditioning-scale sweep -----------------------------------------------------------------
