@@ -19,10 +19,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Optional
 
 from PIL import Image
-from tqdm.auto import tqdm
 
 from .. import storage
 from ..errors import DataError, UsageError
+from ..progress import progress
 from .images import ImageProblem, ImageRef, decode_rgb
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def annotate(
         (staging / "images").mkdir()
         (staging / "conditioning_images").mkdir()
         with open(staging / "metadata.jsonl", "w") as metadata:
-            for rel in tqdm(files, desc=f"annotate {kind}", unit="image"):
+            for rel in progress(files, desc=f"annotate {kind}", unit="image"):
                 source = image_root / rel
                 try:
                     image = decode_rgb(ImageRef(rel, path=source), data.max_pixels)

@@ -23,7 +23,7 @@ from PIL import Image
 from .. import storage
 from ..errors import DataError
 from .formats import Record, Source, open_source
-from .images import MISSING_FILE, ImageProblem, ImageRef, decode_rgb, open_checked
+from .images import MISSING_FILE, ImageProblem, ImageRef, decode_rgb, displayed_size
 
 SPLITS = ("train", "val", "test")
 VALIDATED_ROWS = "rows.jsonl"
@@ -78,11 +78,10 @@ class Row:
 
     def load_condition(self) -> Image.Image:
         """The conditioning image in RGB; under ``resize_policy: resize`` it is resized
-        (bilinear, so thin edges fade instead of vanishing) to the image's size."""
+        (bilinear, so thin edges fade instead of vanishing) to the image's displayed size."""
         condition = self._decode(self.condition_ref)
         if self.resize_condition:
-            with open_checked(self.image_ref, self.max_pixels) as header:
-                size = header.size
+            size = displayed_size(self.image_ref, self.max_pixels)
             if condition.size != size:
                 condition = condition.resize(size, Image.BILINEAR)
         return condition

@@ -1,8 +1,27 @@
-"""Opening dataset images safely: the header is checked before a single pixel is decoded.
+"""Opening dataset images safely and decoding them faithfully: the one decoder every stage uses.
 
 A PNG or JPEG header can claim 30000x30000 pixels in a few hundred bytes; decoding it would
 allocate gigabytes. :func:`open_checked` reads only the header (PIL opens lazily) and refuses
 anything above ``data.max_pixels`` before :func:`decode_rgb` ever calls ``load()``.
+
+:func:`decode_rgb` then returns the picture a viewer shows, as 8-bit RGB (validation, encode,
+evaluate and annotate all read images through it):
+
+* **EXIF orientation** (tags 2-8) is applied (``ImageOps.exif_transpose``): a phone photo stored
+  sideways decodes upright, at the size a viewer displays, so it matches a condition drawn on
+  the displayed picture. :func:`displayed_size` gives that size from the header alone.
+* **16-bit** images (``I;16``, ``I;16L``, ``I;16B``, ``I;16N``, and ``I`` holding 0..65535, as a
+  16-bit grayscale PNG or TIFF opens) keep the high byte, ``value >> 8``: the rule Pillow itself
+  applies when it opens a 16-bit RGB / RGBA / gray+alpha PNG, so a depth map saved as 16-bit
+  gray and as 16-bit RGB decode to the same values. ``convert("RGB")`` alone would clip every
+  value above 255 to white. ``I`` with values outside 0..65535 and 32-bit float ``F`` have no
+  defined 8-bit scale and are refused (``unsupported_image``).
+* **Transparency** (an alpha channel, a palette with alpha, a ``tRNS`` colour key) is composited
+  over :data:`ALPHA_BACKGROUND`, black, for images and conditions alike: black is "nothing" in
+  every condition kind we train on (edge and line maps, circle outlines, far depth), so a
+  transparent area reads as no signal instead of the colour stored under it.
+* Other modes (``1``, ``L``, ``P``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``, ``RGBX``) go through
+  Pillow's conversion. Embedded ICC profiles are not applied: pixel values are taken as sRGB.
 """
 from __future__ import annotations
 
@@ -12,7 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError
 
@@ -20,6 +40,11 @@ from ..errors import DataError
 MISSING_FILE = "missing_file"
 CORRUPT_IMAGE = "corrupt_image"
 DECOMPRESSION_BOMB = "decompression_bomb"
+UNSUPPORTED_IMAGE = "unsupported_image"
+
+ALPHA_BACKGROUND = (0, 0, 0)  # what transparent pixels show: see the module docstring
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageProblem(DataError):
@@ -91,12 +116,59 @@ def open_checked(ref: ImageRef, max_pixels: int) -> Image.Image:
     return image
 
 
+def displayed_size(ref: ImageRef, max_pixels: int) -> tuple[int, int]:
+    """(width, height) as :func:`decode_rgb` returns the image, read from the header only:
+    EXIF orientations 5-8 swap the stored width and height."""
+    with open_checked(ref, max_pixels) as image:
+        width, height = image.size
+        return (height, width) if _orientation(image) in (5, 6, 7, 8) else (width, height)
+
+
+def _orientation(image: Image.Image) -> int:
+    # A PNG's eXIf chunk is in ``info`` when it precedes the pixel data (where writers put it);
+    # PngImageFile.getexif() would otherwise decode the whole image to look further.
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+
+
 def decode_rgb(ref: ImageRef, max_pixels: int) -> Image.Image:
-    """Fully decode and convert to RGB; truncated or corrupt data raises ``corrupt_image``."""
+    """Fully decode to upright 8-bit RGB (see the module docstring for each mode); truncated
+    or corrupt data raises ``corrupt_image``, a mode without a defined RGB form
+    ``unsupported_image``."""
     image = open_checked(ref, max_pixels)
     try:
         with image:
             image.load()
-            return image.convert("RGB")
+            ImageOps.exif_transpose(image, in_place=True)
+            return to_rgb(image, ref.name)
+    except ImageProblem:
+        raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageProblem(CORRUPT_IMAGE, f"{ref.name}: cannot decode ({exc})", ref.name) from None
+
+
+def to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """A decoded image of any mode as 8-bit RGB: 16-bit scaled, transparency composited."""
+    if image.mode in SIXTEEN_BIT_MODES or image.mode == "I":
+        image = _high_byte(image, name)
+    elif image.mode == "F":
+        raise ImageProblem(UNSUPPORTED_IMAGE, f"{name}: 32-bit float pixels (mode F) have no defined 8-bit "
+                           "scale; save the image as 8- or 16-bit PNG", name)
+    try:
+        if image.has_transparency_data:
+            background = Image.new("RGBA", image.size, (*ALPHA_BACKGROUND, 255))
+            return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+        return image.convert("RGB")
+    except ValueError as exc:  # Pillow: "conversion from X to Y not supported"
+        raise ImageProblem(UNSUPPORTED_IMAGE, f"{name}: image mode {image.mode} cannot be converted to RGB "
+                           f"({exc})", name) from None
+
+
+def _high_byte(image: Image.Image, name: str) -> Image.Image:
+    pixels = np.asarray(image)
+    if image.mode == "I" and pixels.size and (int(pixels.min()) < 0 or int(pixels.max()) > 65535):
+        raise ImageProblem(UNSUPPORTED_IMAGE, f"{name}: 32-bit integer pixels ({int(pixels.min())}..."
+                           f"{int(pixels.max())}) outside the 16-bit range have no defined 8-bit scale; save "
+                           "the image as 8- or 16-bit PNG", name)
+    return Image.fromarray((pixels.astype(np.uint32) >> 8).astype(np.uint8))  # 2-D uint8: mode L

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm.auto import tqdm
 
 from .. import storage
+from ..progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def synthesize(out: str, cfg: Any) -> dict:
         (staging / "images").mkdir()
         (staging / "conditioning_images").mkdir()
         with open(staging / "metadata.jsonl", "w") as metadata:
-            for index in tqdm(range(synth.count), desc="synth", unit="sample"):
+            for index in progress(range(synth.count), desc="synth", unit="sample"):
                 image, condition, meta = render_sample(sample_rng(synth.seed, index), synth.resolution, synth)
                 row_id = f"{index:0{width}d}"
                 image_path = f"images/{row_id}.png"

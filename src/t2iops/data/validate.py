@@ -3,8 +3,10 @@
 Each row is checked in this order and gets the first error class that applies:
 ``invalid_json``, ``missing_column``, ``duplicate_id``, ``bad_value``, ``empty_caption``,
 ``path_escape``, ``missing_file``, ``decompression_bomb`` (from the header, nothing decoded),
-``corrupt_image``, ``too_small`` / ``too_large`` (data.min_size / data.max_size), and
-``size_mismatch`` (image and condition differ under ``resize_policy: strict``).
+``corrupt_image``, ``unsupported_image`` (a mode with no defined 8-bit RGB form, e.g. float
+pixels; see :mod:`t2iops.data.images` for how every other mode decodes), ``too_small`` / ``too_large`` (data.min_size / data.max_size), and
+``size_mismatch`` (image and condition differ under ``resize_policy: strict``). Sizes are
+the displayed ones, after EXIF orientation.
 
 Outputs (published atomically; written even when the stage fails, marked ``failed``):
 ``report.json`` (counts per class, the offending rows), ``quarantine.jsonl`` (every bad row
@@ -18,10 +20,9 @@ import logging
 from collections import Counter
 from typing import Any, Optional
 
-from tqdm.auto import tqdm
-
 from .. import storage
 from ..errors import DataError
+from ..progress import progress
 from .dataset import VALIDATED_ROWS, VALIDATION_REPORT, Row, RowError, row_from_record
 from .formats import open_source
 from .images import ImageProblem, decode_rgb
@@ -36,7 +37,8 @@ REPORT_MAX_ROWS = 1000  # report.json lists this many offending rows; quarantine
 
 
 def check_images(row: Row, cfg: Any) -> None:
-    """Decode both images and check their sizes; raises RowError / ImageProblem."""
+    """Decode both images with the stages' own decoder and check their displayed sizes; raises
+    RowError / ImageProblem."""
     data = cfg.data
     sizes = {}
     for role, ref in (("image", row.image_ref), ("conditioning image", row.condition_ref)):
@@ -61,7 +63,7 @@ def validate(root: str, out: str, cfg: Any) -> dict:
     seen: dict[str, str] = {}
     good: list[dict] = []
     bad: list[dict] = []
-    for record in tqdm(source.records(), total=len(source), desc="validate", unit="row"):
+    for record in progress(source.records(), total=len(source), desc="validate", unit="row"):
         row: Optional[Row] = None
         try:
             row = row_from_record(record, source, cfg, seen)

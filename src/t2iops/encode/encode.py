@@ -230,10 +230,10 @@ def encode_text(captions: list[str], target: Path, cfg: Config, first_shard: int
     """Embeddings of each unique caption (rows in ``captions`` order) and of the empty prompt."""
     import torch
     from safetensors.torch import save_file
-    from tqdm.auto import tqdm
 
     from ..models.resolve import load_base_model
     from ..models.text import encode_prompts
+    from ..progress import progress
 
     device = _device()
     base = load_base_model(cfg.model, cfg.storage, dtype=_encode_dtype(cfg, device), components=("text_encoders",))
@@ -243,7 +243,7 @@ def encode_text(captions: list[str], target: Path, cfg: Config, first_shard: int
     writer = ShardWriter(target, TEXT_SHARD_SIZE, first_shard)
     bs = cfg.encode.batch_size
     with torch.inference_mode():
-        for start in tqdm(range(0, len(captions), bs), desc="encode text", unit="batch"):
+        for start in progress(range(0, len(captions), bs), desc="encode text", unit="batch"):
             emb = encode_prompts(base, captions[start:start + bs])
             writer.add(**{k: v.to(store) for k, v in emb.items()})
         writer.flush()
@@ -271,9 +271,9 @@ def encode_latents(rows: list, target: Path, cfg: Config, first_shard: int = 0) 
     """VAE posteriors of each row's image (and of its mirror image when flips are on), its
     condition as a lossless PNG, and its SDXL time ids."""
     import torch
-    from tqdm.auto import tqdm
 
     from ..models.resolve import load_base_model
+    from ..progress import progress
 
     device = _device()
     base = load_base_model(cfg.model, cfg.storage, dtype=torch.float32, components=("vae",))
@@ -292,7 +292,7 @@ def encode_latents(rows: list, target: Path, cfg: Config, first_shard: int = 0) 
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, torch.inference_mode():
         batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
-        for batch in tqdm(batches, desc="encode latents", unit="batch"):
+        for batch in progress(batches, desc="encode latents", unit="batch"):
             loaded = list(pool.map(lambda r: _load_pair(r, cfg), batch))
             pngs = list(pool.map(encode_png, [c for _, c, _ in loaded]))
             pixels = torch.stack([p for p, _, _ in loaded])

@@ -42,10 +42,10 @@ def row_fingerprint(row) -> dict:
 
 
 def dataset_fingerprints(rows: list, workers: int = 8, progress: bool = True) -> list[dict]:
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(row_fingerprint, rows), total=len(rows), desc="hash rows",
+        return list(progress_bar(pool.map(row_fingerprint, rows), total=len(rows), desc="hash rows",
                          disable=not progress, unit="row"))
 
 

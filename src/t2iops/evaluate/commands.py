@@ -7,8 +7,10 @@ import sys
 
 OUTPUTS = """Outputs (folder or s3:// prefix, published atomically): metrics.json (a DVC metric: fidelity
 with/without adapter and lift, FID, KID, CLIP score, gate), samples.csv (one row per sample),
-grid.png (condition | without adapter | with adapter), report.md, report.html (self-contained),
-images/, conditions/, config.resolved.yaml.
+grid.png (the best and the worst samples: condition | without adapter | with adapter),
+loss_curve.png (the adapter's training loss, when --adapter is a training output), sweep.png
+(metrics vs conditioning scale, with several scales), report.md, report.html (self-contained:
+every image embedded), images/, conditions/, real_images/, config.resolved.yaml.
 
 Settings (evaluate.*): split (test), num_samples (64; the first N rows by id), scheduler (default |
 ddim | euler | dpmsolver), num_inference_steps (20), guidance_scale (5.0), negative_prompt, batch_size

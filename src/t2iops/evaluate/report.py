@@ -4,29 +4,34 @@
 key by key), the gate's verdict included. Names: ``<metric>.with_adapter`` (first
 ``evaluate.conditioning_scales`` entry), ``.without_adapter``, ``.lift`` (with - without);
 further scales go under ``sweep.scale_<s>``; ``.real_images`` is the same metric on the
-dataset's own images (the ceiling). ``report.html`` is self-contained (the grid is
-embedded as base64) so a KFP HTML artifact shows it as it is.
+dataset's own images (the ceiling). ``report.md`` links and ``report.html`` embeds (as data:
+URIs, so a KFP HTML artifact shows it as it is) the figures: ``grid.png`` (the best and the
+worst samples by the primary fidelity metric), ``loss_curve.png`` (the adapter's training
+loss, when the training run is readable) and ``sweep.png`` (every metric vs the conditioning
+scale, when ``evaluate.conditioning_scales`` has several values).
 """
 from __future__ import annotations
 
 import base64
 import csv
 import html
-import io
 import json
 import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from .clip_score import dataset_clip_score
 from .fid import fids_against, kernel_inception_distance
+from .figures import (grid_selection, loss_curve_figure, make_grid, ranking_metric, sample_file, sweep_figure,
+                      sweep_table)
+from .training_curve import TRAINING_CURVE
 
 WITHOUT = "without_adapter"
 REAL = "real_images"
 FULL_RANK_N = 2048
+GRID, LOSS_CURVE, SWEEP = "grid.png", "loss_curve.png", "sweep.png"
 
 
 def _per_sample_metrics(info: dict, samples: list[dict]) -> list[dict]:
@@ -159,53 +164,6 @@ def _settings(info: dict, cfg: Any) -> list[tuple[str, Any]]:
     ]
 
 
-def make_grid(local_shards: list[Path], samples: list[dict], info: dict, rows: int) -> Image.Image:
-    """Rows of condition | without adapter | with adapter (each scale), labelled."""
-    variants = info["variants"]
-    keys = ["condition", *variants]
-    labels = ["condition", "without adapter"] + [f"with adapter (scale {v.split('@')[1]})" for v in variants[1:]]
-    if all((path / REAL).is_dir() for path in local_shards):
-        keys.append(REAL)
-        labels.append("real image")
-    cell = min(max(info["resolution"], 128), 256)
-    header, left = 18, 150
-    shown = samples[:rows]
-    grid = Image.new("RGB", (left + cell * len(labels), header + cell * len(shown)), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, label in enumerate(labels):
-        draw.text((left + c * cell + 4, 3), label, fill="black")
-    lookup = {}
-    for path in local_shards:
-        for p in (path / "conditions").glob("*.png"):
-            lookup[("condition", p.name)] = p
-        for p in (path / REAL).glob("*.png"):
-            lookup[(REAL, p.name)] = p
-        for v in variants:
-            for p in (path / "images" / v).glob("*.png"):
-                lookup[(v, p.name)] = p
-    for r, s in enumerate(shown):
-        name = f"{s['index']:06d}_{s['id']}.png"
-        y = header + r * cell
-        draw.text((4, y + 4), f"#{s['index']} {s['id']}", fill="black")
-        for k, line in enumerate(_wrap(s["prompt"], 22)[:6]):
-            draw.text((4, y + 20 + 12 * k), line, fill="gray")
-        for c, key in enumerate(keys):
-            with Image.open(lookup[(key, name)]) as im:
-                grid.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (left + c * cell, y))
-    return grid
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines, cur = [], ""
-    for word in str(text).split():
-        if cur and len(cur) + 1 + len(word) > width:
-            lines.append(cur)
-            cur = word
-        else:
-            cur = f"{cur} {word}".strip()
-    return lines + ([cur] if cur else [])
-
-
 def _fmt(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
@@ -214,39 +172,74 @@ def write_outputs(staging: Path, local_shards: list[Path], samples: list[dict], 
     info = {**info, "condition_kind": cfg.evaluate.condition_kind}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     per_sample = _per_sample_metrics(info, samples)
-    variants = info["variants"]
-    columns = ["index", "id", "seed", "prompt"]
-    real = {m["name"]: _has_real(samples, m["name"]) for m in per_sample}
-    for m in per_sample:
-        columns += [f"{m['name']}_without_adapter", f"{m['name']}_with_adapter", f"{m['name']}_lift"]
-        columns += [f"{m['name']}_{v}" for v in variants[2:]]
-        columns += [f"{m['name']}_{REAL}"] if real[m["name"]] else []
-    with open(staging / "samples.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for s in samples:
-            row = [s["index"], s["id"], s["seed"], s["prompt"]]
-            for m in per_sample:
-                w, wo = s[f"{m['name']}/{variants[1]}"], s[f"{m['name']}/{WITHOUT}"]
-                row += [wo, w, w - wo] + [s[f"{m['name']}/{v}"] for v in variants[2:]]
-                row += [s[f"{m['name']}/{REAL}"]] if real[m["name"]] else []
-            writer.writerow(row)
+    _write_samples_csv(staging / "samples.csv", samples, per_sample, info["variants"])
     for path in local_shards:
         shutil.copytree(path / "images", staging / "images", dirs_exist_ok=True)
         shutil.copytree(path / "conditions", staging / "conditions", dirs_exist_ok=True)
         if (path / REAL).is_dir():
             shutil.copytree(path / REAL, staging / REAL, dirs_exist_ok=True)
-    grid = make_grid(local_shards, samples, info, cfg.evaluate.grid_rows)
-    grid.save(staging / "grid.png")
-    buf = io.BytesIO()
-    grid.save(buf, format="PNG")
-    table = _rows_for_table(metrics, info, samples)
-    settings = _settings(info, cfg)
-    caveats = notes(metrics, info)
-    gate = metrics["gate"]
-    (staging / "report.md").write_text(_markdown(table, settings, caveats, gate, metrics))
-    (staging / "report.html").write_text(_html(table, settings, caveats, gate, metrics,
-                                              base64.b64encode(buf.getvalue()).decode()))
+
+    selection = grid_selection(samples, info, cfg.evaluate.grid_rows)
+    figures = {GRID: make_grid(local_shards, selection, info)}
+    curve = _training_curve(local_shards[0])
+    loss_figure = loss_curve_figure(curve)
+    if loss_figure is not None:
+        figures[LOSS_CURVE] = loss_figure
+    sweep = None
+    if len(info["variants"]) > 2:
+        names = [m["name"] for m in per_sample] + [n for n in ("fid", "kid") if n in metrics]
+        sweep = (["conditioning scale", *names], sweep_table(metrics, info, names))
+        figures[SWEEP] = sweep_figure(metrics, info, per_sample)
+    embedded = {}
+    for name, image in figures.items():
+        image.save(staging / name)
+        embedded[name] = base64.b64encode((staging / name).read_bytes()).decode()
+    ranked_by = ranking_metric(info)["name"]
+    parts = {
+        "table": _rows_for_table(metrics, info, samples), "settings": _settings(info, cfg),
+        "caveats": notes(metrics, info) + ([f"loss curve: {curve['missing']}"] if curve.get("missing") else []),
+        "gate": metrics["gate"], "metrics": metrics, "sweep": sweep,
+        "grid_caption": f"the best and the worst samples by {ranked_by} with the adapter (scale "
+                        f"{info['variants'][1].split('@')[1]}), best first: condition | without adapter | "
+                        "with adapter (each scale) | real image",
+        "loss_source": curve.get("source"),
+    }
+    (staging / "report.md").write_text(_markdown(parts, {n: n for n in figures}))
+    (staging / "report.html").write_text(_html(parts, {n: f"data:image/png;base64,{b}" for n, b in embedded.items()}))
+
+
+def _training_curve(shard: Path) -> dict:
+    path = shard / TRAINING_CURVE
+    if not path.is_file():
+        return {"steps": [], "loss": [], "missing": "the evaluation shards predate loss curves"}
+    curve = json.loads(path.read_text())
+    steps, losses = curve.get("steps"), curve.get("loss")
+    if not (_numbers(steps) and _numbers(losses) and len(steps) == len(losses)):
+        return {"steps": [], "loss": [], "missing": f"{path.name} in the shard is malformed"}
+    return curve
+
+
+def _numbers(values: Any) -> bool:
+    return isinstance(values, list) and all(isinstance(x, (int, float)) for x in values)
+
+
+def _write_samples_csv(path: Path, samples: list[dict], per_sample: list[dict], variants: list[str]) -> None:
+    columns = ["index", "id", "file", "seed", "prompt"]
+    real = {m["name"]: _has_real(samples, m["name"]) for m in per_sample}
+    for m in per_sample:
+        columns += [f"{m['name']}_without_adapter", f"{m['name']}_with_adapter", f"{m['name']}_lift"]
+        columns += [f"{m['name']}_{v}" for v in variants[2:]]
+        columns += [f"{m['name']}_{REAL}"] if real[m["name"]] else []
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for s in samples:
+            row = [s["index"], s["id"], sample_file(s), s["seed"], s["prompt"]]
+            for m in per_sample:
+                w, wo = s[f"{m['name']}/{variants[1]}"], s[f"{m['name']}/{WITHOUT}"]
+                row += [wo, w, w - wo] + [s[f"{m['name']}/{v}"] for v in variants[2:]]
+                row += [s[f"{m['name']}/{REAL}"]] if real[m["name"]] else []
+            writer.writerow(row)
 
 
 def _gate_lines(gate: dict) -> list[tuple]:
@@ -254,13 +247,23 @@ def _gate_lines(gate: dict) -> list[tuple]:
              c.get("note", "")) for c in gate["checks"]]
 
 
-def _markdown(table, settings, caveats, gate, metrics) -> str:
+def _markdown(parts: dict, images: dict) -> str:
+    metrics, gate = parts["metrics"], parts["gate"]
     out = ["# Adapter evaluation", "", f"{metrics['num_samples']} samples. Lift = with adapter - without adapter "
            "(same seeds, same prompts).", "", "| metric | without adapter | with adapter | lift | real images | better |",
            "|---|---|---|---|---|---|"]
-    out += [f"| {' | '.join(_fmt(x) for x in row)} |" for row in table]
-    out += ["", "![condition | without adapter | with adapter | real image](grid.png)", "", "## Notes", ""]
-    out += [f"- {c}" for c in caveats] or ["- none"]
+    out += [f"| {' | '.join(_fmt(x) for x in row)} |" for row in parts["table"]]
+    if parts["sweep"]:
+        columns, rows = parts["sweep"]
+        out += ["", "## Conditioning-scale sweep", "", f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
+        out += [f"| {' | '.join(_fmt(x) for x in row)} |" for row in rows]
+        out += ["", f"![metrics vs conditioning scale]({images[SWEEP]})"]
+    out += ["", "## Samples", "", parts["grid_caption"] + ".", "", f"![{parts['grid_caption']}]({images[GRID]})"]
+    if LOSS_CURVE in images:
+        out += ["", "## Training loss", "", f"From `{parts['loss_source']}`.", "",
+                f"![training loss]({images[LOSS_CURVE]})"]
+    out += ["", "## Notes", ""]
+    out += [f"- {c}" for c in parts["caveats"]] or ["- none"]
     verdict = "passed" if gate["passed"] else "FAILED"
     out += ["", f"## Gate: {verdict}", ""]
     if gate["checks"]:
@@ -269,29 +272,49 @@ def _markdown(table, settings, caveats, gate, metrics) -> str:
     else:
         out.append("No thresholds configured (evaluate.gate).")
     out += ["", "## Settings", "", "| setting | value |", "|---|---|"]
-    out += [f"| {k} | {v} |" for k, v in settings]
+    out += [f"| {k} | {v} |" for k, v in parts["settings"]]
     return "\n".join(out) + "\n"
 
 
-def _html(table, settings, caveats, gate, metrics, grid_b64: str) -> str:
+def _html(parts: dict, images: dict) -> str:
+    """The report as one self-contained page: every image is a data: URI."""
     e = html.escape
+    metrics, gate = parts["metrics"], parts["gate"]
 
     def rows(items):
         return "".join("<tr>" + "".join(f"<td>{e(_fmt(x))}</td>" for x in item) + "</tr>" for item in items)
 
+    def head(columns):
+        return "<tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>"
+
+    def img(name, alt):
+        return f'<img alt="{e(alt)}" src="{images[name]}">'
+
     verdict = "passed" if gate["passed"] else "FAILED"
-    gate_html = (f"<table><tr><th>check</th><th>value</th><th>needs</th><th>result</th><th>note</th></tr>"
-                 f"{rows(_gate_lines(gate))}</table>" if gate["checks"] else "<p>No thresholds configured.</p>")
+    gate_html = (f"<table>{head(['check', 'value', 'needs', 'result', 'note'])}{rows(_gate_lines(gate))}</table>"
+                 if gate["checks"] else "<p>No thresholds configured.</p>")
+    sweep_html = ""
+    if parts["sweep"]:
+        columns, sweep_rows = parts["sweep"]
+        sweep_html = (f"<h2>Conditioning-scale sweep</h2><table>{head(columns)}{rows(sweep_rows)}</table>"
+                      f"<p>{img(SWEEP, 'metrics vs conditioning scale')}</p>")
+    loss_html = ""
+    if LOSS_CURVE in images:
+        loss_html = (f"<h2>Training loss</h2><p>From <code>{e(str(parts['loss_source']))}</code>.</p>"
+                     f"<p>{img(LOSS_CURVE, 'training loss')}</p>")
+    metric_columns = ["metric", "without adapter", "with adapter", "lift", "real images", "better"]
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Adapter evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}img{{image-rendering:pixelated}}</style></head>
 <body><h1>Adapter evaluation</h1>
 <p>{metrics['num_samples']} samples. Lift = with adapter - without adapter (same seeds, same prompts).</p>
-<table><tr><th>metric</th><th>without adapter</th><th>with adapter</th><th>lift</th><th>real images</th><th>better</th></tr>{rows(table)}</table>
-<h2>Samples</h2><img alt="condition | without adapter | with adapter | real image" src="data:image/png;base64,{grid_b64}">
-<h2>Notes</h2><ul>{''.join(f'<li>{e(c)}</li>' for c in caveats) or '<li>none</li>'}</ul>
+<table>{head(metric_columns)}{rows(parts['table'])}</table>
+{sweep_html}
+<h2>Samples</h2><p>{e(parts['grid_caption'])}.</p><p>{img(GRID, parts['grid_caption'])}</p>
+{loss_html}
+<h2>Notes</h2><ul>{''.join(f'<li>{e(c)}</li>' for c in parts['caveats']) or '<li>none</li>'}</ul>
 <h2>Gate: {verdict}</h2>{gate_html}
-<h2>Settings</h2><table>{rows(settings)}</table>
+<h2>Settings</h2><table>{rows(parts['settings'])}</table>
 </body></html>
 """

@@ -10,7 +10,9 @@ seeded ``evaluate.seed + sample index``, so a sharded run produces the single-pr
 
 Shard layout: ``shard.json`` (slice, settings fingerprint), ``samples.jsonl``,
 ``stats/<variant>.npz`` (float64 sum, sum of outer products, count, float32 features; also
-``real``), ``images/<variant>/<index>_<id>.png``, ``conditions/``, ``config.resolved.yaml``.
+``real``), ``images/<variant>/<file>``, ``conditions/<file>``, ``real_images/<file>`` (``<file>``
+from :func:`sample_file_name`, recorded in each sample), ``training_loss.json`` (the adapter's
+training loss, see :mod:`.training_curve`), ``config.resolved.yaml``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -25,11 +28,11 @@ from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
-
 from .. import storage
 from ..errors import DataError, GateFailed, ModelError, UsageError
+from ..progress import progress
 from .fid import EXTRACTOR_SETTINGS, FeatureStats
+from .training_curve import TRAINING_CURVE, read_training_curve
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ WITHOUT = "without_adapter"
 SHARD_INFO = "shard.json"
 SAMPLES = "samples.jsonl"
 REAL = "real_images"  # the dataset's own images, scored like the generated ones: the ceiling
+STEM_CHARS = 48  # of a row id in an image file name
 
 
 def adapter_variant(scale: float) -> str:
@@ -126,7 +130,7 @@ def real_statistics(rows: list, lo: int, hi: int, resolution: int, inception: An
     weights = storage.sha256_file(inception.weights_path)
     bs = cfg.evaluate.batch_size
     stats = FeatureStats()
-    for start in tqdm(range(lo, hi, bs), desc="inception (real images)", unit="batch"):
+    for start in progress(range(lo, hi, bs), desc="inception (real images)", unit="batch"):
         batch = rows[start:min(start + bs, hi)]
         images = np.stack([np.asarray(_load_real(r, resolution)) for r in batch])
         key = _digest({
@@ -156,6 +160,17 @@ def _load_real(row: Any, resolution: int) -> Image.Image:
 
 
 # ---------------------------------------------------------------------------------------
+def sample_file_name(index: int, row_id: Any) -> str:
+    """``<index>_<readable stem>_<hash>.png`` for any row id: no path separator, no ``..``, at
+    most 68 characters (below a million samples). Ids can be image paths (``images/0001.png``)
+    or anything a user's id column holds; the index keeps names unique within a run even when
+    two ids sanitize alike, and the hash of the full id tells such ids apart to a reader."""
+    text = str(row_id)
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:STEM_CHARS] or "id"
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return f"{index:06d}_{stem}_{digest}.png"
+
+
 def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, shard: tuple[int, int] = (0, 1)) -> dict:
     """Evaluate shard ``i`` of ``n`` and publish its partial results to ``out``."""
     import torch
@@ -163,7 +178,7 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
     from ..models.family import check_adapter_fits
     from ..models.resolve import load_adapter, load_base_model
     from .condition_fidelity import load_estimator_spec, metrics_for
-    from .sampling import build_pipelines, generate, square_resize
+    from .sampling import build_pipelines
 
     ev = cfg.evaluate
     index, count = shard
@@ -193,6 +208,7 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
         "rows": [r.id for r in rows],
         "fid": fid_missing is None,
     })
+    scorers = {"fidelity": fidelity, "clip": clip, "inception": inception}
     stats = {v: FeatureStats() for v in variants}
     samples: list[dict] = []
     with storage.publish(out, cfg, extra={"stage": "evaluate-shard", "shard": f"{index}/{count}"}) as staging:
@@ -200,41 +216,9 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
             (staging / "images" / v).mkdir(parents=True)
         (staging / "conditions").mkdir()
         (staging / REAL).mkdir()
-        for start in tqdm(range(lo, hi, ev.batch_size), desc=f"sampling shard {index}/{count}", unit="batch"):
+        for start in progress(range(lo, hi, ev.batch_size), desc=f"sampling shard {index}/{count}", unit="batch"):
             batch = rows[start:min(start + ev.batch_size, hi)]
-            ids = list(range(start, start + len(batch)))
-            seeds = [ev.seed + i for i in ids]
-            prompts = [r.text for r in batch]
-            conditions, scales = [], []
-            for r in batch:
-                original = r.load_condition()
-                conditions.append(square_resize(original, resolution, Image.BILINEAR))
-                scales.append(resolution / min(original.size))
-            cond_t = _to_tensor(np.stack([np.asarray(c) for c in conditions]))
-            images = {WITHOUT: generate(pipes, prompts, seeds, resolution, ev)}
-            for s in ev.conditioning_scales:
-                images[adapter_variant(s)] = generate(pipes, prompts, seeds, resolution, ev, conditions, s)
-            metas = [{**r.meta, "_scale": sc} for r, sc in zip(batch, scales)]
-            records = [
-                {"index": i, "id": r.id, "seed": sd, "prompt": p} for i, r, sd, p in zip(ids, batch, seeds, prompts)
-            ]
-            reals = np.stack([np.asarray(_load_real(r, resolution)) for r in batch])
-            for v, imgs in [*images.items(), (REAL, reals)]:
-                img_t = _to_tensor(imgs)
-                for metric in fidelity:
-                    for rec, value in zip(records, metric.compute(img_t, cond_t, metas)):
-                        rec[f"{metric.name}/{v}"] = float(value)
-                if clip is not None:
-                    for rec, value in zip(records, clip(img_t, prompts)):
-                        rec[f"clip_score/{v}"] = float(value)
-                if inception is not None and v != REAL:
-                    stats[v].update(inception(img_t))
-                folder = staging / REAL if v == REAL else staging / "images" / v
-                for rec, im in zip(records, imgs):
-                    Image.fromarray(im).save(folder / f"{rec['index']:06d}_{rec['id']}.png")
-            for rec, c in zip(records, conditions):
-                c.save(staging / "conditions" / f"{rec['index']:06d}_{rec['id']}.png")
-            samples.extend(records)
+            samples.extend(_sample_batch(batch, start, pipes, scorers, stats, resolution, staging, ev))
 
         (staging / "stats").mkdir()
         if inception is not None:
@@ -244,6 +228,7 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
         with open(staging / SAMPLES, "w") as fh:
             for rec in samples:
                 fh.write(json.dumps(rec) + "\n")
+        (staging / TRAINING_CURVE).write_text(json.dumps(read_training_curve(adapter, cfg.storage)))
         info = {
             "shard": index,
             "num_shards": count,
@@ -267,6 +252,47 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
         cfg.write(staging)
     log.info("shard %d/%d: samples %d..%d -> %s", index, count, lo, hi, out)
     return info
+
+
+def _sample_batch(batch: list, start: int, pipes: Any, scorers: dict, stats: dict, resolution: int,
+                  staging: Path, ev: Any) -> list[dict]:
+    """Generate one batch without and with the adapter (each scale), score every image against
+    its condition (and the real image, the ceiling), save them; returns the per-sample records."""
+    from .sampling import generate, square_resize
+
+    ids = list(range(start, start + len(batch)))
+    seeds = [ev.seed + i for i in ids]
+    prompts = [r.text for r in batch]
+    conditions, scales = [], []
+    for r in batch:
+        original = r.load_condition()
+        conditions.append(square_resize(original, resolution, Image.BILINEAR))
+        scales.append(resolution / min(original.size))
+    cond_t = _to_tensor(np.stack([np.asarray(c) for c in conditions]))
+    images = {WITHOUT: generate(pipes, prompts, seeds, resolution, ev)}
+    for s in ev.conditioning_scales:
+        images[adapter_variant(s)] = generate(pipes, prompts, seeds, resolution, ev, conditions, s)
+    metas = [{**r.meta, "_scale": sc} for r, sc in zip(batch, scales)]
+    records = [{"index": i, "id": r.id, "file": sample_file_name(i, r.id), "seed": sd, "prompt": p}
+               for i, r, sd, p in zip(ids, batch, seeds, prompts)]
+    reals = np.stack([np.asarray(_load_real(r, resolution)) for r in batch])
+    clip, inception = scorers["clip"], scorers["inception"]
+    for v, imgs in [*images.items(), (REAL, reals)]:
+        img_t = _to_tensor(imgs)
+        for metric in scorers["fidelity"]:
+            for rec, value in zip(records, metric.compute(img_t, cond_t, metas)):
+                rec[f"{metric.name}/{v}"] = float(value)
+        if clip is not None:
+            for rec, value in zip(records, clip(img_t, prompts)):
+                rec[f"clip_score/{v}"] = float(value)
+        if inception is not None and v != REAL:
+            stats[v].update(inception(img_t))
+        folder = staging / REAL if v == REAL else staging / "images" / v
+        for rec, im in zip(records, imgs):
+            Image.fromarray(im).save(folder / rec["file"])
+    for rec, c in zip(records, conditions):
+        c.save(staging / "conditions" / rec["file"])
+    return records
 
 
 def merge_shards(shards: list[str], out: str, cfg: Any, gate: bool = False) -> dict:

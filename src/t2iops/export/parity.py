@@ -107,10 +107,10 @@ def check_parity(
     """Run every ``(batch, height, width)`` in ``shapes`` through the PyTorch adapter and each
     onnxruntime session (``{"fp32": session, "fp16": session}``), on random and circle inputs."""
     import torch
-    from tqdm.auto import tqdm
+    from ..progress import progress
 
     cases = []
-    for batch, height, width in tqdm(shapes, desc="parity", unit="shape", disable=None):
+    for batch, height, width in progress(shapes, desc="parity", unit="shape"):
         for kind in ("random", "circle"):
             x = make_conditions(kind, batch, height, width, seed, synth_cfg)
             with torch.no_grad():

@@ -60,13 +60,13 @@ def render_training_set(cfg: Any):
     """(images uint8 [N, 3, R, R], captions, (circle, background) pairs) from ``render_sample``."""
     import numpy as np
     import torch
-    from tqdm.auto import tqdm
 
     from ..data.synth import render_sample, sample_rng
+    from ..progress import progress
 
     tb = cfg.toy_base
     images, captions, pairs = [], [], []
-    for index in tqdm(range(tb.num_samples), desc="render", unit="img", leave=False):
+    for index in progress(range(tb.num_samples), desc="render", unit="img", leave=False):
         image, _, meta = render_sample(sample_rng(tb.seed, index), tb.resolution, cfg.data.synth)
         images.append(np.asarray(image, dtype=np.uint8))
         captions.append(meta["text"])
@@ -89,14 +89,15 @@ def _lr_factor(step: int, warmup: int, total: int) -> float:
 def train_vae(vae, images_uint8, cfg: Any, generator, device) -> dict:
     """Reconstruction MSE plus a small per-element KL (keeps the latent smooth and bounded)."""
     import torch
-    from tqdm.auto import tqdm
+
+    from ..progress import progress
 
     tb = cfg.toy_base
     opt = torch.optim.AdamW(vae.parameters(), lr=tb.vae_lr, weight_decay=0.0, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, min(50, tb.vae_steps), tb.vae_steps))
     vae.train()
     ema_loss = None
-    bar = tqdm(range(tb.vae_steps), desc="vae", unit="step")
+    bar = progress(range(tb.vae_steps), desc="vae", unit="step")
     for _ in bar:
         idx = torch.randint(0, images_uint8.shape[0], (tb.vae_batch_size,), generator=generator)
         x = to_model_range(images_uint8[idx]).to(device)
@@ -138,7 +139,8 @@ def train_unet(unet, text_encoders, latent_mean, latent_std, token_ids, empty_id
     prompt, ``force_zeros_for_empty_prompt``) and half to the empty prompt (``negative_prompt=""``),
     so guidance works either way."""
     import torch
-    from tqdm.auto import tqdm
+
+    from ..progress import progress
 
     tb = cfg.toy_base
     scheduler = parts.build_train_scheduler()
@@ -157,7 +159,7 @@ def train_unet(unet, text_encoders, latent_mean, latent_std, token_ids, empty_id
     for m in modules:
         m.train()
     ema_loss = None
-    bar = tqdm(range(tb.unet_steps), desc="unet", unit="step")
+    bar = progress(range(tb.unet_steps), desc="unet", unit="step")
     for step in bar:
         idx = torch.randint(0, latent_mean.shape[0], (tb.batch_size,), generator=generator)
         noises = torch.randn((2, tb.batch_size, *latent_mean.shape[1:]), generator=generator).to(device)

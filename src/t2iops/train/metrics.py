@@ -59,9 +59,9 @@ class RunLogger:
             self.live = Live(str(self.local / "dvclive"), resume=resumed, save_dvc_exp=False, dvcyaml=False)
         except ImportError:
             log.warning("dvclive is not installed; no DVCLive logs")
-        from tqdm.auto import tqdm
+        from ..progress import progress
 
-        self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+        self.bar = progress(total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
 
     def scalars(self, step: int, values: dict[str, float], prefix: str = "train") -> None:
         if not self.enabled:
