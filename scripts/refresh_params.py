@@ -1,22 +1,63 @@
-"""Rewrite params.yaml as the complete resolved configuration (every key, current values).
+"""Rewrite params.yaml and every preset as complete resolved configurations (every key).
 
-DVC tracks parameters by key, so params.yaml must hold every key a stage names; run this after
-adding a key to t2iops.config (a test fails while params.yaml lags behind the schema)."""
+DVC tracks parameters by key, so params.yaml and each preset (a complete params file usable with
+`dvc repro --params` / `dvc exp run`) must hold every key a stage names. Run this after adding a
+key to t2iops.config: tests fail while a params file lags behind the schema. Current values are
+kept, and so are each file's leading comment block and the inline `# ...` comments on its keys.
+"""
+from __future__ import annotations
+
+import re
 from pathlib import Path
+
+import yaml
 
 from t2iops.config import load_config
 
-HEADER = """\
-# The single source of hyperparameters for every stage (DVC tracks it). This is the embedded
-# default: offline, CPU, synthetic circles, the toy base model. Every key is listed; ranges and
-# descriptions: `t2iops config schema`. Change a value here, or per run with
-# `t2iops <stage> -S key=value` / `dvc exp run -S key=value`.
-# Set here, not built in: evaluate.num_samples 32 (a quicker report) and the gate
-# evaluate.gate.min_circle_iou 0.6, which stops an adapter that did not learn the circles before
-# export (the toy workflow measured circle IoU 0.74 with the adapter, 0.37 without).
-"""
+ROOT = Path(__file__).resolve().parents[1]
+KEY_LINE = re.compile(r"^( *)([A-Za-z_0-9]+):(.*?)(\s+#.*)?$")
 
-path = Path(__file__).resolve().parents[1] / "params.yaml"
-cfg = load_config(path)
-path.write_text(HEADER + cfg.to_yaml())
-print(f"wrote {path}")
+
+def header_of(text: str) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            out.append(line)
+        else:
+            break
+    return out
+
+
+def inline_comments(text: str) -> dict[str, str]:
+    """Dotted key -> its trailing comment."""
+    notes, stack = {}, []
+    for line in text.splitlines():
+        m = KEY_LINE.match(line)
+        if not m or line.lstrip().startswith("#"):
+            continue
+        stack = stack[: len(m.group(1)) // 2] + [m.group(2)]
+        if m.group(4):
+            notes[".".join(stack)] = m.group(4).strip()
+    return notes
+
+
+def refresh(path: Path) -> None:
+    text = path.read_text()
+    notes = inline_comments(text)
+    cfg = load_config(path)
+    body, stack = [], []
+    for line in yaml.safe_dump(cfg.to_dict(), sort_keys=False, width=120).splitlines():
+        m = KEY_LINE.match(line)
+        if m:
+            stack = stack[: len(m.group(1)) // 2] + [m.group(2)]
+            note = notes.get(".".join(stack))
+            if note:
+                line = f"{line:<40} {note}"
+        body.append(line)
+    path.write_text("\n".join(header_of(text) + body) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    for target in [ROOT / "params.yaml", *sorted((ROOT / "src/t2iops/presets").glob("*.yaml"))]:
+        refresh(target)
