@@ -109,6 +109,8 @@ def _register_retrain(subparsers, common: argparse.ArgumentParser) -> None:
     where.add_argument("--host", default=None, help="KFP API endpoint (token from $T2IOPS_KFP_TOKEN)")
     where.add_argument("--local", action="store_true", help="run under kfp.local on this machine")
     ret.add_argument("--image", default=None, help="container image of every step (default: settings or $T2IOPS_IMAGE)")
+    ret.add_argument("--package", default=None,
+                     help="compiled pipeline to submit, e.g. the CI artifact (default: compile the checkout now)")
     ret.add_argument("--version", default=None, help="model version to publish (default <UTC yyyymmdd-HHMMSS>-<git sha7>)")
     ret.add_argument("--data-rev", default=None,
                      help="git revision of the DVC-tracked data (-> dvc_rev; default: HEAD when -p data_source=dvc)")
@@ -269,7 +271,7 @@ def _retrain(args, cfg) -> int:
 
     req = RetrainRequest(
         registry=registry_uri(args), model_name=args.model_name, version=args.version, run_params=args.run_params,
-        data_rev=args.data_rev, dry_run=args.dry_run, out=args.out, settings=args.settings, image=args.image,
+        data_rev=args.data_rev, dry_run=args.dry_run, out=args.out, settings=args.settings, image=args.image, package=args.package,
         local=args.local, host=args.host, namespace=args.namespace, experiment=args.experiment,
         service_account=args.service_account, no_cache=args.no_cache, timeout_hours=args.timeout_hours,
         poll_seconds=args.poll_seconds, work=args.work, base_model=args.base_model, smoke=args.smoke,

@@ -47,6 +47,7 @@ class RetrainRequest:
     out: str = "retrain-out"
     settings: Optional[str] = None
     image: Optional[str] = None
+    package: Optional[str] = None  # a compiled pipeline (default: compile the checkout now)
     local: bool = False
     # cluster
     host: Optional[str] = None
@@ -154,7 +155,7 @@ def retrain(req: RetrainRequest, cfg: Any) -> RetrainResult:
                          "--version")
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
-    package = compile_pipeline(out / "pipeline.yaml", req.settings, req.image)
+    package = Path(req.package) if req.package else compile_pipeline(out / "pipeline.yaml", req.settings, req.image)
     params = _run_parameters(req, cfg, package, version, sha)
     data_rev = params.get("dvc_rev") if params.get("data_source") == "dvc" else params.get("data_source", "synth")
     context = {"version": version, "git_sha": sha, "data_rev": data_rev, "dry_run": req.dry_run,
