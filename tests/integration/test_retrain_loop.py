@@ -9,8 +9,7 @@ server, compares with the champion and promotes or keeps; then `registry rollbac
 4. rollback -> the first champion again; 5. two promotes at once -> one valid pointer.
 
 Tiny random models move the fidelity metrics only a little, so the rules here are scaled to
-them (primary metric circle IoU, margin below the measured gain); the numbers are printed as a
-table. Each run is a full kfp.local pipeline (about two minutes on two idle cores)."""
+them (a margin below the measured gain); the numbers are printed as a table. Each run is a full kfp.local pipeline (about two minutes on two idle cores)."""
 from __future__ import annotations
 
 import json
@@ -27,7 +26,9 @@ from t2iops.registry.pointer import history, read_pointer
 
 MODEL = "t2i-adapter"
 SHORT_STEPS, LONG_STEPS = 1, 200  # the short run is also the deliberately worse one
-RULES = {"registry.primary_metric": "circle_iou", "registry.margin": 0.002, "registry.tolerance": 0.25}
+# The primary metric is the default (edge F1 for circles). Measured with these settings: 1 step
+# 0.0678, 40 steps 0.0684, 200 steps 0.0691 (7 test samples): the margin sits below that gain.
+RULES = {"registry.margin": 0.0005, "registry.tolerance": 0.25}
 
 
 def _params(path: Path, endpoint: str) -> Path:
@@ -79,7 +80,7 @@ def test_retrain_loop_promotes_keeps_rolls_back(s3_bucket, tiny_sd15_path, tmp_p
 
     rc, result, decision = retrain("cut-short", SHORT_STEPS)
     assert (rc, result["outcome"], decision["outcome"]) == (4, "kept", "keep")
-    assert decision["reasons"][0].startswith("circle_iou ") and "does not beat the champion's" in decision["reasons"][0]
+    assert decision["reasons"][0].startswith("edge_f1 ") and "does not beat the champion's" in decision["reasons"][0]
     assert read_pointer(registry, MODEL, _cfg(params)).version == "longer"
 
     assert main(["registry", "rollback", *location, "--reason", "test"]) == 0
@@ -97,7 +98,7 @@ def test_retrain_loop_promotes_keeps_rolls_back(s3_bucket, tiny_sd15_path, tmp_p
     assert {r.version for r in records[3:]} == {"cut-short", "longer"}
     assert read_pointer(registry, MODEL, _cfg(params)) == records[-1]
 
-    lines = ["| run | train.max_steps | champion before | champion circle_iou | challenger circle_iou | outcome "
+    lines = ["| run | train.max_steps | champion before | champion edge_f1 | challenger edge_f1 | outcome "
              "| exit | champion after | reason |", "|---|---:|---|---:|---:|---|---:|---|---|"]
     for row in table:
         lines.append("| " + " | ".join("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)

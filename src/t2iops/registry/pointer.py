@@ -15,8 +15,10 @@ Two kinds of object under ``<registry>/<model_name>/``:
   writes leaves the pointer one generation behind the history; the next move (or
   :func:`repair_pointer`) brings it forward.
 
-Every conditional write is read back and compared, so a store that ignores the condition headers
-(some S3-compatible servers do) still cannot make a writer believe it won a race it lost.
+Every conditional write is read back and compared. On a store that honours the headers (AWS S3,
+moto, recent MinIO) that is a formality; on one that silently ignores them it catches a writer
+whose record was overwritten before it read back, which narrows the race but cannot close it: such
+a store needs one promoting process at a time (the retrain workflow's concurrency group).
 """
 from __future__ import annotations
 
