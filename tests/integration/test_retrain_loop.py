@@ -26,9 +26,10 @@ from t2iops.registry.pointer import history, read_pointer
 
 MODEL = "t2i-adapter"
 SHORT_STEPS, LONG_STEPS = 1, 200  # the short run is also the deliberately worse one
-# The primary metric is the default (edge F1 for circles). Measured with these settings: 1 step
-# 0.0678, 40 steps 0.0684, 200 steps 0.0691 (7 test samples): the margin sits below that gain.
-RULES = {"registry.margin": 0.0005, "registry.tolerance": 0.25}
+# The primary metric is the default (edge F1 for circles). With these settings and 7 test samples a
+# tiny random model measured 0.0687 after 1 step and 0.0691 after 200: the margin sits below that
+# gain (the production default is 0.01).
+RULES = {"registry.margin": 0.0001, "registry.tolerance": 0.25}
 
 
 def _params(path: Path, endpoint: str) -> Path:
