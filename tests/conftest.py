@@ -90,3 +90,40 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------
+# The model registry: versions published by the real publish step from a minimal export.
+def registry_test_metrics(edge_f1=0.30, circle_iou=0.50, fid=None, gate=True, without=0.10) -> dict:
+    """An evaluation's metrics.json in the layout t2iops.evaluate writes."""
+    out = {
+        "num_samples": 8,
+        "edge_f1": {"with_adapter": edge_f1, "without_adapter": without, "lift": edge_f1 - without},
+        "circle_iou": {"with_adapter": circle_iou, "without_adapter": 0.2, "lift": circle_iou - 0.2},
+        "gate": {"passed": gate, "checks": [{"name": "circle_iou", "value": circle_iou, "op": ">=",
+                                             "threshold": 0.4, "passed": gate}]},
+    }
+    if fid is not None:
+        out["fid"] = {"with_adapter": fid, "without_adapter": fid + 50}
+    return out
+
+
+@pytest.fixture()
+def publish_version(tmp_path):
+    """``publish_version(registry, version, cfg=None, **metrics)``: publish a minimal export
+    (export.json + a weights file) with those metrics as model ``t2i-adapter``; returns its URI."""
+    import json
+
+    from t2iops.config import load_config
+    from t2iops.pipelines.registry import publish_model
+
+    def publish(registry, version: str, cfg=None, **metrics):
+        export = tmp_path / f"export-{uuid.uuid4().hex[:8]}"
+        export.mkdir()
+        (export / "export.json").write_text("{}")
+        (export / "adapter.onnx").write_bytes(b"onnx")
+        (export / "metrics.json").write_text(json.dumps(registry_test_metrics(**metrics)))
+        return publish_model(str(export), str(registry), "t2i-adapter", version, cfg or load_config(None),
+                             metrics_path=str(export / "metrics.json"), lineage={"run_id": f"run-{version}"})
+
+    return publish

@@ -31,6 +31,7 @@ COMMAND_MODULES = [
     "t2iops.export.commands",
     "t2iops.pipelines.commands",
     "t2iops.evaluate.commands",
+    "t2iops.registry.commands",
 ]
 
 EPILOG = """exit codes: 0 ok, 1 stage failed, 2 usage or configuration error, 3 evaluation gate failed.

@@ -258,6 +258,29 @@ class ExportConfig(_Section):
     )
 
 
+class RegistryConfig(_Section):
+    """How ``t2iops registry compare`` and ``t2iops retrain`` choose between the champion and a
+    challenger (docs/operations.md, "Reading a decision")."""
+
+    primary_metric: str = Field(
+        "auto", min_length=1,
+        description="metric the challenger must improve; auto: the first fidelity metric of evaluate.condition_kind",
+    )
+    value: Literal["with_adapter", "lift"] = Field(
+        "with_adapter", description="which number of each fidelity metric is compared (FID/KID: always with_adapter)"
+    )
+    margin: float = Field(
+        0.01, ge=0, description="the primary metric must beat the champion's by at least this (absolute, in its "
+        "better direction); a tie never replaces the champion",
+    )
+    tolerance: float = Field(
+        0.05, ge=0, description="any other metric may be worse than the champion's by at most this fraction of it"
+    )
+    tolerances: dict[str, float] = Field(
+        default_factory=dict, description="per-metric absolute tolerances replacing `tolerance`, e.g. {fid: 5.0}"
+    )
+
+
 class Config(_Section):
     """The whole configuration. ``params.yaml`` holds any subset of it."""
 
@@ -270,6 +293,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

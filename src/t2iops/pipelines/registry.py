@@ -4,13 +4,14 @@ Layout: ``<registry>/<model_name>/<version>/`` holds the export (ONNX graphs, ``
 README), ``metrics.json`` from the evaluation and ``lineage.json`` (pipeline run, data source,
 config). It is written with :func:`t2iops.storage.publish`: the ``_manifest.json`` goes last,
 so a reader never sees half a model. ``<registry>/<model_name>/latest.json`` is updated only
-after the version is complete. An existing version is never overwritten.
+after the version is complete. An existing version is never overwritten. Publishing does not
+make a version the champion: :mod:`t2iops.registry` decides that (``t2iops registry compare``,
+``promote``, ``t2iops retrain``).
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
 import shutil
 import time
 from pathlib import Path
@@ -19,19 +20,14 @@ from typing import Any, Optional
 from .. import storage
 from ..config import Config
 from ..errors import UsageError
+from ..registry.versions import check_name as _check_registry_name
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
 
 def check_name(value: str, what: str) -> str:
-    if not _NAME.match(value or ""):
-        raise UsageError(
-            f"pipeline parameter '{what}' must be 1-128 letters, digits, '.', '_' or '-' "
-            f"(starting with a letter or digit), got {value!r}"
-        )
-    return value
+    """A model name or version as a pipeline parameter (the registry's rule: no key can leave its prefix)."""
+    return _check_registry_name(value, f"pipeline parameter '{what}'")
 
 
 def publish_model(
