@@ -42,7 +42,7 @@ def _retrain(api, registry, tmp_path, version, *extra, package=None):
     out = tmp_path / f"out-{version}"
     rc = main(["retrain", "--host", api.host, *(["--package", str(package)] if package else []), "--registry", str(registry), "--version", version, "--out", str(out),
                "--poll-seconds", "0.01", "-p", "data_source=dvc", "-p", "dvc_repo=https://git.example/data.git",
-               "-S", "train.lr=2e-5", *extra])
+               "-S", "train.lr=2e-5", "-S", "model.base_model=org/sdxl-base", *extra])
     return rc, out
 
 
@@ -56,7 +56,7 @@ def test_a_better_challenger_is_promoted_with_the_run_parameters_it_was_built_fr
     sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     params = run["runtime_config"]["parameters"]
     assert params["dvc_rev"] == sha and params["model_version"] == "better"
-    assert params["registry_uri"] == str(registry) and json.loads(params["config"])["train"]["lr"] == 2e-5
+    assert params["registry_uri"] == str(registry) and json.loads(params["config_train"])["train"]["lr"] == 2e-5
     assert run["display_name"] == "retrain-better"
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert result["outcome"] == "promoted" and result["champion_before"] == "champ" and result["git_sha"] == sha
@@ -89,4 +89,16 @@ def test_kept_gate_failed_run_failed_and_dry_run_exit_codes(api, registry, tmp_p
     capsys.readouterr()
     rc, _ = _retrain(api, registry, tmp_path, "x", "-p", "model_version=other", package=package)
     assert rc == 2 and "contradicts what retrain sets" in capsys.readouterr().err
+    assert read_pointer(str(registry), "t2i-adapter", None).version == "champ"
+
+
+def test_a_local_base_model_is_refused_before_anything_is_sent(api, registry, tmp_path, capsys, package):
+    out = tmp_path / "out-local"
+    rc = main(["retrain", "--host", api.host, "--package", str(package), "--registry", str(registry),
+               "--version", "local-base", "--out", str(out), "-p", "data_source=dvc",
+               "-p", "dvc_repo=https://git.example/data.git", "-S", "model.base_model=models/toy-base"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "models/toy-base" in err and "local path" in err
+    assert api.posted("/runs") == []
     assert read_pointer(str(registry), "t2i-adapter", None).version == "champ"

@@ -95,7 +95,7 @@ def git_sha(cwd: Optional[Path] = None) -> Optional[str]:
 def _run_parameters(req: RetrainRequest, cfg: Any, package: Path, version: str, sha: Optional[str]) -> dict[str, Any]:
     """The run's parameters: ``-p`` items, then what retrain owns (registry, version, data rev)."""
     from ..pipelines.compile import parse_cli_parameters, read_package
-    from ..pipelines.runtime import config_param
+    from ..pipelines.runtime import stage_parameters
 
     params = parse_cli_parameters(req.run_params, read_package(package))
     owned = {"registry_uri": req.registry, "model_name": req.model_name, "model_version": version}
@@ -104,7 +104,8 @@ def _run_parameters(req: RetrainRequest, cfg: Any, package: Path, version: str, 
             raise UsageError(f"-p {name}={params[name]} contradicts what retrain sets ({value!r}); "
                              f"use {'--registry' if name == 'registry_uri' else '--' + name.replace('_', '-')}")
     params.update(owned)
-    params.setdefault("config", config_param(cfg))
+    for name, value in stage_parameters(cfg).items():  # each step's own sections of this run's spec
+        params.setdefault(name, value)
     if req.data_rev:
         if "dvc_rev" in params and params["dvc_rev"] != req.data_rev:
             raise UsageError(f"--data-rev {req.data_rev} contradicts -p dvc_rev={params['dvc_rev']}")
@@ -129,7 +130,8 @@ def _run_cluster(req: RetrainRequest, package: Path, params: dict[str, Any], run
 def _run_local(req: RetrainRequest, cfg: Any, params: dict[str, Any]) -> str:
     from ..pipelines.local import run_local
 
-    local_params = {k: v for k, v in params.items() if k != "config"}  # run_local builds it from cfg
+    # run_local builds the config_<stage> parameters from cfg (with its local model and cache)
+    local_params = {k: v for k, v in params.items() if not k.startswith("config_")}
     outcome = run_local(req.work, cfg, local_params, s3="none", base_model=req.base_model, smoke=req.smoke,
                         settings=req.settings)
     if not outcome.gate_passed:
@@ -155,8 +157,15 @@ def retrain(req: RetrainRequest, cfg: Any) -> RetrainResult:
                          "--version")
     out = Path(req.out)
     out.mkdir(parents=True, exist_ok=True)
-    package = Path(req.package) if req.package else compile_pipeline(out / "pipeline.yaml", req.settings, req.image)
+    # The run specification baked in as the config_<stage> defaults, as `pipeline compile` does.
+    package = Path(req.package) if req.package else compile_pipeline(out / "pipeline.yaml", req.settings, req.image, cfg)
     params = _run_parameters(req, cfg, package, version, sha)
+    if not req.local:
+        from ..pipelines.cluster_checks import check_cluster_arguments
+        from ..pipelines.compile import parameter_specs, read_package
+
+        defaults = {name: s.get("defaultValue") for name, s in parameter_specs(read_package(package)).items()}
+        check_cluster_arguments({**defaults, **params})  # local paths, cron, shards: before any network call
     data_rev = params.get("dvc_rev") if params.get("data_source") == "dvc" else params.get("data_source", "synth")
     context = {"version": version, "git_sha": sha, "data_rev": data_rev, "dry_run": req.dry_run,
                "params_fingerprint": cfg.fingerprint()}
