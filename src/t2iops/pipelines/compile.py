@@ -183,5 +183,6 @@ def validate_arguments(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[
     if values.get("model_version"):
         check_name(values["model_version"], "model_version")
     if values.get("git_sha") and not re.fullmatch(r"[0-9a-f]{7,64}", str(values["git_sha"])):
-        raise UsageError(f"pipeline parameter 'git_sha' must be a commit id (7 to 64 lowercase hex digits), got {values['git_sha']!r}")
+        raise UsageError("pipeline parameter 'git_sha' must be a commit id (7 to 64 lowercase hex digits), "
+                         f"got {values['git_sha']!r}")
     return arguments
