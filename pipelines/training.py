@@ -1,6 +1,7 @@
 """The T2I-Adapter training pipeline.
 
-    pull -> validate -> encode -> train -> evaluate (ParallelFor over shards) -> merge + gate
+    pull -> validate -> encode (ParallelFor over shards) -> merge cache -> train
+         -> evaluate (ParallelFor over shards) -> merge + gate
          -> if the gate passed: export -> publish (to the model registry prefix)
 
 Run parameters (all have defaults; ``t2iops pipeline submit -p name=value``):
@@ -11,10 +12,12 @@ Run parameters (all have defaults; ``t2iops pipeline submit -p name=value``):
   data_source     'dvc' | 'synth' | a folder or s3:// URI of a dataset (default: data.root, or
                   'synth' for the embedded default)
   dvc_repo/dvc_rev/dvc_path/dvc_remote   the DVC-tracked dataset when data_source is 'dvc'
-  run_root        prefix for the run's durable files (checkpoints, evaluation shards)
+  run_root        prefix for the run's durable files (checkpoints, encode and evaluation shards)
+  encode_shards   the encode shards, [0, 1, ..., n-1] (one GPU each; default one)
   eval_shards     the evaluation shards, [0, 1, ..., n-1]
   train_nodes, gpus_per_node   size of the multi-node job (train_launcher.kind != in-pod)
   registry_uri, model_name, model_version   where the model is published (version: the run id)
+  git_sha         the commit of the code the run was built from, recorded in lineage.json
 
 Cluster-facing settings (image, GPU pool, resources, retries, caching, launcher) come from
 pipelines/settings.yaml when this module is imported.
@@ -25,7 +28,7 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Model
 
 from components.data import pull_dataset, validate_dataset
-from components.encode import encode_dataset
+from components.encode import encode_shard, merge_cache
 from components.evaluate import evaluate_shard, merge_evaluation
 from components.export import export_adapter
 from components.publish import publish_model
@@ -47,6 +50,19 @@ def _cpu_train_steps():
     steps.train.gpus = 0
     steps.train.cpu, steps.train.memory = "1", "2Gi"
     return steps
+
+
+@dsl.pipeline(name="encode-shards", description="Encode every slice of the validated rows in parallel.")
+def encode_in_shards(
+    dataset: Input[Dataset], validated: Input[Dataset], config: str, shards: List[int], run_root: str,
+) -> List[str]:
+    with dsl.ParallelFor(shards, name="encode-shard") as shard_index:
+        shard = encode_shard(
+            dataset=dataset, validated=validated, config=config, shard_index=shard_index, shards=shards,
+            run_root=run_root,
+        )
+        configure_step(shard, "encode", SETTINGS, "encode shard")
+    return dsl.Collected(shard.output)
 
 
 @dsl.pipeline(name="evaluate-shards", description="Evaluate every shard of the test split in parallel.")
@@ -78,12 +94,14 @@ def training_pipeline(
     dvc_path: str = "data/circles",
     dvc_remote: str = "",
     run_root: str = SETTINGS.defaults.run_root,
+    encode_shards: List[int] = [0],
     eval_shards: List[int] = [0, 1],
     train_nodes: int = 1,
     gpus_per_node: int = 1,
     registry_uri: str = SETTINGS.defaults.registry_uri,
     model_name: str = "t2i-adapter",
     model_version: str = "",
+    git_sha: str = "",
 ) -> bool:
     pull = pull_dataset(
         source=data_source, dvc_repo=dvc_repo, dvc_rev=dvc_rev, dvc_path=dvc_path,
@@ -96,8 +114,11 @@ def training_pipeline(
     configure_step(validate, "validate", SETTINGS)
     validated = validate.outputs["validated"]
 
-    encode = encode_dataset(dataset=dataset, validated=validated, config=config_encode)
-    configure_step(encode, "encode", SETTINGS)
+    slices = encode_in_shards(
+        dataset=dataset, validated=validated, config=config_encode, shards=encode_shards, run_root=run_root,
+    ).set_display_name("encode")
+    encode = merge_cache(slice_uris=slices.output, config=config_encode)
+    configure_step(encode, "merge", SETTINGS, "merge encode shards")
 
     if SETTINGS.train_launcher.kind == "in-pod":
         train = train_adapter(cache=encode.outputs["cache"], config=config_train, run_root=run_root)
@@ -127,6 +148,7 @@ def training_pipeline(
         publish = publish_model(
             onnx=export.outputs["onnx"], evaluation=evaluation, dataset=dataset, config=config_publish,
             registry_uri=registry_uri, model_name=model_name, model_version=model_version, run_id=RUN_ID,
+            git_sha=git_sha,
         )
         configure_step(publish, "publish", SETTINGS)
     return gate_passed

@@ -1,7 +1,7 @@
 """The whole training pipeline under kfp.local (SubprocessRunner, this environment, CPU): synthetic
 data, a tiny SD1.5 model, a moto S3 server for the run prefix and the registry. Every stage runs
-for real, tiny: pull -> validate -> encode -> train -> 2 evaluation shards -> merge + gate ->
-export -> publish."""
+for real, tiny: pull -> validate -> 2 encode shards -> merge -> train -> 2 evaluation shards ->
+merge + gate -> export -> publish."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,9 @@ from t2iops.pipelines.local import run_local
 @pytest.mark.slow
 @pytest.mark.s3
 def test_pipeline_runs_end_to_end_under_kfp_local(tmp_path):
-    outcome = run_local(tmp_path / "work", load_config(None), s3="moto", base_model="tiny-sd15", smoke=True)
+    sha = "5eed" * 10
+    outcome = run_local(tmp_path / "work", load_config(None), s3="moto", base_model="tiny-sd15", smoke=True,
+                        parameters={"encode_shards": [0, 1], "git_sha": sha})
     assert outcome.gate_passed is True
     assert outcome.registry_uri == "s3://t2iops-local/registry"
     copy = tmp_path / "work" / "registry-copy" / "t2i-adapter"
@@ -26,4 +28,4 @@ def test_pipeline_runs_end_to_end_under_kfp_local(tmp_path):
     metrics = json.loads((version / "metrics.json").read_text())
     assert metrics["gate"]["passed"] is True
     lineage = json.loads((version / "lineage.json").read_text())
-    assert lineage["run_id"] == version.name and lineage["dataset"]["source"] == "synth"
+    assert lineage["run_id"] == version.name and lineage["dataset"]["source"] == "synth" and lineage["git_sha"] == sha

@@ -11,15 +11,19 @@ import pytest
 import yaml
 
 from t2iops.pipelines.compile import compile_pipeline, parameter_specs, read_package
+from t2iops.pipelines.runtime import KFP_STAGES
 from t2iops.pipelines.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
-# `t2iops retrain` flags that fill a pipeline parameter (see `t2iops retrain --help`).
-RETRAIN_FLAG_PARAMETERS = {"--params": "config", "-S": "config", "--data-rev": "dvc_rev",
-                           "--registry": "registry_uri", "--model-name": "model_name"}
-# Set by `t2iops retrain` itself: a fresh version name (UTC time + git SHA) for every run.
-RETRAIN_DERIVED_PARAMETERS = {"model_version"}
+# `t2iops retrain` flags that fill pipeline parameters (see `t2iops retrain --help`): the run
+# specification (--params, -S) fills every step's config_<stage>.
+CONFIG_PARAMETERS = {f"config_{stage}" for stage in KFP_STAGES}
+RETRAIN_FLAG_PARAMETERS = {"--params": CONFIG_PARAMETERS, "-S": CONFIG_PARAMETERS, "--data-rev": {"dvc_rev"},
+                           "--registry": {"registry_uri"}, "--model-name": {"model_name"}}
+# Set by `t2iops retrain` itself: a fresh version name (UTC time + git SHA) for every run, and
+# the HEAD of the checkout it runs from (recorded in the published model's lineage.json).
+RETRAIN_DERIVED_PARAMETERS = {"model_version", "git_sha"}
 
 
 def test_workflows_pass_actionlint():
@@ -52,7 +56,8 @@ def test_retrain_workflow_passes_exactly_the_parameters_the_pipeline_declares(tm
     (script,) = [s["run"] for s in steps if "t2iops retrain" in s.get("run", "")]
     command = _retrain_command(script)
     by_p = re.findall(r"(?:^|\s)-p\s+([A-Za-z_][A-Za-z0-9_]*)=", command)
-    by_flag = {param for flag, param in RETRAIN_FLAG_PARAMETERS.items() if re.search(rf"(?:^|\s){re.escape(flag)}\s", command)}
+    by_flag = {param for flag, params in RETRAIN_FLAG_PARAMETERS.items() if re.search(rf"(?:^|\s){re.escape(flag)}\s", command)
+               for param in params}
     assert len(by_p) == len(set(by_p)), f"a parameter is passed twice: {by_p}"
     assert not set(by_p) & by_flag, "a parameter is passed both by -p and by its own flag"
     passed = set(by_p) | by_flag | RETRAIN_DERIVED_PARAMETERS

@@ -55,7 +55,7 @@ def test_a_better_challenger_is_promoted_with_the_run_parameters_it_was_built_fr
     (run,) = api.posted("/runs")
     sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     params = run["runtime_config"]["parameters"]
-    assert params["dvc_rev"] == sha and params["model_version"] == "better"
+    assert params["dvc_rev"] == sha and params["model_version"] == "better" and params["git_sha"] == sha
     assert params["registry_uri"] == str(registry) and json.loads(params["config_train"])["train"]["lr"] == 2e-5
     assert run["display_name"] == "retrain-better"
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
@@ -89,6 +89,8 @@ def test_kept_gate_failed_run_failed_and_dry_run_exit_codes(api, registry, tmp_p
     capsys.readouterr()
     rc, _ = _retrain(api, registry, tmp_path, "x", "-p", "model_version=other", package=package)
     assert rc == 2 and "contradicts what retrain sets" in capsys.readouterr().err
+    rc, _ = _retrain(api, registry, tmp_path, "y", "-p", "git_sha=" + "0" * 40, package=package)
+    assert rc == 2 and "HEAD of the checkout" in capsys.readouterr().err
     assert read_pointer(str(registry), "t2i-adapter", None).version == "champ"
 
 

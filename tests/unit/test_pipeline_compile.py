@@ -14,8 +14,8 @@ from t2iops.pipelines.compile import compile_pipeline, parse_cli_parameters, rea
 CLUSTER_SPEC = load_config("params.yaml", ["model.base_model=s3://models/sdxl-tiny"])
 
 SENTINEL = "sentinel-secret-value-7f3a"
-GPU_STEPS = {"encode-dataset", "train-adapter", "evaluate-shard", "export-adapter"}
-CPU_STEPS = {"pull-dataset", "validate-dataset", "merge-evaluation", "publish-model"}
+GPU_STEPS = {"encode-shard", "train-adapter", "evaluate-shard", "export-adapter"}
+CPU_STEPS = {"pull-dataset", "validate-dataset", "merge-cache", "merge-evaluation", "publish-model"}
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,8 @@ def test_train_retries_and_resumes_under_the_run_prefix(compiled):
     assert inputs["run_root"]["componentInputParameter"] == "run_root"
     assert _tasks(spec)["evaluate-shard"]["retryPolicy"]["maxRetryCount"] == 1
     # The run-id placeholder changes every run: as an input of a cached step it would defeat the cache.
-    for name in ("train-adapter", "evaluate-shard", "encode-dataset", "validate-dataset", "merge-evaluation", "export-adapter"):
+    for name in ("train-adapter", "evaluate-shard", "encode-shard", "merge-cache", "validate-dataset", "merge-evaluation",
+                 "export-adapter"):
         assert "pipeline_job_uuid" not in json.dumps(_tasks(spec)[name]["inputs"]), name
 
 
@@ -101,14 +102,38 @@ def test_caching_is_set_per_step(compiled):
     tasks = _tasks(spec)
     assert tasks["pull-dataset"]["cachingOptions"] == {}  # off: a branch revision may move
     assert tasks["publish-model"]["cachingOptions"] == {}  # off: writes outside the pipeline root
-    for name in ("validate-dataset", "encode-dataset", "train-adapter", "merge-evaluation", "export-adapter"):
+    for name in ("validate-dataset", "encode-shard", "merge-cache", "train-adapter", "merge-evaluation", "export-adapter"):
         assert tasks[name]["cachingOptions"] == {"enableCache": True}, name
+
+
+def _loop(spec: dict, sub_pipeline: str) -> dict:
+    """The one ParallelFor of a sub-pipeline (loops of different sub-pipelines share task names)."""
+    (loop,) = [t for t in spec["components"][f"comp-{sub_pipeline}"]["dag"]["tasks"].values() if "parameterIterator" in t]
+    return loop
+
+
+def test_encode_fans_out_over_shards_into_one_merged_cache(compiled):
+    _, _, spec, _ = compiled
+    tasks = _tasks(spec)
+    loop = _loop(spec, "encode-shards")
+    assert loop["taskInfo"]["name"] == "encode-shard"
+    assert spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"].keys() == {"encode-shard"}
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--shards"
+    shards_in = tasks["encode-shards"]["inputs"]["parameters"]
+    assert shards_in["shards"]["componentInputParameter"] == "encode_shards"
+    assert shards_in["run_root"]["componentInputParameter"] == "run_root"
+    assert {"dataset", "validated"} <= set(tasks["encode-shards"]["inputs"]["artifacts"])
+    merge_in = tasks["merge-cache"]["inputs"]["parameters"]["slice_uris"]["taskOutputParameter"]
+    assert merge_in == {"outputParameterKey": "Output", "producerTask": "encode-shards"}
+    # Training reads the merged cache; the default is one shard (one GPU, as a single encode step).
+    assert tasks["train-adapter"]["inputs"]["artifacts"]["cache"]["taskOutputArtifact"]["producerTask"] == "merge-cache"
+    assert _defaults(spec)["encode_shards"] == [0]
 
 
 def test_evaluation_fans_out_over_shards_and_export_is_gated(compiled):
     _, _, spec, _ = compiled
     tasks = _tasks(spec)
-    (loop,) = [t for t in tasks.values() if "parameterIterator" in t]
+    loop = _loop(spec, "evaluate-shards")
     assert loop["taskInfo"]["name"] == "shard"
     assert spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"].keys() == {"evaluate-shard"}
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--shards"
@@ -119,7 +144,8 @@ def test_evaluation_fans_out_over_shards_and_export_is_gated(compiled):
     assert gate["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--merge-evaluation-Output'] == true"
     assert set(spec["components"]["comp-condition-1"]["dag"]["tasks"]) == {"export-adapter", "publish-model"}
     assert set(spec["root"]["dag"]["tasks"]) == {
-        "pull-dataset", "validate-dataset", "encode-dataset", "train-adapter", "evaluate-shards", "merge-evaluation", "condition-1"}
+        "pull-dataset", "validate-dataset", "encode-shards", "merge-cache", "train-adapter", "evaluate-shards",
+        "merge-evaluation", "condition-1"}
 
 
 def test_default_parameters_are_valid_and_bad_ones_are_named(compiled):
@@ -127,6 +153,8 @@ def test_default_parameters_are_valid_and_bad_ones_are_named(compiled):
     assert validate_arguments(spec, {}) == {}
     cases = {
         "eval_shards": {"eval_shards": [0, 2]},
+        "'encode_shards' must be": {"encode_shards": [1]},
+        "'git_sha' must be a commit id": {"git_sha": "HEAD; rm -rf"},
         "train.lr": {"config_train": json.dumps({"train": {"lr": -1}})},
         "nonsense": {"config_train": "nonsense.key: 1"},
         "which the train stage does not read": {"config_train": json.dumps({"evaluate": {"num_samples": 3}})},
@@ -139,8 +167,10 @@ def test_default_parameters_are_valid_and_bad_ones_are_named(compiled):
     for fragment, arguments in cases.items():
         with pytest.raises(UsageError, match=fragment):
             validate_arguments(spec, arguments)
-    typed = parse_cli_parameters(["eval_shards=[0,1,2]", "train_nodes=2", "dvc_rev=v1.0", "config_train={train.lr: 1.0e-5}"], spec)
-    assert typed == {"eval_shards": [0, 1, 2], "train_nodes": 2, "dvc_rev": "v1.0", "config_train": "{train.lr: 1.0e-5}"}
+    typed = parse_cli_parameters(["eval_shards=[0,1,2]", "encode_shards=[0,1]", "train_nodes=2", "dvc_rev=v1.0",
+                                  "config_train={train.lr: 1.0e-5}", "git_sha=" + "ab12" * 10], spec)
+    assert typed == {"eval_shards": [0, 1, 2], "encode_shards": [0, 1], "train_nodes": 2, "dvc_rev": "v1.0",
+                     "config_train": "{train.lr: 1.0e-5}", "git_sha": "ab12" * 10}
     assert validate_arguments(spec, typed) is typed
     with pytest.raises(UsageError, match="unknown pipeline parameter 'shards'"):
         parse_cli_parameters(["shards=[0]"], spec)
@@ -184,7 +214,8 @@ def test_compile_bakes_the_run_spec_in_and_each_step_gets_only_its_sections(comp
     assert evaluate["evaluate"]["num_samples"] == 32 and evaluate["evaluate"]["gate"]["min_circle_iou"] == 0.6
     for stage in ("pull", "validate", "encode", "train", "evaluate", "export", "publish"):
         assert json.loads(defaults[f"config_{stage}"]) == stage_values(CLUSTER_SPEC, stage), stage
-    assert _tasks(spec)["encode-dataset"]["inputs"]["parameters"]["config"] == {"componentInputParameter": "config_encode"}
+    for step in ("encode-shards", "merge-cache"):
+        assert _tasks(spec)[step]["inputs"]["parameters"]["config"] == {"componentInputParameter": "config_encode"}, step
 
     # -S train.lr changes the package, and only what train, evaluate's validation twin... reads:
     # the parameters feeding pull, validate and encode are byte-identical, so their cache keys are.
@@ -192,5 +223,5 @@ def test_compile_bakes_the_run_spec_in_and_each_step_gets_only_its_sections(comp
     spec2 = read_package(compile_pipeline(tmp_path / "lr.yaml", image="registry.example/t2iops:test", cfg=other))
     changed = {n for n, v in _defaults(spec2).items() if v != defaults[n]}
     assert changed == {"config_train", "config_publish"}  # publish records the whole spec; it is never cached
-    for step in ("pull-dataset", "validate-dataset", "encode-dataset"):
+    for step in ("pull-dataset", "validate-dataset", "encode-shards", "merge-cache"):
         assert _tasks(spec2)[step]["inputs"] == _tasks(spec)[step]["inputs"], step

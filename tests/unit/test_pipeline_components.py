@@ -70,6 +70,40 @@ def test_pull_then_validate_components(components, tmp_path):
                                       config='{"data.synth.count": 0}', dataset=_artifact(dsl.Dataset, tmp_path, "d3"))
 
 
+def _encode_in_components(encode, dataset, validated, config: str, shards: list[int], tmp_path: Path, name: str) -> Path:
+    """What the pipeline runs: one encode_shard per item of the shard list, then merge_cache."""
+    slices = [encode.encode_shard.python_func(dataset=dataset, validated=validated, config=config, shard_index=i,
+                                              shards=shards, run_root=str(tmp_path / f"runs-{name}"))
+              for i in reversed(shards)]  # ParallelFor gives no order
+    cache = _artifact(dsl.Dataset, tmp_path, name)
+    encode.merge_cache.python_func(slice_uris=slices, config=config, cache=cache)
+    return Path(cache.path)
+
+
+def test_encode_shards_merge_into_the_cache_one_shard_writes(components, tmp_path, tiny_sd15_path):
+    data, _ = components
+    import components.encode as encode
+
+    dataset = _artifact(dsl.Dataset, tmp_path, "dataset")
+    data.pull_dataset.python_func(source="synth", dvc_repo="", dvc_rev="", dvc_path="", dvc_remote="",
+                                  config=TINY_PULL, dataset=dataset)
+    validated = _artifact(dsl.Dataset, tmp_path, "validated")
+    data.validate_dataset.python_func(dataset=dataset, config=TINY_VALIDATE, validated=validated,
+                                      report=_artifact(dsl.Markdown, tmp_path, "report.md"))
+    config = json.dumps({"model.base_model": tiny_sd15_path, "data.val_fraction": 0.0, "data.test_fraction": 0.0,
+                         "encode.resolution": 32, "encode.shard_size": 2, "encode.batch_size": 2})
+    one = _encode_in_components(encode, dataset, validated, config, [0], tmp_path, "cache-1")
+    two = _encode_in_components(encode, dataset, validated, config, [0, 1], tmp_path, "cache-2")
+    # Every tensor shard, part.json, cache.json and the resolved config: the same sha256.
+    assert storage.read_manifest(one)["files"] == storage.read_manifest(two)["files"]
+    slice_dirs = sorted((tmp_path / "runs-cache-2").glob("*/encode/*"))
+    assert [p.name for p in slice_dirs] == ["shard-0-of-2", "shard-1-of-2"]
+    assert all(list(p.rglob("*.safetensors")) for p in slice_dirs)  # 6 rows in shards of 2: both slices encoded
+    with pytest.raises(UsageError, match="encode_shards"):
+        encode.encode_shard.python_func(dataset=dataset, validated=validated, config=config, shard_index=1,
+                                        shards=[1, 2], run_root=str(tmp_path / "bad"))
+
+
 def _fake_export(root: Path) -> Path:
     """A folder shaped like an export (the registry copies files; it does not read the graphs)."""
     root.mkdir(parents=True)
@@ -88,12 +122,13 @@ def test_publish_component_writes_the_registry_version_last(components, tmp_path
     dataset = dsl.Dataset(name="dataset", uri=str(tmp_path / "ds"), metadata={"source": "dvc", "rev": "v1"})
     uri = publish.publish_model.python_func(onnx=onnx, evaluation=evaluation, dataset=dataset, config="{}",
                                             registry_uri=str(tmp_path / "registry"), model_name="circles",
-                                            model_version="", run_id="run-42")
+                                            model_version="", run_id="run-42", git_sha="0123abc" * 5)
     assert uri == str(tmp_path / "registry" / "circles" / "run-42")
     manifest = storage.read_manifest(uri)
     assert {"adapter.onnx", "export.json", "README.md", "metrics.json", "lineage.json", "config.resolved.yaml"} <= set(manifest["files"])
     lineage = json.loads(Path(uri, "lineage.json").read_text())
     assert lineage["run_id"] == "run-42" and lineage["dataset"] == {"source": "dvc", "rev": "v1"}
+    assert lineage["git_sha"] == "0123abc" * 5  # the code the model was built from
     assert json.loads((tmp_path / "registry" / "circles" / "latest.json").read_text())["version"] == "run-42"
     with pytest.raises(UsageError, match="already holds"):
         publish.publish_model.python_func(onnx=onnx, evaluation=evaluation, dataset=dataset, config="{}",

@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -158,11 +159,12 @@ def validate_arguments(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[
     for stage in KFP_STAGES:
         if parameter_name(stage) in values:
             config_from_param(values[parameter_name(stage)], stage)
-    if "eval_shards" in values:
-        try:
-            check_shards(values["eval_shards"])
-        except UsageError as exc:
-            raise UsageError(str(exc)) from None
+    for name in ("encode_shards", "eval_shards"):
+        if name in values:
+            try:
+                check_shards(values[name], name)
+            except UsageError as exc:
+                raise UsageError(str(exc)) from None
     for name in ("train_nodes", "gpus_per_node"):
         if name in values and values[name] < 1:
             raise UsageError(f"pipeline parameter {name!r} must be >= 1, got {values[name]}")
@@ -180,4 +182,7 @@ def validate_arguments(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[
         check_name(values["model_name"], "model_name")
     if values.get("model_version"):
         check_name(values["model_version"], "model_version")
+    if values.get("git_sha") and not re.fullmatch(r"[0-9a-f]{7,64}", str(values["git_sha"])):
+        raise UsageError("pipeline parameter 'git_sha' must be a commit id (7 to 64 lowercase hex digits), "
+                         f"got {values['git_sha']!r}")
     return arguments

@@ -1,8 +1,8 @@
 """Publish an exported adapter to the model registry prefix (S3 or a folder).
 
 Layout: ``<registry>/<model_name>/<version>/`` holds the export (ONNX graphs, ``export.json``,
-README), ``metrics.json`` from the evaluation and ``lineage.json`` (pipeline run, data source,
-config). It is written with :func:`t2iops.storage.publish`: the ``_manifest.json`` goes last,
+README), ``metrics.json`` from the evaluation and ``lineage.json`` (pipeline run, code commit,
+data source, config). It is written with :func:`t2iops.storage.publish`: the ``_manifest.json`` goes last,
 so a reader never sees half a model. ``<registry>/<model_name>/latest.json`` is updated only
 after the version is complete. An existing version is never overwritten. Publishing does not
 make a version the champion: :mod:`t2iops.registry` decides that (``t2iops registry compare``,

@@ -3,8 +3,9 @@ how training output reaches the Model artifact, how metrics reach the KFP UI.
 
 A step's durable prefix is ``<run_root>/<key>/``, the key a digest of artifact URIs the step
 already has: the train step's own output artifact (unique per run and task, the same when the
-step is retried, so a preempted train step resumes with ``--resume latest``), and for an
-evaluation shard the model it evaluates plus its data and configuration. The run-id placeholder is
+step is retried, so a preempted train step resumes with ``--resume latest``), for an
+evaluation shard the model it evaluates plus its data and configuration, for an encode shard
+its data and configuration. The run-id placeholder is
 not an input of these steps: as an input it would change every run and defeat KFP's cache.
 Artifacts in the pipeline root hold the final results.
 """
@@ -130,15 +131,15 @@ def train_distributed(
 
 
 # ---------------------------------------------------------------------------------------
-# Evaluation
-def shard_uri(run_root: str, key: str, index: int, count: int) -> str:
-    return run_prefix(run_root, key, "evaluate", f"shard-{index}-of-{count}")
+# Sharded steps (evaluation, encode)
+def shard_uri(run_root: str, key: str, index: int, count: int, stage: str = "evaluate") -> str:
+    return run_prefix(run_root, key, stage, f"shard-{index}-of-{count}")
 
 
-def check_shards(shards: list[int]) -> int:
+def check_shards(shards: list[int], parameter: str = "eval_shards") -> int:
     """The ParallelFor items must be 0..n-1; returns n."""
     if not shards or sorted(shards) != list(range(len(shards))):
-        raise UsageError(f"pipeline parameter 'eval_shards' must be [0, 1, ..., n-1], got {shards}")
+        raise UsageError(f"pipeline parameter {parameter!r} must be [0, 1, ..., n-1], got {shards}")
     return len(shards)
 
 

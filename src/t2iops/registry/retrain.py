@@ -93,16 +93,20 @@ def git_sha(cwd: Optional[Path] = None) -> Optional[str]:
 
 
 def _run_parameters(req: RetrainRequest, cfg: Any, package: Path, version: str, sha: Optional[str]) -> dict[str, Any]:
-    """The run's parameters: ``-p`` items, then what retrain owns (registry, version, data rev)."""
+    """The run's parameters: ``-p`` items, then what retrain owns (registry, version, the code's
+    git SHA for the model's lineage, data rev)."""
     from ..pipelines.compile import parse_cli_parameters, read_package
     from ..pipelines.runtime import stage_parameters
 
     params = parse_cli_parameters(req.run_params, read_package(package))
     owned = {"registry_uri": req.registry, "model_name": req.model_name, "model_version": version}
+    hints = {"registry_uri": "use --registry", "model_name": "use --model-name", "model_version": "use --version"}
+    if sha:
+        owned["git_sha"] = sha
+        hints["git_sha"] = "it is the HEAD of the checkout retrain runs from"
     for name, value in owned.items():
         if name in params and params[name] != value:
-            raise UsageError(f"-p {name}={params[name]} contradicts what retrain sets ({value!r}); "
-                             f"use {'--registry' if name == 'registry_uri' else '--' + name.replace('_', '-')}")
+            raise UsageError(f"-p {name}={params[name]} contradicts what retrain sets ({value!r}); {hints[name]}")
     params.update(owned)
     for name, value in stage_parameters(cfg).items():  # each step's own sections of this run's spec
         params.setdefault(name, value)
