@@ -52,7 +52,8 @@ def test_verbose_stages_leak_no_credential(s3_bucket, tmp_path):
         ["data", "validate", "--root", f"s3://{bucket}/ds", "--out", f"s3://{bucket}/verdict", *common],
         ["data", "synth", "--out", f"s3://{bucket}/synth", "-S", "data.synth.count=2",
          "-S", "data.synth.resolution=32", *common],
-        ["pipeline", "compile", "-o", str(tmp_path / "work" / "pipeline.yaml"), "-v"],
+        ["pipeline", "compile", "-o", str(tmp_path / "work" / "pipeline.yaml"), "-v",
+         "-S", f"model.base_model=s3://{bucket}/base", *common],
         ["data", "validate", "--root", f"s3://{bucket}/missing", "--out", str(tmp_path / "work" / "v2"), *common],
     ]
     outputs: dict[str, bytes] = {}
