@@ -93,6 +93,9 @@ def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, fam
     assert summary["steps"] == 3 and len(summary["losses"]) == 3 and summary["skipped_steps"] == 0
     assert summary["samples_per_s"] > 0 and summary["peak_memory"]["bytes"] > 0
     assert summary["family"] == family and summary["data_version"] and summary["base_model"]["path"] == model
+    # The run records the reference it loaded: the one the cache was encoded with.
+    assert summary["base_model"] == json.loads((Path(cache) / "cache.json").read_text())["base_model"]
+    assert summary["base_model"]["dtype"] == "fp32" and summary["base_model"]["config_hash"]
     assert summary["mixed_precision"] == precision and all(x is not None for x in summary["losses"])
     assert [v["step"] for v in summary["validation"]] == [0, 3]
     assert {"val_loss", "edge_f1"} <= set(summary["validation"][-1])
@@ -302,3 +305,13 @@ def test_a_streamed_s3_cache_trains_and_resumes_bit_equal_to_the_local_cache(s3_
     a = json.loads((tmp_path / "straight" / "summary.json").read_text())
     b = json.loads((out / "summary.json").read_text())
     assert a["losses"] == b["losses"]
+
+
+def test_a_base_model_setting_that_disagrees_with_the_cache_is_refused(sd15_cache, tiny_sd15_path, tiny_sdxl_path,
+                                                                       tmp_path):
+    from t2iops.errors import ModelError
+
+    cfg = cfg_for(tiny_sdxl_path, "train.max_steps=1")
+    with pytest.raises(ModelError, match=f"model.base_model='{tiny_sdxl_path}' but cache .* path '{tiny_sd15_path}'"):
+        train(sd15_cache, str(tmp_path / "run"), cfg)
+    assert not (tmp_path / "run" / "summary.json").exists()

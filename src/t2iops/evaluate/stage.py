@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from .. import storage
 from ..errors import DataError, GateFailed, ModelError, UsageError
+from ..hashing import digest
 from ..progress import progress
 from .fid import EXTRACTOR_SETTINGS, FeatureStats
 from .training_curve import TRAINING_CURVE, read_training_curve
@@ -89,8 +90,7 @@ def _to_tensor(images: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+_digest = digest
 
 
 def _adapter_digest(adapter: Any) -> str:
@@ -173,12 +173,12 @@ def sample_file_name(index: int, row_id: Any) -> str:
 
 def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, shard: tuple[int, int] = (0, 1)) -> dict:
     """Evaluate shard ``i`` of ``n`` and publish its partial results to ``out``."""
-    import torch
-
+    from ..devices import default_device, inference_dtype
     from ..models.family import check_adapter_fits
     from ..models.resolve import load_adapter, load_base_model
     from .condition_fidelity import load_estimator_spec, metrics_for
-    from .sampling import build_pipelines
+    from .sampling import build_generators
+    from .training_curve import training_run_reference
 
     ev = cfg.evaluate
     index, count = shard
@@ -187,12 +187,14 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
     rows = evaluation_rows(data, validated, cfg)
     lo, hi = shard_range(len(rows), ev.batch_size, index, count)
     resolution = eval_resolution(cfg)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device().type
 
-    base = load_base_model(cfg.model, cfg.storage)
-    net = load_adapter(adapter, cfg.model, cfg.storage)
+    ref = training_run_reference(adapter, cfg.model, cfg.storage)
+    dtype = inference_dtype(ref.dtype, device)
+    base = load_base_model(ref, cfg.storage, dtype=dtype, local_files_only=cfg.model.local_files_only)
+    net = load_adapter(adapter, cfg.model, cfg.storage, dtype=dtype)
     check_adapter_fits(net, base, resolution=resolution)
-    pipes = build_pipelines(base, net, ev.scheduler, device)
+    pipes = build_generators(base, net, ev.scheduler, device)
     variants = [WITHOUT] + [adapter_variant(s) for s in ev.conditioning_scales]
     inception, fid_missing = load_inception(cfg, device)
     clip = None
@@ -203,6 +205,7 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
     fingerprint = _digest({
         "evaluate": {k: v for k, v in ev.model_dump(mode="json").items() if k != "gate"},
         "model": cfg.model.model_dump(mode="json"),
+        "base_model": ref.to_dict(),
         "resolution": resolution,
         "adapter": _adapter_digest(net),
         "rows": [r.id for r in rows],
@@ -236,7 +239,8 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
             "num_samples_total": len(rows),
             "fingerprint": fingerprint,
             "family": base.family,
-            "base_model": cfg.model.base_model,
+            "base_model": ref.path,
+            "base_model_ref": ref.to_dict(),
             "adapter": str(adapter),
             "resolution": resolution,
             "device": device,

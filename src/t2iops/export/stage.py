@@ -23,7 +23,7 @@ from . import manifest as mf
 from .onnx_export import INPUT_NAME, check_graph, convert_fp16, export_fp32, model_files
 from .ort_adapter import OrtT2IAdapter, check_condition_size, make_session
 from .parity import check_parity, parity_shapes, pipeline_parity
-from .source import base_model_record, load_torch_adapter, locate_adapter
+from .source import base_model_record, base_model_reference, load_torch_adapter, locate_adapter
 from .trt_readiness import readiness_report
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,9 @@ def export_adapter(
                 f"condition {worst.batch}x3x{worst.height}x{worst.width}, relative error {worst.relative_error:.3g} "
                 f"> tolerance {worst.tolerance:.3g} (export.{worst.model}_tolerance); nothing was published"
             )
-        base = base_model_record(source, cfg)
-        pipeline = _pipeline_check(source, adapter, fp32_path, base, cfg)
+        ref, where = base_model_reference(source, cfg)
+        base = base_model_record(ref, where)
+        pipeline = _pipeline_check(source, adapter, fp32_path, ref, cfg)
 
         # -- 3. TensorRT readiness -------------------------------------------------------
         tensorrt = readiness_report(
@@ -192,12 +193,12 @@ def _file_records(staging: Path, fp32_path: Path, fp16_path: Optional[Path]) -> 
     return records
 
 
-def _pipeline_check(source, torch_adapter, fp32_path: Path, base: dict, cfg: Config) -> dict:
-    """End-to-end: same pipeline, same seed, PyTorch vs ONNX residuals. Returns a status dict
+def _pipeline_check(source, torch_adapter, fp32_path: Path, ref, cfg: Config) -> dict:
+    """End-to-end: same generator, same seed, PyTorch vs ONNX residuals. Returns a status dict
     (skipped with a reason in ``auto`` mode when the base model is not at hand)."""
     ecfg = cfg.export
     mode = ecfg.pipeline_check
-    result: dict[str, Any] = {"mode": mode, "tolerance": ecfg.pipeline_tolerance, "base_model": base["id"]}
+    result: dict[str, Any] = {"mode": mode, "tolerance": ecfg.pipeline_tolerance, "base_model": ref.path}
     if mode == "skip":
         return {**result, "status": "skipped", "reason": "export.pipeline_check=skip"}
 
@@ -207,7 +208,7 @@ def _pipeline_check(source, torch_adapter, fp32_path: Path, base: dict, cfg: Con
         logger.warning("skipping the end-to-end pipeline check: %s", reason)
         return {**result, "status": "skipped", "reason": reason}
 
-    base_id = str(base["id"])
+    base_id = str(ref.path)
     if storage.is_s3(base_id):
         try:
             base_path = storage.materialize(base_id, cfg, kind="models")
@@ -226,10 +227,10 @@ def _pipeline_check(source, torch_adapter, fp32_path: Path, base: dict, cfg: Con
                                  providers=["CPUExecutionProvider"])
     try:
         measured = pipeline_parity(
-            base_path, source.family, torch_adapter, onnx_adapter, resolution=min(ecfg.resolutions),
+            ref, source.family, torch_adapter, onnx_adapter, resolution=min(ecfg.resolutions),
             steps=ecfg.pipeline_steps, seed=cfg.seed, guidance_scale=cfg.evaluate.guidance_scale,
             synth_cfg=cfg.data.synth, local_files_only=cfg.model.local_files_only or mode != "required",
-            revision=base.get("revision"),
+            storage_cfg=cfg.storage,
         )
     except T2IError:
         raise

@@ -34,8 +34,6 @@ from .run_lock import hold_run_lock
 
 log = logging.getLogger("t2iops.train")
 
-DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class TrainingAborted(T2IError):
     """Training stopped (too many consecutive non-finite losses); the last checkpoint is intact."""
@@ -105,16 +103,21 @@ def _train(cache_dir: str, out: str, cfg: Config, resume: Optional[str], kfp_met
     # -- frozen base model -------------------------------------------------------------------
     from diffusers import DDPMScheduler
 
+    from ..devices import torch_dtype
+    from ..encode.cache import INDEX
     from ..models.family import build_adapter, check_adapter_fits, detect_family
+    from ..models.reference import reference_from_record
     from ..models.resolve import load_base_model
 
-    compute_dtype = DTYPES[t.mixed_precision]
+    compute_dtype = torch_dtype(t.mixed_precision)
     components = ("unet", "scheduler") + (("vae",) if val_reader else ())
-    base = load_base_model(cfg.model, cfg.storage, dtype=compute_dtype, components=components)
+    # The base model the cache was encoded with, read from the cache (model.* may only agree with it).
+    ref = reference_from_record(reader.index.get("base_model"), cfg.model, f"cache {cache_dir} ({INDEX})")
+    base = load_base_model(ref, cfg.storage, components=components, local_files_only=cfg.model.local_files_only)
     family = detect_family(base.unet.config)
     if family != reader.family:
         raise ModelError(f"the cache at {cache_dir} was encoded for a {reader.family} model but "
-                         f"model.base_model={cfg.model.base_model} is {family}; encode again")
+                         f"its base model {ref.path} loads as {family}; encode again")
     unet = base.unet.to(dist.device, compute_dtype).eval().requires_grad_(False)
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -260,7 +263,7 @@ def _train(cache_dir: str, out: str, cfg: Config, resume: Optional[str], kfp_met
             "resumed_from": resumed_from,
             "data_version": reader.index["dataset_version"],
             "cache": {"text": reader.index["text"]["key"], "latents": reader.index["latents"]["key"]},
-            "base_model": reader.index["base_model"],
+            "base_model": base.ref.to_dict(),  # what was loaded (the cache's reference)
             "family": family,
             "adapter": adapter_config,
         }
