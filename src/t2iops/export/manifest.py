@@ -118,7 +118,9 @@ def write_manifest(staging: Path, manifest: dict) -> Path:
 
 
 def model_card(manifest: dict) -> str:
-    """README.md: what the files are, how to load the adapter and how to feed the residuals."""
+    """README.md: what the files are, how to load the adapter and how to feed the residuals.
+
+    Long: one Markdown template, kept whole so that it reads like the page it writes."""
     family = manifest["family"]
     adapter = manifest["adapter"]
     usage = manifest["usage"]
