@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from .. import storage
+from ..models.generator import ADAPTER_GENERATORS
 
 SCHEMA_VERSION = 1
 
@@ -126,7 +127,7 @@ def model_card(manifest: dict) -> str:
     usage = manifest["usage"]
     multiple = adapter["total_downscale_factor"]
     base = manifest["base_model"]
-    pipe_cls = "StableDiffusionXLAdapterPipeline" if family == "sdxl" else "StableDiffusionAdapterPipeline"
+    pipe_cls = ADAPTER_GENERATORS[family]
     res = next(iter(manifest["residual_shapes"]))
     shapes = "\n".join(f"| `{name}` | `{shape}` |" for name, shape in manifest["residual_shapes"][res].items())
     parity = manifest["validation"]

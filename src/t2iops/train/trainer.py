@@ -3,7 +3,8 @@
 Read :func:`_train` top to bottom: set up (cache, checkpoint to resume, the frozen base model
 from the reference the cache records, adapter, optimizer), then :func:`_loop` over optimizer
 steps (:func:`_optimizer_step`: micro-batches, loss, backward, update, EMA; then log, validate,
-checkpoint), then the result (``summary.json`` and the adapter, published). Everything else lives in small
+checkpoint), then the result (``summary.json`` and the adapter, published). Over 400 lines on
+purpose: the whole run stays readable in one file, as a torchtune recipe does. Everything else lives in small
 modules next to this one: ``data`` (order + per-sample randomness), ``diffusion`` (the
 objective), ``optimization`` (torch or DeepSpeed ZeRO), ``checkpoint``, ``validation``,
 ``metrics``.
