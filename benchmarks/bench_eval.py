@@ -72,11 +72,11 @@ def bench_sampling(overrides: list[str], work: Path, batch: int, batches: int = 
     from PIL import Image
 
     from t2iops.config import load_config
-    from t2iops.evaluate.sampling import build_pipelines, generate
+    from t2iops.evaluate.sampling import build_generators, generate
     from t2iops.models.resolve import load_adapter, load_base_model
 
     cfg = load_config(None, overrides)
-    pipes = build_pipelines(load_base_model(cfg.model), load_adapter(str(work / "O"), cfg.model), "default", "cpu")
+    pipes = build_generators(load_base_model(cfg.model), load_adapter(str(work / "O"), cfg.model), "default", "cpu")
     prompts, conds = ["red circle with blue background"] * batch, [Image.new("RGB", (64, 64))] * batch
     generate(pipes, prompts[:1], [0], 64, cfg.evaluate, conds[:1], 1.0)  # warm-up
     out = {}

@@ -46,11 +46,12 @@ def merge_evaluation(
     """metrics.json, samples, grid and report from all shards; returns whether the gate passed."""
     from t2iops.evaluate.stage import merge_shards
     from t2iops.pipelines.runtime import stage_config
-    from t2iops.pipelines.steps import copy_report, log_metrics
+    from t2iops.pipelines.kfp_metrics import evaluation_metrics, log_metrics
+    from t2iops.pipelines.steps import copy_report
 
     cfg = stage_config(config, "evaluate")
     result = merge_shards(list(shard_uris), evaluation.path, cfg, gate=False)
-    log_metrics(metrics, result)
+    log_metrics(metrics, evaluation_metrics(result))
     copy_report(evaluation.path, "report.html", report.path)
     copy_report(evaluation.path, "report.md", summary.path)
     return bool(result["gate"]["passed"])

@@ -14,11 +14,12 @@ from . import component
 def train_adapter(cache: Input[Dataset], config: str, run_root: str, model: Output[Model], metrics: Output[Metrics]):
     """One pod (one process per visible GPU). model: adapter/, summary.json, config.resolved.yaml."""
     from t2iops.pipelines.runtime import stage_config
-    from t2iops.pipelines.steps import log_metrics, step_key, train_in_pod
+    from t2iops.pipelines.kfp_metrics import log_metrics, training_metrics
+    from t2iops.pipelines.steps import step_key, train_in_pod
 
     cfg = stage_config(config, "train")
     summary = train_in_pod(cache.path, model.path, cfg, run_root=run_root, run_key=step_key(model.uri))
-    log_metrics(metrics, summary)
+    log_metrics(metrics, training_metrics(summary))
 
 
 @component
@@ -35,11 +36,12 @@ def train_adapter_multinode(
     """Creates a TrainJob (DeepSpeed runtime) or PyTorchJob of nodes x gpus_per_node, waits for it,
     then fetches the adapter. The cache must be on S3 (an s3:// pipeline root)."""
     from t2iops.pipelines.runtime import stage_config
-    from t2iops.pipelines.steps import log_metrics, step_key, train_distributed
+    from t2iops.pipelines.kfp_metrics import log_metrics, training_metrics
+    from t2iops.pipelines.steps import step_key, train_distributed
 
     cfg = stage_config(config, "train")
     summary = train_distributed(
         cache.uri, model.path, cfg, run_root=run_root, run_key=step_key(model.uri), nodes=nodes,
         gpus_per_node=gpus_per_node, settings_json=launcher_settings,
     )
-    log_metrics(metrics, summary)
+    log_metrics(metrics, training_metrics(summary))

@@ -113,12 +113,19 @@ def test_single_process_run_writes_every_output(single, trained):
     assert a.shape == b.shape == (64, 64, 3) and not np.array_equal(a, b)
 
 
-def test_two_shards_merged_equal_one_process(single, trained):
+@pytest.fixture(scope="module")
+def two_shards(trained):
     work, cfg = trained
-    out, metrics = single
     shards = [str(work / f"S{i}") for i in range(2)]
     for i, s in enumerate(shards):
         evaluate_shard(str(work / "O"), str(work / "data"), str(work / "validated"), s, cfg, (i, 2))
+    return shards
+
+
+def test_two_shards_merged_equal_one_process(single, trained, two_shards):
+    work, cfg = trained
+    out, metrics = single
+    shards = list(two_shards)
     assert json.loads((work / "S0" / "shard.json").read_text())["range"] == [0, 2]
     merged = merge_shards(list(reversed(shards)), str(work / "E2"), cfg)  # order does not matter
 
@@ -211,3 +218,28 @@ def test_shards_and_weights_on_s3_merge_to_s3(single, trained, s3_bucket):
     assert remote["circle_iou"] == metrics["circle_iou"]
     assert remote["fid"]["with_adapter"] == pytest.approx(metrics["fid"]["with_adapter"], rel=1e-10)
     assert "report.html" in storage.list_files(f"s3://{bucket}/E", s3_cfg)
+
+
+def test_the_merge_step_logs_kfp_v2_metrics_under_kfp_local(single, trained, two_shards):
+    """The real merge component under kfp.local: its Metrics artifact (system.Metrics, what the
+    KFP v2 UI shows) holds fidelity with/without the adapter, the lift and the gate."""
+    from kfp import local
+
+    from t2iops.pipelines.compile import load_pipeline_module
+    from t2iops.pipelines.runtime import config_param
+
+    work, cfg = trained
+    _, metrics = single
+    load_pipeline_module()
+    from components.evaluate import merge_evaluation
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp-root"),
+               raise_on_error=True)
+    task = merge_evaluation(shard_uris=list(two_shards), config=config_param(cfg, "evaluate"))
+    logged = task.outputs["metrics"].metadata
+    assert task.outputs["metrics"].schema_title == "system.Metrics"
+    for name in ("edge_f1", "circle_iou"):
+        for variant in ("with_adapter", "without_adapter", "lift"):
+            assert logged[f"{name}_{variant}"] == pytest.approx(metrics[name][variant])
+    assert logged["gate_passed"] == float(metrics["gate"]["passed"]) and logged["num_samples"] == NUM_SAMPLES
+    assert task.outputs["Output"] is bool(metrics["gate"]["passed"])

@@ -77,7 +77,7 @@ def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, fam
                   "train.keep_last=1", "train.caption_dropout=0.2", "train.validate_every=3",
                   "train.validation_samples=2", "train.validation_inference_steps=2",
                   f"train.mixed_precision={precision}", f"train.num_workers={workers}")
-    train(cache, str(out), cfg, kfp_metrics=str(tmp_path / "kfp" / "metrics.json"))
+    train(cache, str(out), cfg)
 
     adapter = T2IAdapter.from_pretrained(out, subfolder="adapter")
     assert adapter.config.adapter_type == adapter_type
@@ -93,6 +93,9 @@ def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, fam
     assert summary["steps"] == 3 and len(summary["losses"]) == 3 and summary["skipped_steps"] == 0
     assert summary["samples_per_s"] > 0 and summary["peak_memory"]["bytes"] > 0
     assert summary["family"] == family and summary["data_version"] and summary["base_model"]["path"] == model
+    # The run records the reference it loaded: the one the cache was encoded with.
+    assert summary["base_model"] == json.loads((Path(cache) / "cache.json").read_text())["base_model"]
+    assert summary["base_model"]["dtype"] == "fp32" and summary["base_model"]["config_hash"]
     assert summary["mixed_precision"] == precision and all(x is not None for x in summary["losses"])
     assert [v["step"] for v in summary["validation"]] == [0, 3]
     assert {"val_loss", "edge_f1"} <= set(summary["validation"][-1])
@@ -101,8 +104,9 @@ def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, fam
     # Logs for TensorBoard and DVCLive (dvc plots reads the tsv files).
     assert list((out / "logs" / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "logs" / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv").exists()
-    kfp = json.loads((tmp_path / "kfp" / "metrics.json").read_text())
-    assert {"final-loss", "samples-per-s", "val-loss", "edge-f1"} <= {m["name"] for m in kfp["metrics"]}
+    from t2iops.pipelines.kfp_metrics import training_metrics
+
+    assert {"final_loss", "samples_per_s", "val_loss", "val_edge_f1"} <= set(training_metrics(summary))
 
 
 @pytest.mark.slow
@@ -247,11 +251,14 @@ def test_a_fresh_run_refuses_an_output_holding_another_runs_checkpoints(tmp_path
     assert storage.is_published(str(out))  # the finished run is untouched
 
 
-def test_cache_family_must_match_the_model(tmp_path, tiny_sdxl_path, sd15_cache):
+def test_a_base_model_setting_that_disagrees_with_the_cache_is_refused(tmp_path, tiny_sd15_path, tiny_sdxl_path,
+                                                                       sd15_cache):
     from t2iops.errors import ModelError
 
-    with pytest.raises(ModelError, match="encoded for a sd15 model"):
+    # The cache names its base model; a model.base_model naming another one is refused, with both.
+    with pytest.raises(ModelError, match=f"model.base_model='{tiny_sdxl_path}' but cache .* path '{tiny_sd15_path}'"):
         train(sd15_cache, str(tmp_path / "run"), cfg_for(tiny_sdxl_path, "train.max_steps=1"))
+    assert not (tmp_path / "run" / "summary.json").exists()
 
 
 @pytest.mark.s3
@@ -302,3 +309,4 @@ def test_a_streamed_s3_cache_trains_and_resumes_bit_equal_to_the_local_cache(s3_
     a = json.loads((tmp_path / "straight" / "summary.json").read_text())
     b = json.loads((out / "summary.json").read_text())
     assert a["losses"] == b["losses"]
+

@@ -86,6 +86,7 @@ def test_export_of_a_training_output_writes_a_consistent_bundle(in_tmp):
 
     assert manifest["family"] == "sd15" and manifest["adapter"]["type"] == "full_adapter"
     assert manifest["base_model"] == {"id": "org/base-model", "revision": "abc123", "commit": "f00d",
+                                      "variant": None, "vae": None, "dtype": "fp32", "config_hash": None,
                                       "source": "training run summary.json"}
     data = manifest["training_data"]
     assert data["dvc_md5"] == "0123abcd.dir" and data["dvc_stage"] == "synth" and "dvc_reason" not in data
@@ -223,3 +224,11 @@ def test_data_version_reasons(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "circles.dvc").write_text(yaml.safe_dump({"outs": [{"md5": "7.dir", "path": "circles"}]}))
     assert data_version(source, cfg, cwd=tmp_path)["dvc_md5"] == "7.dir"
+
+
+def test_a_base_model_setting_that_disagrees_with_the_run_is_refused_before_publishing(in_tmp):
+    run = training_output(in_tmp / "run")
+    cfg = cfg_for("model.base_model=org/other-model")
+    with pytest.raises(ModelError, match="model.base_model='org/other-model' but training run .* path 'org/base-model'"):
+        export_adapter(str(run), str(in_tmp / "out"), cfg)
+    assert not (in_tmp / "out").exists()

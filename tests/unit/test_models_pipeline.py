@@ -28,7 +28,7 @@ def test_adapter_pipeline_from_pretrained_runs_two_steps(request, family):
     path = request.getfixturevalue(f"tiny_{family}_path")
     base = load_base_model(ModelConfig(base_model=path), components=("unet", "vae", "text_encoders", "scheduler"))
     adapter = build_adapter(base, ModelConfig(num_res_blocks=1))
-    cls = getattr(diffusers, base.pipeline_class_name)
+    cls = getattr(diffusers, base.generator_class_name)
     pipe = cls.from_pretrained(path, adapter=adapter)
     pipe.set_progress_bar_config(disable=True)
     assert type(pipe.scheduler) is type(base.scheduler)
@@ -58,11 +58,10 @@ def test_adapter_pipeline_from_pretrained_runs_two_steps(request, family):
         assert ours["prompt_embeds"].shape == (2, base.tokenizers[0].model_max_length, base.unet.config.cross_attention_dim)
 
 
-def test_pipeline_built_from_loaded_components(tiny_sd15_path):
+def test_generator_built_from_loaded_components(tiny_sd15_path):
     base = load_base_model(ModelConfig(base_model=tiny_sd15_path), components=("unet", "vae", "text_encoders", "scheduler"))
     adapter = build_adapter(base, ModelConfig(adapter_type="light_adapter", num_res_blocks=1))
-    pipe = base.adapter_pipeline(adapter)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = base.generator(adapter)
     images = pipe(
         PROMPTS, image=[_condition(32)] * 2, height=32, width=32, num_inference_steps=1, output_type="np",
         generator=torch.Generator().manual_seed(0),

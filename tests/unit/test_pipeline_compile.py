@@ -225,3 +225,14 @@ def test_compile_bakes_the_run_spec_in_and_each_step_gets_only_its_sections(comp
     assert changed == {"config_train", "config_publish"}  # publish records the whole spec; it is never cached
     for step in ("pull-dataset", "validate-dataset", "encode-shards", "merge-cache"):
         assert _tasks(spec2)[step]["inputs"] == _tasks(spec)[step]["inputs"], step
+
+
+def test_train_and_merge_steps_output_kfp_v2_metrics_artifacts(compiled):
+    """The v2 UI shows system.Metrics output artifacts (the v1 mlpipeline-metrics file is ignored)."""
+    _, _, spec, _ = compiled
+    tasks = _tasks(spec)
+    for task in ("train-adapter", "merge-evaluation"):
+        component = spec["components"][tasks[task]["componentRef"]["name"]]
+        outputs = component["outputDefinitions"]["artifacts"]
+        assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics", task
+    assert "mlpipeline-metrics" not in json.dumps(spec)

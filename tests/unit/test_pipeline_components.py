@@ -15,7 +15,8 @@ from t2iops.errors import DataError, UsageError
 from t2iops.pipelines.compile import load_pipeline_module
 from t2iops.pipelines.registry import publish_model
 from t2iops.pipelines.runtime import config_from_param, config_param, parse_config_param
-from t2iops.pipelines.steps import check_shards, run_prefix, scalar_metrics, step_key
+from t2iops.pipelines.kfp_metrics import evaluation_metrics, training_metrics
+from t2iops.pipelines.steps import check_shards, run_prefix, step_key
 
 # Each step receives only the sections its stage reads.
 TINY_PULL = json.dumps({"data.synth.count": 6, "data.synth.resolution": 32})
@@ -160,4 +161,16 @@ def test_step_helpers():
     # retried step resumes there); other inputs, another prefix.
     assert step_key("s3://root/run-1/train-adapter/model") == step_key("s3://root/run-1/train-adapter/model")
     assert step_key("s3://root/run-1/train-adapter/model") != step_key("s3://root/run-2/train-adapter/model")
-    assert scalar_metrics({"fid": {"with_adapter": 3.5, "note": "x"}, "ok": True, "n": float("nan")}) == {"fid.with_adapter": 3.5}
+
+
+
+def test_kfp_metrics_are_the_named_scalars_of_the_stage_outputs():
+    summary = {"final_loss": 0.12, "samples_per_s": 40.0, "steps": 3, "skipped_steps": 0, "losses": [0.2, None, 0.12],
+               "peak_memory": {"bytes": 2**30}, "validation": [{"step": 0, "val_loss": 0.3},
+                                                             {"step": 3, "val_loss": 0.2, "edge_f1": 0.4}]}
+    assert training_metrics(summary) == {"final_loss": 0.12, "samples_per_s": 40.0, "steps": 3.0, "skipped_steps": 0.0,
+                                         "peak_memory_gb": 1.0, "val_loss": 0.2, "val_edge_f1": 0.4}
+    result = {"num_samples": 4, "edge_f1": {"with_adapter": 0.5, "without_adapter": 0.2, "lift": 0.3, "real_images": 0.9},
+              "fid": {"with_adapter": float("nan"), "without_adapter": 9.0}, "gate": {"passed": False, "checks": []}}
+    assert evaluation_metrics(result) == {"num_samples": 4.0, "edge_f1_with_adapter": 0.5, "edge_f1_without_adapter": 0.2,
+                                          "edge_f1_lift": 0.3, "fid_without_adapter": 9.0, "gate_passed": 0.0}

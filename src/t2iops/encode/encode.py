@@ -24,12 +24,14 @@ from ..config import Config
 from ..errors import DataError
 from . import augment
 from .cache import CACHE_FORMAT, EMPTY_PROMPT, INDEX, PART, TEXT_SHARD_SIZE, encode_png, shard_name
-from .fingerprint import dataset_fingerprints, digest, model_identity
+from ..devices import default_device, torch_dtype
+from ..hashing import digest
+from ..models.reference import BaseModelRef
+from .fingerprint import dataset_fingerprints, model_identity
 
 log = logging.getLogger(__name__)
 
 SPLIT_ORDER = ("train", "val", "test")
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def cache_keys(cfg: Config, fingerprints: list[dict], model: dict) -> dict:
@@ -99,9 +101,9 @@ def encode_dataset(data_root: str, validated_dir: str, out: str, cfg: Config) ->
                 log.info("encode: %s unchanged (key %s), carried over", part, index[part]["key"])
                 _carry_over(out, index[part]["dir"], target, cfg)
             elif part == "text":
-                encode_text(keys["captions"], target, cfg)
+                encode_text(keys["captions"], target, cfg, cached_reference(index))
             else:
-                encode_latents(rows, target, cfg)
+                encode_latents(rows, target, cfg, cached_reference(index))
         finish_index(index, staging)
         cfg.write(staging)
     return out
@@ -119,7 +121,7 @@ def _build_index(cfg: Config, rows: list, keys: dict, model: dict) -> dict:
     return {
         "format": CACHE_FORMAT,
         "dataset_version": keys["dataset_version"],
-        "base_model": {k: model[k] for k in ("path", "revision", "commit", "variant", "vae", "config_hash")},
+        "base_model": model["ref"].to_dict(),
         "force_zeros_for_empty_prompt": model.get("force_zeros_for_empty_prompt"),
         "resolution": cfg.encode.resolution,
         "augmentation": augmentation_policy(cfg),
@@ -165,18 +167,17 @@ def _carry_over(out: str, rel: str, target: Path, cfg: Config) -> None:
             shutil.copy2(path, dest)
 
 
-def _device():
+def cached_reference(index: dict) -> BaseModelRef:
+    """The base model a cache index records (saved by :func:`_build_index`)."""
+    return BaseModelRef.from_dict(index["base_model"], where=f"cache {INDEX}")
+
+
+def _encode_dtype(ref: BaseModelRef, device, force_upcast: bool = False):
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from ..devices import inference_dtype
 
-
-def _encode_dtype(cfg: Config, device, force_upcast: bool = False):
-    import torch
-
-    if device.type == "cpu":  # half precision convolutions on CPU are slow or missing
-        return torch.float32
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.model.dtype]
+    dtype = inference_dtype(ref.dtype, device)
     # SDXL's original VAE overflows in fp16 (force_upcast in its config); the fp16-fix VAE does not.
     return torch.float32 if (force_upcast and dtype == torch.float16) else dtype
 
@@ -226,7 +227,7 @@ class ShardWriter:
         self.pending, self.pending_blobs, self.count = {}, {}, 0
 
 
-def encode_text(captions: list[str], target: Path, cfg: Config, first_shard: int = 0) -> None:
+def encode_text(captions: list[str], target: Path, cfg: Config, ref: BaseModelRef, first_shard: int = 0) -> None:
     """Embeddings of each unique caption (rows in ``captions`` order) and of the empty prompt."""
     import torch
     from safetensors.torch import save_file
@@ -235,11 +236,12 @@ def encode_text(captions: list[str], target: Path, cfg: Config, first_shard: int
     from ..models.text import encode_prompts
     from ..progress import progress
 
-    device = _device()
-    base = load_base_model(cfg.model, cfg.storage, dtype=_encode_dtype(cfg, device), components=("text_encoders",))
+    device = default_device()
+    base = load_base_model(ref, cfg.storage, dtype=_encode_dtype(ref, device), components=("text_encoders",),
+                           local_files_only=cfg.model.local_files_only)
     for encoder in base.text_encoders:
         encoder.to(device).eval().requires_grad_(False)
-    store = getattr(torch, DTYPES[cfg.encode.storage_dtype])
+    store = torch_dtype(cfg.encode.storage_dtype)
     writer = ShardWriter(target, TEXT_SHARD_SIZE, first_shard)
     bs = cfg.encode.batch_size
     with torch.inference_mode():
@@ -267,7 +269,7 @@ def _load_pair(row, cfg: Config):
     return pixels, cond, plan
 
 
-def encode_latents(rows: list, target: Path, cfg: Config, first_shard: int = 0) -> None:
+def encode_latents(rows: list, target: Path, cfg: Config, ref: BaseModelRef, first_shard: int = 0) -> None:
     """VAE posteriors of each row's image (and of its mirror image when flips are on), its
     condition as a lossless PNG, and its SDXL time ids."""
     import torch
@@ -275,12 +277,13 @@ def encode_latents(rows: list, target: Path, cfg: Config, first_shard: int = 0) 
     from ..models.resolve import load_base_model
     from ..progress import progress
 
-    device = _device()
-    base = load_base_model(cfg.model, cfg.storage, dtype=torch.float32, components=("vae",))
+    device = default_device()
+    base = load_base_model(ref, cfg.storage, dtype=torch.float32, components=("vae",),
+                           local_files_only=cfg.model.local_files_only)
     vae = base.vae
-    dtype = _encode_dtype(cfg, device, bool(getattr(vae.config, "force_upcast", False)))
+    dtype = _encode_dtype(ref, device, bool(getattr(vae.config, "force_upcast", False)))
     vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    store = getattr(torch, DTYPES[cfg.encode.storage_dtype])
+    store = torch_dtype(cfg.encode.storage_dtype)
     flip = cfg.encode.random_flip
     writer = ShardWriter(target, cfg.encode.shard_size, first_shard)
     bs = cfg.encode.batch_size

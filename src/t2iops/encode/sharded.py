@@ -18,7 +18,7 @@ from .. import storage
 from ..config import Config
 from ..errors import DataError, UsageError
 from .cache import EMPTY_PROMPT, PART, TEXT_SHARD_SIZE
-from .encode import encode_latents, encode_text, finish_index, plan_encode
+from .encode import cached_reference, encode_latents, encode_text, finish_index, plan_encode
 
 SLICE = "slice.json"
 
@@ -42,9 +42,9 @@ def encode_shard(data_root: str, validated_dir: str, out: str, cfg: Config, shar
             "index": index}
     with storage.publish(out, cfg, extra={"kind": "t2iops-cache-slice", "shard": f"{index_no}/{count}"}) as staging:
         encode_text(keys["captions"][text_from:text_to], staging / index["text"]["dir"], cfg,
-                    first_shard=text_from // TEXT_SHARD_SIZE)
+                    cached_reference(index), first_shard=text_from // TEXT_SHARD_SIZE)
         encode_latents(rows[rows_from:rows_to], staging / index["latents"]["dir"], cfg,
-                       first_shard=rows_from // cfg.encode.shard_size)
+                       cached_reference(index), first_shard=rows_from // cfg.encode.shard_size)
         (staging / SLICE).write_text(json.dumps(info))
         cfg.write(staging)
     return info

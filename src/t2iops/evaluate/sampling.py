@@ -1,12 +1,12 @@
 """Generate the evaluation images: with the adapter and, same seeds and prompts, without it.
 
-The baseline is the family's *plain* text-to-image pipeline (``StableDiffusionPipeline`` /
-``StableDiffusionXLPipeline``) built from the same loaded components, not the adapter pipeline
+The baseline is the family's *plain* text-to-image generator (diffusers ``StableDiffusionPipeline``
+/ ``StableDiffusionXLPipeline``) built from the same loaded components, not the adapter generator
 at ``adapter_conditioning_scale=0``: "no adapter" then means exactly the base model users
-would run. Both pipelines draw their initial latents from one generator per image, seeded
+would run. Both generators draw their initial latents from one generator per image, seeded
 ``evaluate.seed + sample index``, so an image does not depend on its batch or shard.
 
-The diffusers adapter pipelines run the adapter once per image, before the denoising loop,
+The diffusers adapter generators run the adapter once per image, before the denoising loop,
 and add the same residuals (doubled along the batch for classifier-free guidance) at every
 step; they never re-run it per step.
 """
@@ -54,39 +54,24 @@ def square_resize(image: Image.Image, size: int, resample=Image.BICUBIC) -> Imag
 
 
 @dataclass
-class Pipelines:
+class Generators:
     with_adapter: Any
     without_adapter: Any
     family: str
     device: str
 
 
-def build_pipelines(base: Any, adapter: Any, scheduler: str, device: str) -> Pipelines:
-    """The adapter pipeline and the plain pipeline, sharing the base model's modules."""
-    import diffusers
-
+def build_generators(base: Any, adapter: Any, scheduler: str, device: str) -> Generators:
+    """The adapter generator and the plain one, sharing the base model's modules."""
     base.to(device)
     adapter.to(device)
-    with_adapter = base.adapter_pipeline(adapter)
-    with_adapter.scheduler = make_scheduler(base.scheduler, scheduler)
-    common = dict(vae=base.vae, unet=base.unet, scheduler=make_scheduler(base.scheduler, scheduler))
-    if base.family == "sdxl":
-        without_adapter = diffusers.StableDiffusionXLPipeline(
-            text_encoder=base.text_encoders[0], text_encoder_2=base.text_encoders[1],
-            tokenizer=base.tokenizers[0], tokenizer_2=base.tokenizers[1], **common,
-        )
-    else:
-        without_adapter = diffusers.StableDiffusionPipeline(
-            text_encoder=base.text_encoders[0], tokenizer=base.tokenizers[0],
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False, **common,
-        )
-    for pipe in (with_adapter, without_adapter):
-        pipe.set_progress_bar_config(disable=True)  # our own bar counts batches
-    return Pipelines(with_adapter, without_adapter, base.family, device)
+    with_adapter = base.generator(adapter, scheduler=make_scheduler(base.scheduler, scheduler))
+    without_adapter = base.generator(None, scheduler=make_scheduler(base.scheduler, scheduler))
+    return Generators(with_adapter, without_adapter, base.family, device)
 
 
 def generate(
-    pipes: Pipelines,
+    generators: Generators,
     prompts: list[str],
     seeds: list[int],
     resolution: int,
@@ -95,10 +80,10 @@ def generate(
     scale: Optional[float] = None,
 ) -> np.ndarray:
     """uint8 images ``[B, H, W, 3]``; with ``conditions`` and ``scale`` through the adapter
-    pipeline, without them through the plain one."""
+    generator, without them through the plain one."""
     import torch
 
-    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    rngs = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     kwargs: dict[str, Any] = dict(
         prompt=list(prompts),
         height=resolution,
@@ -106,17 +91,17 @@ def generate(
         num_inference_steps=eval_cfg.num_inference_steps,
         guidance_scale=eval_cfg.guidance_scale,
         negative_prompt=[eval_cfg.negative_prompt] * len(prompts) if eval_cfg.negative_prompt else None,
-        generator=generators,
+        generator=rngs,
         output_type="np",
     )
     if conditions is not None:
-        pipe = pipes.with_adapter
+        generator = generators.with_adapter
         kwargs.update(image=list(conditions), adapter_conditioning_scale=float(scale if scale is not None else 1.0))
-        if pipes.family == "sdxl":
+        if generators.family == "sdxl":
             kwargs["adapter_conditioning_factor"] = eval_cfg.conditioning_factor
     else:
-        pipe = pipes.without_adapter
+        generator = generators.without_adapter
     with torch.inference_mode():
-        images = pipe(**kwargs).images
-    # The pipelines' own PIL conversion: (x * 255).round() as uint8.
+        images = generator(**kwargs).images
+    # The generators' own PIL conversion: (x * 255).round() as uint8.
     return (np.clip(images, 0.0, 1.0) * 255).round().astype(np.uint8)

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 from .. import storage
 from ..errors import DataError, GateFailed, ModelError, UsageError
+from ..hashing import digest
 from ..progress import progress
 from .fid import EXTRACTOR_SETTINGS, FeatureStats
 from .training_curve import TRAINING_CURVE, read_training_curve
@@ -89,8 +90,7 @@ def _to_tensor(images: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+_digest = digest
 
 
 def _adapter_digest(adapter: Any) -> str:
@@ -173,12 +173,12 @@ def sample_file_name(index: int, row_id: Any) -> str:
 
 def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, shard: tuple[int, int] = (0, 1)) -> dict:
     """Evaluate shard ``i`` of ``n`` and publish its partial results to ``out``."""
-    import torch
-
+    from ..devices import default_device, inference_dtype
     from ..models.family import check_adapter_fits
     from ..models.resolve import load_adapter, load_base_model
     from .condition_fidelity import load_estimator_spec, metrics_for
-    from .sampling import build_pipelines
+    from .sampling import build_generators
+    from .training_curve import training_run_reference
 
     ev = cfg.evaluate
     index, count = shard
@@ -187,12 +187,14 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
     rows = evaluation_rows(data, validated, cfg)
     lo, hi = shard_range(len(rows), ev.batch_size, index, count)
     resolution = eval_resolution(cfg)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = default_device().type
 
-    base = load_base_model(cfg.model, cfg.storage)
-    net = load_adapter(adapter, cfg.model, cfg.storage)
+    ref = training_run_reference(adapter, cfg.model, cfg.storage)
+    dtype = inference_dtype(ref.dtype, device)
+    base = load_base_model(ref, cfg.storage, dtype=dtype, local_files_only=cfg.model.local_files_only)
+    net = load_adapter(adapter, cfg.model, cfg.storage, dtype=dtype)
     check_adapter_fits(net, base, resolution=resolution)
-    pipes = build_pipelines(base, net, ev.scheduler, device)
+    generators = build_generators(base, net, ev.scheduler, device)
     variants = [WITHOUT] + [adapter_variant(s) for s in ev.conditioning_scales]
     inception, fid_missing = load_inception(cfg, device)
     clip = None
@@ -203,6 +205,7 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
     fingerprint = _digest({
         "evaluate": {k: v for k, v in ev.model_dump(mode="json").items() if k != "gate"},
         "model": cfg.model.model_dump(mode="json"),
+        "base_model": ref.to_dict(),
         "resolution": resolution,
         "adapter": _adapter_digest(net),
         "rows": [r.id for r in rows],
@@ -218,7 +221,7 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
         (staging / REAL).mkdir()
         for start in progress(range(lo, hi, ev.batch_size), desc=f"sampling shard {index}/{count}", unit="batch"):
             batch = rows[start:min(start + ev.batch_size, hi)]
-            samples.extend(_sample_batch(batch, start, pipes, scorers, stats, resolution, staging, ev))
+            samples.extend(_sample_batch(batch, start, generators, scorers, stats, resolution, staging, ev))
 
         (staging / "stats").mkdir()
         if inception is not None:
@@ -229,32 +232,41 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
             for rec in samples:
                 fh.write(json.dumps(rec) + "\n")
         (staging / TRAINING_CURVE).write_text(json.dumps(read_training_curve(adapter, cfg.storage)))
-        info = {
-            "shard": index,
-            "num_shards": count,
-            "range": [lo, hi],
-            "num_samples_total": len(rows),
-            "fingerprint": fingerprint,
-            "family": base.family,
-            "base_model": cfg.model.base_model,
-            "adapter": str(adapter),
-            "resolution": resolution,
-            "device": device,
-            "variants": variants,
-            "conditioning_scales": list(ev.conditioning_scales),
-            "fidelity": [{"name": m.name, "higher_is_better": m.higher_is_better, "description": m.description}
-                         for m in fidelity],
-            "fid_missing": fid_missing,
-            "feature_extractor": EXTRACTOR_SETTINGS if inception is not None else None,
-            "clip_backbone": clip.backbone if clip is not None else None,
-        }
+        info = _shard_info(shard, (lo, hi), len(rows), fingerprint, base, ref, adapter, resolution, device, variants,
+                           fidelity, fid_missing, inception, clip, ev)
         (staging / SHARD_INFO).write_text(json.dumps(info, indent=2))
         cfg.write(staging)
     log.info("shard %d/%d: samples %d..%d -> %s", index, count, lo, hi, out)
     return info
 
 
-def _sample_batch(batch: list, start: int, pipes: Any, scorers: dict, stats: dict, resolution: int,
+def _shard_info(shard: tuple[int, int], span: tuple[int, int], total: int, fingerprint: str, base: Any, ref: Any,
+                adapter: str, resolution: int, device: str, variants: list, fidelity: list, fid_missing: Optional[str],
+                inception: Any, clip: Any, ev: Any) -> dict:
+    """``shard.json``: what a shard evaluated, with what, so the merge can check shards agree."""
+    return {
+        "shard": shard[0],
+        "num_shards": shard[1],
+        "range": list(span),
+        "num_samples_total": total,
+        "fingerprint": fingerprint,
+        "family": base.family,
+        "base_model": ref.path,
+        "base_model_ref": ref.to_dict(),
+        "adapter": str(adapter),
+        "resolution": resolution,
+        "device": device,
+        "variants": variants,
+        "conditioning_scales": list(ev.conditioning_scales),
+        "fidelity": [{"name": m.name, "higher_is_better": m.higher_is_better, "description": m.description}
+                     for m in fidelity],
+        "fid_missing": fid_missing,
+        "feature_extractor": EXTRACTOR_SETTINGS if inception is not None else None,
+        "clip_backbone": clip.backbone if clip is not None else None,
+    }
+
+
+def _sample_batch(batch: list, start: int, generators: Any, scorers: dict, stats: dict, resolution: int,
                   staging: Path, ev: Any) -> list[dict]:
     """Generate one batch without and with the adapter (each scale), score every image against
     its condition (and the real image, the ceiling), save them; returns the per-sample records."""
@@ -269,9 +281,9 @@ def _sample_batch(batch: list, start: int, pipes: Any, scorers: dict, stats: dic
         conditions.append(square_resize(original, resolution, Image.BILINEAR))
         scales.append(resolution / min(original.size))
     cond_t = _to_tensor(np.stack([np.asarray(c) for c in conditions]))
-    images = {WITHOUT: generate(pipes, prompts, seeds, resolution, ev)}
+    images = {WITHOUT: generate(generators, prompts, seeds, resolution, ev)}
     for s in ev.conditioning_scales:
-        images[adapter_variant(s)] = generate(pipes, prompts, seeds, resolution, ev, conditions, s)
+        images[adapter_variant(s)] = generate(generators, prompts, seeds, resolution, ev, conditions, s)
     metas = [{**r.meta, "_scale": sc} for r, sc in zip(batch, scales)]
     records = [{"index": i, "id": r.id, "file": sample_file_name(i, r.id), "seed": sd, "prompt": p}
                for i, r, sd, p in zip(ids, batch, seeds, prompts)]

@@ -115,3 +115,24 @@ def bucket_means(steps: list[int], values: list[float], max_points: int) -> tupl
         out_steps.append(steps[start:start + size][-1])
         out_values.append(sum(chunk) / len(chunk))
     return out_steps, out_values
+
+
+def training_run_reference(adapter: str, model_cfg: Any, storage_cfg: Any = None):
+    """The base model the training run behind ``adapter`` recorded in its summary.json (checked
+    against the ``model.*`` settings), or the one ``model.*`` names for an adapter with no run
+    (a hub id, a bare folder)."""
+    from ..models.reference import reference_from_record
+
+    for run in _run_folders(str(adapter)):
+        uri = storage.join(run, SUMMARY)
+        text = _read(uri, storage_cfg)
+        if text is None:
+            continue
+        try:
+            record = json.loads(text).get("base_model")
+        except (ValueError, AttributeError) as exc:
+            log.warning("%s is not a JSON object (%s); the base model comes from model.*", uri, exc)
+            continue
+        if isinstance(record, dict) and record:
+            return reference_from_record(record, model_cfg, f"training run {run} ({SUMMARY})")
+    return reference_from_record(None, model_cfg, str(adapter))

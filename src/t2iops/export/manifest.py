@@ -15,6 +15,7 @@ from typing import Any, Optional
 import yaml
 
 from .. import storage
+from ..models.generator import ADAPTER_GENERATORS
 
 SCHEMA_VERSION = 1
 
@@ -118,13 +119,15 @@ def write_manifest(staging: Path, manifest: dict) -> Path:
 
 
 def model_card(manifest: dict) -> str:
-    """README.md: what the files are, how to load the adapter and how to feed the residuals."""
+    """README.md: what the files are, how to load the adapter and how to feed the residuals.
+
+    Long: one Markdown template, kept whole so that it reads like the page it writes."""
     family = manifest["family"]
     adapter = manifest["adapter"]
     usage = manifest["usage"]
     multiple = adapter["total_downscale_factor"]
     base = manifest["base_model"]
-    pipe_cls = "StableDiffusionXLAdapterPipeline" if family == "sdxl" else "StableDiffusionAdapterPipeline"
+    pipe_cls = ADAPTER_GENERATORS[family]
     res = next(iter(manifest["residual_shapes"]))
     shapes = "\n".join(f"| `{name}` | `{shape}` |" for name, shape in manifest["residual_shapes"][res].items())
     parity = manifest["validation"]

@@ -128,9 +128,9 @@ def check_parity(
 
 
 # ---------------------------------------------------------------------------------------
-# End to end: the same pipeline, same seed, PyTorch residuals vs onnxruntime residuals.
+# End to end: the same generator, same seed, PyTorch residuals vs onnxruntime residuals.
 def pipeline_parity(
-    base_model_path: str | Path,
+    base_model: Any,
     family: str,
     torch_adapter,
     onnx_adapter,
@@ -141,21 +141,25 @@ def pipeline_parity(
     guidance_scale: float = 5.0,
     synth_cfg: Any = None,
     local_files_only: bool = True,
-    revision: Optional[str] = None,
+    storage_cfg: Any = None,
 ) -> dict:
     """Generate one image with each adapter and return the max abs pixel difference ([0, 1]
-    scale). Both runs share the scheduler state, the seed, the prompt and the condition."""
+    scale). Both runs share the scheduler state, the seed, the prompt and the condition.
+    ``base_model``: the training run's :class:`~t2iops.models.reference.BaseModelRef` (or a
+    folder), loaded through the one loader in fp32 (the check runs on the CPU)."""
     import torch
     from PIL import Image
 
-    from diffusers import StableDiffusionAdapterPipeline, StableDiffusionXLAdapterPipeline
+    from ..errors import ModelError
+    from ..models.reference import BaseModelRef
+    from ..models.resolve import load_base_model
 
-    cls = StableDiffusionXLAdapterPipeline if family == "sdxl" else StableDiffusionAdapterPipeline
-    extra = {"safety_checker": None, "feature_extractor": None} if family == "sd15" else {}
-    pipe = cls.from_pretrained(
-        str(base_model_path), adapter=torch_adapter, revision=revision, local_files_only=local_files_only, **extra
-    )
-    pipe.set_progress_bar_config(disable=True)
+    ref = base_model if isinstance(base_model, BaseModelRef) else BaseModelRef(path=str(base_model))
+    base = load_base_model(ref, storage_cfg, dtype=torch.float32, local_files_only=local_files_only,
+                           components=("unet", "vae", "text_encoders", "scheduler"))
+    if base.family != family:
+        raise ModelError(f"the adapter is for {family} but the base model {ref.path} is {base.family}")
+    pipe = base.generator(torch_adapter)
     condition = circle_condition(resolution, resolution, seed, synth_cfg)
     image = Image.fromarray((condition.transpose(1, 2, 0) * 255).round().astype(np.uint8))
 
@@ -178,7 +182,7 @@ def pipeline_parity(
     # The residuals' own effect on the image: a parity margin far below it means the check
     # can see a wrong residual (were the adapter ignored, both images would trivially agree).
     without_adapter = generate(scale=0.0)
-    pipe.adapter = onnx_adapter  # same pipeline object: identical components and scheduler config
+    pipe.adapter = onnx_adapter  # same generator object: identical components and scheduler config
     candidate = generate()
     pipe.adapter = torch_adapter
     return {

@@ -18,6 +18,7 @@ import yaml
 
 from .. import storage
 from ..errors import ModelError
+from ..models.reference import BaseModelRef, reference_from_record
 
 logger = logging.getLogger(__name__)
 
@@ -97,21 +98,27 @@ def load_torch_adapter(source: AdapterSource):
     return adapter.float().eval().requires_grad_(False)
 
 
-def base_model_record(source: AdapterSource, cfg: Any) -> dict:
-    """Base model id and revision: the training summary's record of what the cache was encoded
-    with (it carries the resolved commit), else the run's resolved config, else ``cfg``."""
-    summary_model = (source.training_summary or {}).get("base_model")
-    if isinstance(summary_model, dict) and summary_model.get("path"):
-        return {
-            "id": summary_model["path"],
-            "revision": summary_model.get("revision"),
-            "commit": summary_model.get("commit"),
-            "source": "training run summary.json",
-        }
+def base_model_reference(source: AdapterSource, cfg: Any) -> tuple[BaseModelRef, str]:
+    """The base model the adapter was trained on and where that was read: the training summary's
+    reference (saved at encode, with the resolved commit), else the run's resolved config, else
+    the ``model.*`` settings (a bare adapter folder records nothing). A ``model.*`` setting that
+    disagrees with the run's record is a ModelError naming both."""
+    record = (source.training_summary or {}).get("base_model")
+    if isinstance(record, dict) and record.get("path"):
+        where = f"training run {source.uri} (summary.json)"
+        return reference_from_record(record, cfg.model, where), "training run summary.json"
     model = (source.training_config or {}).get("model") or {}
     if model.get("base_model"):
-        return {"id": model["base_model"], "revision": model.get("revision"), "source": "training run config.resolved.yaml"}
-    return {"id": cfg.model.base_model, "revision": cfg.model.revision, "source": "export configuration (model.*)"}
+        record = {"path": model["base_model"], **{k: model.get(k) for k in ("revision", "variant", "vae", "dtype")}}
+        where = f"training run {source.uri} (config.resolved.yaml)"
+        return reference_from_record(record, cfg.model, where), "training run config.resolved.yaml"
+    return BaseModelRef.from_config(cfg.model), "export configuration (model.*)"
+
+
+def base_model_record(ref: BaseModelRef, where: str) -> dict:
+    """The serving manifest's ``base_model``: the reference, its path as ``id``, and its origin."""
+    fields = ref.to_dict()
+    return {"id": fields.pop("path"), **fields, "source": where}
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from . import manifest as mf
 from .onnx_export import INPUT_NAME, check_graph, convert_fp16, export_fp32, model_files
 from .ort_adapter import OrtT2IAdapter, check_condition_size, make_session
 from .parity import check_parity, parity_shapes, pipeline_parity
-from .source import base_model_record, load_torch_adapter, locate_adapter
+from .source import base_model_record, base_model_reference, load_torch_adapter, locate_adapter
 from .trt_readiness import readiness_report
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ def export_adapter(
     """Export, validate and publish. Returns the manifest written to ``out/export.json``."""
     ecfg = cfg.export
     source = locate_adapter(adapter_uri, cfg)
+    ref, where = base_model_reference(source, cfg)  # a model.* setting naming another model fails here
+    base = base_model_record(ref, where)
     adapter = load_torch_adapter(source)
     multiple = adapter.total_downscale_factor
     parity_sizes = ecfg.parity_resolutions or ecfg.resolutions
@@ -76,8 +78,7 @@ def export_adapter(
                 f"condition {worst.batch}x3x{worst.height}x{worst.width}, relative error {worst.relative_error:.3g} "
                 f"> tolerance {worst.tolerance:.3g} (export.{worst.model}_tolerance); nothing was published"
             )
-        base = base_model_record(source, cfg)
-        pipeline = _pipeline_check(source, adapter, fp32_path, base, cfg)
+        pipeline = _pipeline_check(source, adapter, fp32_path, ref, cfg)
 
         # -- 3. TensorRT readiness -------------------------------------------------------
         tensorrt = readiness_report(
@@ -95,64 +96,75 @@ def export_adapter(
 
         # -- 4. manifest, model card, diffusers weights --------------------------------
         shutil.copytree(source.adapter_dir, staging / "adapter", ignore=shutil.ignore_patterns(".*"))
-        manifest = {
-            "schema_version": mf.SCHEMA_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "t2iops_version": __version__,
-            "family": source.family,
-            "adapter": {
-                "source": source.uri,
-                "type": source.adapter_type,
-                "in_channels": source.config.get("in_channels", 3),
-                "channels": source.config.get("channels"),
-                "num_res_blocks": source.config.get("num_res_blocks"),
-                "downscale_factor": adapter.downscale_factor,
-                "total_downscale_factor": multiple,
-                "parameters": sum(p.numel() for p in adapter.parameters()),
-            },
-            "opset": ecfg.opset,
-            "input": {
-                "name": INPUT_NAME,
-                "dtype": "float32",
-                "layout": "NCHW",
-                "channel_order": "RGB",
-                "range": [0.0, 1.0],
-                "normalization": "pixel / 255; no mean/std",
-                "dynamic_axes": {"batch": 0, "height": 2, "width": 3},
-                "height_width_multiple_of": multiple,
-            },
-            "outputs": [
-                {"name": o.name, "unet_argument": f"down_intrablock_additional_residuals[{i}]"}
-                for i, o in enumerate(sessions["fp32"].get_outputs())
-            ],
-            "residual_shapes": _residual_shapes(sessions["fp32"], ecfg.resolutions),
-            "usage": {
-                "adapter_conditioning_scale": recommended_scale(cfg),
-                "adapter_conditioning_factor": cfg.evaluate.conditioning_factor,
-                "source": "evaluate.conditioning_scales[0] and evaluate.conditioning_factor",
-                "classifier_free_guidance": "concatenate each residual twice along the batch (uncond, cond)",
-            },
-            "files": _file_records(staging, fp32_path, fp16_path),
-            "base_model": base,
-            "training_data": mf.data_version(source, cfg, cwd),
-            "git": mf.git_commit(cwd),
-            "metrics": metrics,
-            "validation": {
-                "fp32_tolerance": ecfg.fp32_tolerance,
-                "fp16_tolerance": ecfg.fp16_tolerance,
-                "fp32_max_relative_error": _worst(cases, "fp32"),
-                "fp16_max_relative_error": _worst(cases, "fp16"),
-                "parity": [c.as_dict() for c in cases],
-                "pipeline": pipeline,
-            },
-            "tensorrt": tensorrt,
-            "notes": source.notes,
-            "export_seconds": round(time.time() - started, 2),
-        }
+        manifest = _export_manifest(source, adapter, sessions, staging, fp32_path, fp16_path, base, metrics, cases,
+                                    pipeline, tensorrt, cfg, cwd, started)
         mf.write_manifest(staging, manifest)
         (staging / "README.md").write_text(mf.model_card(manifest))
         cfg.write(staging)
     logger.info("exported %s -> %s (fp32 worst relative error %.2e)", adapter_uri, out, manifest["validation"]["fp32_max_relative_error"])
+    return manifest
+
+
+def _export_manifest(source, adapter, sessions: dict, staging: Path, fp32_path: Path, fp16_path: Optional[Path],
+                     base: dict, metrics: Any, cases: list, pipeline: dict, tensorrt: dict, cfg: Config,
+                     cwd: Optional[Path], started: float) -> dict:
+    """``export.json``: the serving manifest (graphs, I/O contract, base model, data, checks)."""
+    ecfg = cfg.export
+    multiple = adapter.total_downscale_factor
+    manifest = {
+        "schema_version": mf.SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "t2iops_version": __version__,
+        "family": source.family,
+        "adapter": {
+            "source": source.uri,
+            "type": source.adapter_type,
+            "in_channels": source.config.get("in_channels", 3),
+            "channels": source.config.get("channels"),
+            "num_res_blocks": source.config.get("num_res_blocks"),
+            "downscale_factor": adapter.downscale_factor,
+            "total_downscale_factor": multiple,
+            "parameters": sum(p.numel() for p in adapter.parameters()),
+        },
+        "opset": ecfg.opset,
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "layout": "NCHW",
+            "channel_order": "RGB",
+            "range": [0.0, 1.0],
+            "normalization": "pixel / 255; no mean/std",
+            "dynamic_axes": {"batch": 0, "height": 2, "width": 3},
+            "height_width_multiple_of": multiple,
+        },
+        "outputs": [
+            {"name": o.name, "unet_argument": f"down_intrablock_additional_residuals[{i}]"}
+            for i, o in enumerate(sessions["fp32"].get_outputs())
+        ],
+        "residual_shapes": _residual_shapes(sessions["fp32"], ecfg.resolutions),
+        "usage": {
+            "adapter_conditioning_scale": recommended_scale(cfg),
+            "adapter_conditioning_factor": cfg.evaluate.conditioning_factor,
+            "source": "evaluate.conditioning_scales[0] and evaluate.conditioning_factor",
+            "classifier_free_guidance": "concatenate each residual twice along the batch (uncond, cond)",
+        },
+        "files": _file_records(staging, fp32_path, fp16_path),
+        "base_model": base,
+        "training_data": mf.data_version(source, cfg, cwd),
+        "git": mf.git_commit(cwd),
+        "metrics": metrics,
+        "validation": {
+            "fp32_tolerance": ecfg.fp32_tolerance,
+            "fp16_tolerance": ecfg.fp16_tolerance,
+            "fp32_max_relative_error": _worst(cases, "fp32"),
+            "fp16_max_relative_error": _worst(cases, "fp16"),
+            "parity": [c.as_dict() for c in cases],
+            "pipeline": pipeline,
+        },
+        "tensorrt": tensorrt,
+        "notes": source.notes,
+        "export_seconds": round(time.time() - started, 2),
+    }
     return manifest
 
 
@@ -192,12 +204,12 @@ def _file_records(staging: Path, fp32_path: Path, fp16_path: Optional[Path]) -> 
     return records
 
 
-def _pipeline_check(source, torch_adapter, fp32_path: Path, base: dict, cfg: Config) -> dict:
-    """End-to-end: same pipeline, same seed, PyTorch vs ONNX residuals. Returns a status dict
+def _pipeline_check(source, torch_adapter, fp32_path: Path, ref, cfg: Config) -> dict:
+    """End-to-end: same generator, same seed, PyTorch vs ONNX residuals. Returns a status dict
     (skipped with a reason in ``auto`` mode when the base model is not at hand)."""
     ecfg = cfg.export
     mode = ecfg.pipeline_check
-    result: dict[str, Any] = {"mode": mode, "tolerance": ecfg.pipeline_tolerance, "base_model": base["id"]}
+    result: dict[str, Any] = {"mode": mode, "tolerance": ecfg.pipeline_tolerance, "base_model": ref.path}
     if mode == "skip":
         return {**result, "status": "skipped", "reason": "export.pipeline_check=skip"}
 
@@ -207,7 +219,7 @@ def _pipeline_check(source, torch_adapter, fp32_path: Path, base: dict, cfg: Con
         logger.warning("skipping the end-to-end pipeline check: %s", reason)
         return {**result, "status": "skipped", "reason": reason}
 
-    base_id = str(base["id"])
+    base_id = str(ref.path)
     if storage.is_s3(base_id):
         try:
             base_path = storage.materialize(base_id, cfg, kind="models")
@@ -226,10 +238,10 @@ def _pipeline_check(source, torch_adapter, fp32_path: Path, base: dict, cfg: Con
                                  providers=["CPUExecutionProvider"])
     try:
         measured = pipeline_parity(
-            base_path, source.family, torch_adapter, onnx_adapter, resolution=min(ecfg.resolutions),
+            ref, source.family, torch_adapter, onnx_adapter, resolution=min(ecfg.resolutions),
             steps=ecfg.pipeline_steps, seed=cfg.seed, guidance_scale=cfg.evaluate.guidance_scale,
             synth_cfg=cfg.data.synth, local_files_only=cfg.model.local_files_only or mode != "required",
-            revision=base.get("revision"),
+            storage_cfg=cfg.storage,
         )
     except T2IError:
         raise

@@ -79,7 +79,7 @@ def _inspect(args, cfg) -> int:
         return 0
     lines = [
         f"base model        {report['base_model']}",
-        f"family            {report['family']} ({report['pipeline']})",
+        f"family            {report['family']} ({report['generator']})",
         f"VAE downscale     {report['vae_scale_factor']}",
         f"adapter kwargs    {json.dumps(report['adapter_kwargs'])}",
         f"at {resolution}x{resolution} px:",

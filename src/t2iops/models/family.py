@@ -21,11 +21,11 @@ import math
 from typing import Any, Literal, Mapping, Optional, Sequence
 
 from ..errors import ModelError
+from .generator import ADAPTER_GENERATORS
 
 Family = Literal["sd15", "sdxl"]
 Shape = tuple[int, int, int]  # (channels, height, width), batch left out
 
-PIPELINES = {"sd15": "StableDiffusionAdapterPipeline", "sdxl": "StableDiffusionXLAdapterPipeline"}
 DEFAULT_ADAPTER = {"sd15": "full_adapter", "sdxl": "full_adapter_xl"}
 ADAPTER_TYPES = ("full_adapter", "light_adapter", "full_adapter_xl")
 
@@ -229,7 +229,7 @@ def build_adapter(
     num_res_blocks = getattr(model_cfg, "num_res_blocks", 2)
     pretrained = getattr(model_cfg, "pretrained_adapter", None)
     if pretrained:
-        from .resolve import load_adapter
+        from .locate import load_adapter
 
         adapter = load_adapter(pretrained, model_cfg, storage_cfg, dtype="fp32")
         check_adapter_fits(adapter, ucfg, vae_scale_factor=factor)
@@ -278,7 +278,7 @@ def residual_report(unet_or_base: Any, resolution: int, model_cfg: Any = None, v
     down, mid = unet_residual_shapes(ucfg, factor, resolution)
     report: dict = {
         "family": family,
-        "pipeline": PIPELINES[family],
+        "generator": ADAPTER_GENERATORS[family],
         "vae_scale_factor": factor,
         "resolution": resolution,
         "adapter_kwargs": kwargs,

@@ -290,33 +290,8 @@ def train_toy_base(out: str, cfg: Any) -> dict:
             with clock("evaluate"):
                 metrics, grid = evaluate_colours(staging, cfg)
             grid.save(staging / GRID)
-            train_wall = sum(clock.phases[k]["wall_s"] for k in ("render", "vae", "encode", "unet"))
-            train_cpu = sum(clock.phases[k]["cpu_s"] for k in ("render", "vae", "encode", "unet"))
-            report = {
-                "colour_accuracy": metrics["colour_accuracy"],
-                "circle_accuracy": metrics["circle_accuracy"],
-                "background_accuracy": metrics["background_accuracy"],
-                "eval": {k: v for k, v in metrics.items() if k != "samples"},
-                "steps": {"vae": tb.vae_steps, "unet": tb.unet_steps, "batch_size": tb.batch_size},
-                "losses": {"vae_mse": vae_stats["final_mse"], "unet_v_mse": unet_stats["final_loss"]},
-                "parameters": {
-                    "unet": parts.count_parameters(unet),
-                    "vae": parts.count_parameters(vae),
-                    "text_encoder": parts.count_parameters(text_encoders[0]),
-                    "text_encoder_2": parts.count_parameters(text_encoders[1]),
-                },
-                "vae_scaling_factor": scaling,
-                "times": {
-                    "phases": clock.phases,
-                    "train_wall_s": round(train_wall, 1),
-                    "train_cpu_s": round(train_cpu, 1),
-                    "threads": tb.num_threads,
-                    "cpu_count": os.cpu_count(),
-                    "load_average_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
-                },
-                "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
-                "samples": metrics["samples"],
-            }
+            report = _toy_report(tb, metrics, vae_stats, unet_stats, (unet, vae, *text_encoders), scaling, clock,
+                                 load_start)
             (staging / REPORT).write_text(json.dumps(report, indent=2))
             cfg.write(staging)
     finally:
@@ -325,4 +300,41 @@ def train_toy_base(out: str, cfg: Any) -> dict:
         "toy base: colour accuracy %.3f on %d samples; training %.0f s wall, %.0f s CPU -> %s",
         report["colour_accuracy"], tb.eval_samples, report["times"]["train_wall_s"], report["times"]["train_cpu_s"], out,
     )
+    return report
+
+
+def _toy_report(tb: Any, metrics: dict, vae_stats: dict, unet_stats: dict, modules: tuple, scaling: float,
+                clock: "PhaseClock", load_start: float) -> dict:
+    """``toy_base_report.json``: accuracy, losses, sizes, times and versions of one toy-base run."""
+    import diffusers
+    import torch
+
+    unet, vae, text_encoder, text_encoder_2 = modules
+    train_wall = sum(clock.phases[k]["wall_s"] for k in ("render", "vae", "encode", "unet"))
+    train_cpu = sum(clock.phases[k]["cpu_s"] for k in ("render", "vae", "encode", "unet"))
+    report = {
+        "colour_accuracy": metrics["colour_accuracy"],
+        "circle_accuracy": metrics["circle_accuracy"],
+        "background_accuracy": metrics["background_accuracy"],
+        "eval": {k: v for k, v in metrics.items() if k != "samples"},
+        "steps": {"vae": tb.vae_steps, "unet": tb.unet_steps, "batch_size": tb.batch_size},
+        "losses": {"vae_mse": vae_stats["final_mse"], "unet_v_mse": unet_stats["final_loss"]},
+        "parameters": {
+            "unet": parts.count_parameters(unet),
+            "vae": parts.count_parameters(vae),
+            "text_encoder": parts.count_parameters(text_encoder),
+            "text_encoder_2": parts.count_parameters(text_encoder_2),
+        },
+        "vae_scaling_factor": scaling,
+        "times": {
+            "phases": clock.phases,
+            "train_wall_s": round(train_wall, 1),
+            "train_cpu_s": round(train_cpu, 1),
+            "threads": tb.num_threads,
+            "cpu_count": os.cpu_count(),
+            "load_average_1min": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)},
+        },
+        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+        "samples": metrics["samples"],
+    }
     return report

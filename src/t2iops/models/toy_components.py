@@ -186,12 +186,10 @@ def encode_text(text_encoder, text_encoder_2, ids, ids_2) -> tuple[Any, Any]:
 
 
 def sdxl_time_ids(resolution: int, batch: int):
-    """SDXL micro-conditioning: original size, crop top-left, target size; every toy image is
-    uncropped at ``resolution``."""
-    import torch
+    """SDXL micro-conditioning for ``batch`` toy images, each uncropped at ``resolution``."""
+    from .text import sdxl_time_ids as time_ids
 
-    row = torch.tensor([resolution, resolution, 0, 0, resolution, resolution], dtype=torch.float32)
-    return row.expand(batch, 6)
+    return time_ids((resolution, resolution), (0, 0), (resolution, resolution)).expand(batch, 6)
 
 
 def count_parameters(module) -> int:

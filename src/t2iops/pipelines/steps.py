@@ -1,5 +1,5 @@
 """The glue the components call around a stage function: where a run keeps its durable files,
-how training output reaches the Model artifact, how metrics reach the KFP UI.
+how training output reaches the Model artifact (metrics for the KFP UI: :mod:`.kfp_metrics`).
 
 A step's durable prefix is ``<run_root>/<key>/``, the key a digest of artifact URIs the step
 already has: the train step's own output artifact (unique per run and task, the same when the
@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .. import storage
 from ..config import Config, StageConfig
@@ -42,23 +41,6 @@ def run_prefix(run_root: str, key: str, *parts: str) -> str:
     if not key:
         raise UsageError("the step's durable prefix has no key")
     return storage.join(run_root, key, *parts)
-
-
-def scalar_metrics(data: Any, prefix: str = "") -> dict[str, float]:
-    """Finite numbers of a nested dict, keys dotted (for ``Metrics.log_metric``)."""
-    out: dict[str, float] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            out.update(scalar_metrics(value, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(float(data)):
-        out[prefix] = float(data)
-    return out
-
-
-def log_metrics(artifact: Any, metrics: dict[str, Any], keys: Optional[tuple[str, ...]] = None) -> None:
-    for name, value in scalar_metrics(metrics).items():
-        if keys is None or name.split(".")[0] in keys:
-            artifact.log_metric(name, value)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The adapter trainer (``t2iops train``)."""
 
 
-def train(cache_dir, out, cfg, resume=None, kfp_metrics=None):
+def train(cache_dir, out, cfg, resume=None):
     """See :func:`t2iops.train.trainer.train` (imported lazily: it needs torch)."""
     from .trainer import train as _train
 
-    return _train(cache_dir, out, cfg, resume=resume, kfp_metrics=kfp_metrics)
+    return _train(cache_dir, out, cfg, resume=resume)

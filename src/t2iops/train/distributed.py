@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
+from ..devices import default_device
+
 
 @dataclass
 class DistInfo:
@@ -65,11 +67,9 @@ def init_distributed(use_deepspeed: bool) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    device = default_device(local_rank)
+    if device.type == "cuda":
         torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
     if (world_size > 1 or use_deepspeed) and not torch_dist.is_initialized():
         if world_size == 1:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -113,13 +113,5 @@ class RunLogger:
             self.live.end()
 
 
-def write_kfp_metrics(path: str, metrics: dict[str, float], storage_cfg: Any = None) -> None:
-    """KFP's metrics file format (``mlpipeline-metrics``): names in lower-kebab-case."""
-    entries = [{"name": name.replace("_", "-").replace("/", "-").lower(), "numberValue": float(value),
-                "format": "RAW"} for name, value in metrics.items()
-               if value is not None and math.isfinite(float(value))]
-    storage.write_bytes(path, json.dumps({"metrics": entries}, indent=2).encode(), storage_cfg)
-
-
 def format_postfix(loss: Optional[float], lr: float, samples_per_s: float) -> dict[str, str]:
     return {"loss": "nan" if loss is None else f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{samples_per_s:.1f}"}

@@ -1,8 +1,10 @@
 """``t2iops train``: train a T2I-Adapter on a frozen base model from the encode cache.
 
-Read :func:`train` top to bottom: set up (processes, cache, frozen models, adapter, optimizer,
-checkpoint to resume), then one loop over optimizer steps -- micro-batches, loss, backward,
-update, EMA, log, validate, checkpoint -- then the final export. Everything else lives in small
+Read :func:`_train` top to bottom: set up (cache, checkpoint to resume, the frozen base model
+from the reference the cache records, adapter, optimizer), then :func:`_loop` over optimizer
+steps (:func:`_optimizer_step`: micro-batches, loss, backward, update, EMA; then log, validate,
+checkpoint), then the result (``summary.json`` and the adapter, published). Over 400 lines on
+purpose: the whole run stays readable in one file, as a torchtune recipe does. Everything else lives in small
 modules next to this one: ``data`` (order + per-sample randomness), ``diffusion`` (the
 objective), ``optimization`` (torch or DeepSpeed ZeRO), ``checkpoint``, ``validation``,
 ``metrics``.
@@ -28,13 +30,11 @@ from .data import train_loader
 from .streaming import open_cache
 from .diffusion import Objective, adapter_loss
 from .distributed import DistInfo, init_distributed
-from .metrics import RunLogger, format_postfix, peak_memory, write_kfp_metrics
+from .metrics import RunLogger, format_postfix, peak_memory
 from .preflight import check_training_config, learning_rate, uses_deepspeed
 from .run_lock import hold_run_lock
 
 log = logging.getLogger("t2iops.train")
-
-DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class TrainingAborted(T2IError):
@@ -56,8 +56,7 @@ class TrainState:
     validation: list = field(default_factory=list)  # {"step", "val_loss", <fidelity>}
 
 
-def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
-          kfp_metrics: Optional[str] = None) -> str:
+def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None) -> str:
     """Train an adapter from the cache at ``cache_dir``; write checkpoints and the final
     ``adapter/``, ``summary.json`` and ``config.resolved.yaml`` to ``out`` (folder or s3://).
     ``resume``: ``"latest"`` (start fresh when there is none), ``"auto"`` (``latest`` when it was
@@ -72,24 +71,112 @@ def train(cache_dir: str, out: str, cfg: Config, resume: Optional[str] = None,
     zero_stage = int(ds_config["zero_optimization"]["stage"]) if ds_config else 0
     check_training_config(cfg, dist.world_size, dist.device, zero_stage=zero_stage)
     with hold_run_lock(out, dist):
-        return _train(cache_dir, out, cfg, resume, kfp_metrics, dist, ds_config, zero_stage)
+        return _train(cache_dir, out, cfg, resume, dist, ds_config, zero_stage)
 
 
-def _train(cache_dir: str, out: str, cfg: Config, resume: Optional[str], kfp_metrics: Optional[str],
+def _train(cache_dir: str, out: str, cfg: Config, resume: Optional[str],
            dist: DistInfo, ds_config: Optional[dict], zero_stage: int) -> str:
     t = cfg.train
-    # -- data ------------------------------------------------------------------------------
-    cache = open_cache(cache_dir, cfg, dist.rank)  # whole, or streamed shard by shard (train.stream)
+    data = _open_data(cache_dir, cfg, dist, zero_stage)
+    start = _starting_point(out, cfg, resume, dist, data.cache.root)
+    frozen = _load_frozen(cache_dir, cfg, dist, data)
+    trainee = _build_trainee(cfg, dist, ds_config, frozen, data.reader)
+
+    state = TrainState()
+    if start.resumed_from:
+        state = _restore(start.verified, trainee.opt, trainee.ema, dist)
+        log.info("resumed from %s at step %d", start.resumed_from, state.step)
+    elif dist.is_main and storage.exists(storage.join(out, storage.MANIFEST), cfg.storage):
+        storage.delete(storage.join(out, storage.MANIFEST), cfg.storage)  # a new run: withdraw the old result
+    dist.barrier()
+
+    validator = _validator(cfg, dist, frozen, data.val_reader)
+    logger = RunLogger(out, dist.is_main, t.max_steps, state.step, resumed=bool(start.resumed_from),
+                       storage_cfg=cfg.storage)
+    batches = iter(train_loader(data.reader, t, dist.rank, dist.world_size, start=(state.epoch, state.batch),
+                                fetcher=data.cache.fetcher))
+    if dist.is_main:
+        log.info("training %s adapter (%.1f M parameters) on %s for %d steps: %d samples/step over %d rank(s), "
+                 "%s, %s", trainee.config["adapter_type"], trainee.parameters / 1e6, frozen.family, t.max_steps,
+                 t.batch_size * t.grad_accum, dist.world_size, t.mixed_precision,
+                 f"ZeRO-{zero_stage}" if ds_config else "torch AdamW")
+    if t.validate_every and state.step == 0:
+        _validate(validator, trainee.opt, trainee.ema, state, logger, out, cfg)
+
+    timing = _loop(state, batches, data.reader, frozen, trainee, dist, cfg, start, validator, logger, out)
+
+    weights = _export_weights(trainee.opt, trainee.ema)
+    if dist.is_main:
+        summary = _summary(state, timing, data.reader, frozen, trainee, dist, cfg, start, ds_config, zero_stage)
+        _publish_result(out, weights, trainee.config, summary, cfg)
+        logger.close()
+    dist.barrier()
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Setting up, in the order _train does it
+@dataclass
+class _Data:
+    cache: object  # an opened cache (whole, or streamed shard by shard: train.stream)
+    reader: CacheReader
+    val_reader: Optional[CacheReader]
+
+
+@dataclass
+class _Start:
+    checkpoints: ckpt.Checkpointer
+    spec: str  # the run specification a checkpoint must match to be resumed by --resume auto
+    resumed_from: Optional[str]
+    verified: Optional[ckpt.VerifiedCheckpoint]
+
+
+@dataclass
+class _Frozen:
+    """The base model's frozen parts, loaded from the reference the cache records."""
+
+    base: object  # t2iops.models.resolve.BaseModel
+    unet: torch.nn.Module
+    objective: Objective
+    family: str
+    compute_dtype: torch.dtype
+
+
+@dataclass
+class _Trainee:
+    """The adapter (the only thing that trains), its optimizer and EMA."""
+
+    config: dict
+    parameters: int
+    opt: object
+    ema: object = None
+
+
+@dataclass
+class _Timing:
+    train_time: float = 0.0
+    timed_steps: int = 0
+    first_step: int = 0
+
+    def samples_per_s(self, samples_per_step: int) -> Optional[float]:
+        return samples_per_step * self.timed_steps / self.train_time if self.train_time else None
+
+
+def _open_data(cache_dir: str, cfg: Config, dist: DistInfo, zero_stage: int) -> _Data:
+    cache = open_cache(cache_dir, cfg, dist.rank)
     reader = CacheReader(cache.root, "train")
     val_count = len(reader.index["samples"].get("val", {}).get("ids", []))
     check_training_config(cfg, dist.world_size, dist.device, zero_stage, len(reader), val_count)
-    val_reader = CacheReader(cache.root, "val") if t.validate_every else None
+    val_reader = CacheReader(cache.root, "val") if cfg.train.validate_every else None
     if val_reader is not None:
         cache.fetch_split(val_reader)
+    return _Data(cache, reader, val_reader)
 
-    # -- where the run starts ---------------------------------------------------------------
-    checkpoints = ckpt.Checkpointer(out, dist, cfg.storage, t.keep_last)
-    spec = ckpt.run_spec(cfg, cache.root)
+
+def _starting_point(out: str, cfg: Config, resume: Optional[str], dist: DistInfo, cache_root) -> _Start:
+    """Where the run starts: a verified checkpoint to resume, or nothing (a new run)."""
+    checkpoints = ckpt.Checkpointer(out, dist, cfg.storage, cfg.train.keep_last)
+    spec = ckpt.run_spec(cfg, cache_root)
     resumed_from = checkpoints.resolve(resume) if resume else None
     if resumed_from and resume in ("latest", "auto"):
         resumed_from = checkpoints.same_run_or_fresh(resumed_from, spec, resume)
@@ -101,33 +188,48 @@ def _train(cache_dir: str, out: str, cfg: Config, resume: Optional[str], kfp_met
                          "--resume latest, or train into a new --out")
     # Every file checked against the sha256 recorded at save time before anything is read.
     verified = ckpt.verify(checkpoints.materialize(resumed_from)) if resumed_from else None
+    return _Start(checkpoints, spec, resumed_from, verified)
 
-    # -- frozen base model -------------------------------------------------------------------
+
+def _load_frozen(cache_dir: str, cfg: Config, dist: DistInfo, data: _Data) -> _Frozen:
+    """The base model the cache was encoded with (read from the cache; model.* may only agree
+    with it), in the compute dtype of train.mixed_precision."""
     from diffusers import DDPMScheduler
 
-    from ..models.family import build_adapter, check_adapter_fits, detect_family
+    from ..devices import torch_dtype
+    from ..encode.cache import INDEX
+    from ..models.family import detect_family
+    from ..models.reference import reference_from_record
     from ..models.resolve import load_base_model
 
-    compute_dtype = DTYPES[t.mixed_precision]
-    components = ("unet", "scheduler") + (("vae",) if val_reader else ())
-    base = load_base_model(cfg.model, cfg.storage, dtype=compute_dtype, components=components)
+    t, reader = cfg.train, data.reader
+    compute_dtype = torch_dtype(t.mixed_precision)
+    components = ("unet", "scheduler") + (("vae",) if data.val_reader else ())
+    ref = reference_from_record(reader.index.get("base_model"), cfg.model, f"cache {cache_dir} ({INDEX})")
+    base = load_base_model(ref, cfg.storage, components=components, local_files_only=cfg.model.local_files_only)
     family = detect_family(base.unet.config)
     if family != reader.family:
         raise ModelError(f"the cache at {cache_dir} was encoded for a {reader.family} model but "
-                         f"model.base_model={cfg.model.base_model} is {family}; encode again")
+                         f"its base model {ref.path} loads as {family}; encode again")
     unet = base.unet.to(dist.device, compute_dtype).eval().requires_grad_(False)
     if t.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     scheduler = DDPMScheduler.from_config(base.scheduler.config)  # the training noise schedule
     objective = Objective.from_scheduler(scheduler, t, reader.scaling_factor, reader.shift_factor, dist.device)
+    return _Frozen(base, unet, objective, family, compute_dtype)
 
-    # -- the adapter: the only thing that trains ----------------------------------------------
+
+def _build_trainee(cfg: Config, dist: DistInfo, ds_config: Optional[dict], frozen: _Frozen,
+                   reader: CacheReader) -> _Trainee:
+    from ..models.family import build_adapter, check_adapter_fits
+
+    t = cfg.train
     torch.manual_seed(t.seed)  # same initial weights on every rank
-    adapter = build_adapter(base, cfg.model)  # new, or model.pretrained_adapter
-    check_adapter_fits(adapter, base, resolution=reader.index["resolution"])
+    adapter = build_adapter(frozen.base, cfg.model)  # new, or model.pretrained_adapter
+    check_adapter_fits(adapter, frozen.base, resolution=reader.index["resolution"])
     adapter = adapter.to(dist.device, torch.float32).train().requires_grad_(True)
     adapter_config = dict(adapter.config)
-    adapter_params = sum(p.numel() for p in adapter.parameters())  # before ZeRO-3 partitions them
+    parameters = sum(p.numel() for p in adapter.parameters())  # before ZeRO-3 partitions them
     if ds_config is not None:
         from .optimization import DeepSpeedOptimization
 
@@ -141,89 +243,40 @@ def _train(cache_dir: str, out: str, cfg: Config, resume: Optional[str], kfp_met
         from .ema import EMA
 
         ema = EMA(_raw_module(opt), t.ema_decay)
+    return _Trainee(adapter_config, parameters, opt, ema)
 
-    # -- resume -----------------------------------------------------------------------------
-    state = TrainState()
-    if resumed_from:
-        state = _restore(verified, opt, ema, dist)
-        log.info("resumed from %s at step %d", resumed_from, state.step)
-    elif dist.is_main and storage.exists(storage.join(out, storage.MANIFEST), cfg.storage):
-        storage.delete(storage.join(out, storage.MANIFEST), cfg.storage)  # a new run: withdraw the old result
-    dist.barrier()
 
-    validator = None
-    if val_reader is not None and dist.is_main:
-        from .validation import Validator
+def _validator(cfg: Config, dist: DistInfo, frozen: _Frozen, val_reader: Optional[CacheReader]):
+    """Rank 0's validator (None elsewhere, or without train.validate_every)."""
+    if val_reader is None or not dist.is_main:
+        return None
+    from .validation import Validator
 
-        vae = base.vae.to(dist.device, compute_dtype).eval().requires_grad_(False)
-        validator = Validator(val_reader, cfg, unet, vae, dict(base.scheduler.config), objective,
-                              dist.device, compute_dtype)
-    logger = RunLogger(out, dist.is_main, t.max_steps, state.step, resumed=bool(resumed_from),
-                       storage_cfg=cfg.storage)
-    batches = iter(train_loader(reader, t, dist.rank, dist.world_size, start=(state.epoch, state.batch),
-                                fetcher=cache.fetcher))
+    vae = frozen.base.vae.to(dist.device, frozen.compute_dtype).eval().requires_grad_(False)
+    return Validator(val_reader, cfg, frozen.unet, vae, dict(frozen.base.scheduler.config), frozen.objective,
+                     dist.device, frozen.compute_dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+def _loop(state: TrainState, batches, reader: CacheReader, frozen: _Frozen, trainee: _Trainee, dist: DistInfo,
+          cfg: Config, start: _Start, validator, logger: RunLogger, out: str) -> _Timing:
+    """Optimizer steps until train.max_steps: step, log, validate, checkpoint."""
+    t = cfg.train
+    timing = _Timing(first_step=state.step)
+    last_saved = state.step if start.resumed_from else -1
     samples_per_step = t.batch_size * t.grad_accum
-    if dist.is_main:
-        log.info("training %s adapter (%.1f M parameters) on %s for %d steps: %d samples/step over %d rank(s), "
-                 "%s, %s", adapter_config["adapter_type"], adapter_params / 1e6,
-                 family, t.max_steps, samples_per_step, dist.world_size, t.mixed_precision,
-                 f"ZeRO-{zero_stage}" if ds_config else "torch AdamW")
-    if t.validate_every and state.step == 0:
-        _validate(validator, opt, ema, state, logger, out, cfg)
-
-    # -- the loop ---------------------------------------------------------------------------
-    train_time = 0.0
-    timed_steps = 0
-    last_saved = state.step if resumed_from else -1
-    first_step = state.step
-    autocast = dict(device_type=dist.device.type, dtype=compute_dtype, enabled=t.mixed_precision != "no")
     while state.step < t.max_steps:
         started = time.perf_counter()
         lr = learning_rate(state.step, t)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss_sum, bad = 0.0, False
-        for _ in range(t.grad_accum):
-            batch = next(batches)
-            state.epoch, state.batch = _next_position(batch["epoch"], batch["batch"], reader, t.batch_size)
-            batch = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-            with torch.autocast(**autocast):
-                loss = adapter_loss(unet, opt.module, batch, objective, compute_dtype).mean()
-            # Every rank must agree that the micro-batch is good before anyone back-propagates.
-            verdict = dist.all_reduce_sum(torch.stack([
-                torch.where(torch.isfinite(loss), loss.detach().float(), torch.zeros((), device=loss.device)),
-                (~torch.isfinite(loss)).float()]))
-            micro_bad = bool(verdict[1] > 0)
-            bad |= micro_bad
-            loss_sum += float(verdict[0]) / dist.world_size
-            opt.backward(loss, bad=bad)
-        applied, grad_norm = opt.step(bad)
-        state.step += 1
-        state.samples_seen += samples_per_step
-        if bad or not applied:
-            state.skipped_steps += 1
-        if bad:
-            state.bad_streak += 1
-            state.losses.append(None)
-            if state.bad_streak >= t.max_bad_steps:
-                logger.close()
-                last = checkpoints.list_complete()
-                raise TrainingAborted(
-                    f"{state.bad_streak} consecutive steps had a non-finite loss (last at step {state.step}; "
-                    f"train.max_bad_steps={t.max_bad_steps}); nothing after the last checkpoint was saved "
-                    f"({storage.join(checkpoints.root, last[-1]) if last else 'no checkpoint yet'}). "
-                    "Lower train.lr, use bf16 instead of fp16, or check the cache for broken samples")
-        else:
-            state.bad_streak = 0
-            state.losses.append(loss_sum / t.grad_accum)
-        if applied and ema is not None:
-            ema.update(_raw_module(opt))
-        step_time = time.perf_counter() - started
-        train_time += step_time
-        timed_steps += 1
+        bad, grad_norm = _optimizer_step(state, batches, reader, frozen, trainee, dist, t, lr)
+        if bad and state.bad_streak >= t.max_bad_steps:
+            logger.close()
+            _abort(state, start.checkpoints, t)
+        timing.train_time += time.perf_counter() - started
+        timing.timed_steps += 1
 
-        # -- log, validate, checkpoint --------------------------------------------------------
-        samples_per_s = samples_per_step * timed_steps / train_time
+        samples_per_s = timing.samples_per_s(samples_per_step)
         if dist.is_main:
             logger.progress(1, format_postfix(state.losses[-1], lr, samples_per_s))
             if state.step % t.log_every == 0 or state.step == t.max_steps or bad:
@@ -232,48 +285,91 @@ def _train(cache_dir: str, out: str, cfg: Config, resume: Optional[str], kfp_met
                     "peak_memory_gb": peak_memory(dist.device)["bytes"] / 2**30,
                     "skipped_steps": state.skipped_steps})
         if t.validate_every and state.step % t.validate_every == 0:
-            _validate(validator, opt, ema, state, logger, out, cfg)
+            _validate(validator, trainee.opt, trainee.ema, state, logger, out, cfg)
         if state.step % t.checkpoint_every == 0 or state.step == t.max_steps:
-            _save(checkpoints, state, opt, ema, adapter_config, dist, cfg, reader, spec)
+            _save(start.checkpoints, state, trainee.opt, trainee.ema, trainee.config, dist, cfg, reader, start.spec)
             last_saved = state.step
             logger.sync()
-
-    # -- the result ---------------------------------------------------------------------------
     if last_saved != state.step:
-        _save(checkpoints, state, opt, ema, adapter_config, dist, cfg, reader, spec)
-    weights = _export_weights(opt, ema)
-    if dist.is_main:
-        summary = {
-            "steps": state.step,
-            "steps_this_run": state.step - first_step,
-            "samples_seen": state.samples_seen,
-            "final_loss": next((x for x in reversed(state.losses) if x is not None), None),
-            "losses": state.losses,
-            "validation": state.validation,
-            "samples_per_s": samples_per_step * timed_steps / train_time if train_time else None,
-            "peak_memory": peak_memory(dist.device),
-            "skipped_steps": state.skipped_steps,
-            "world_size": dist.world_size,
-            "optimizer": f"deepspeed-zero{zero_stage}" if ds_config else "torch-adamw",
-            "mixed_precision": t.mixed_precision,
-            "ema": t.ema_decay is not None,
-            "resumed_from": resumed_from,
-            "data_version": reader.index["dataset_version"],
-            "cache": {"text": reader.index["text"]["key"], "latents": reader.index["latents"]["key"]},
-            "base_model": reader.index["base_model"],
-            "family": family,
-            "adapter": adapter_config,
-        }
-        _publish_result(out, weights, adapter_config, summary, cfg)
-        logger.close()
-        if kfp_metrics:
-            write_kfp_metrics(kfp_metrics, {
-                "final_loss": summary["final_loss"], "samples_per_s": summary["samples_per_s"],
-                "skipped_steps": state.skipped_steps, "steps": state.step,
-                **{k: v for k, v in (state.validation[-1] if state.validation else {}).items() if k != "step"}},
-                cfg.storage)
-    dist.barrier()
-    return out
+        _save(start.checkpoints, state, trainee.opt, trainee.ema, trainee.config, dist, cfg, reader, start.spec)
+    return timing
+
+
+def _optimizer_step(state: TrainState, batches, reader: CacheReader, frozen: _Frozen, trainee: _Trainee,
+                    dist: DistInfo, t, lr: float) -> tuple[bool, Optional[float]]:
+    """train.grad_accum micro-batches, backward, update, EMA; returns (bad, grad norm). A bad
+    step (a non-finite loss on any rank) is skipped by every rank."""
+    opt = trainee.opt
+    for group in opt.param_groups:
+        group["lr"] = lr
+    autocast = dict(device_type=dist.device.type, dtype=frozen.compute_dtype, enabled=t.mixed_precision != "no")
+    loss_sum, bad = 0.0, False
+    for _ in range(t.grad_accum):
+        batch = next(batches)
+        state.epoch, state.batch = _next_position(batch["epoch"], batch["batch"], reader, t.batch_size)
+        batch = {k: v.to(dist.device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        with torch.autocast(**autocast):
+            loss = adapter_loss(frozen.unet, opt.module, batch, frozen.objective, frozen.compute_dtype).mean()
+        # Every rank must agree that the micro-batch is good before anyone back-propagates.
+        verdict = dist.all_reduce_sum(torch.stack([
+            torch.where(torch.isfinite(loss), loss.detach().float(), torch.zeros((), device=loss.device)),
+            (~torch.isfinite(loss)).float()]))
+        bad |= bool(verdict[1] > 0)
+        loss_sum += float(verdict[0]) / dist.world_size
+        opt.backward(loss, bad=bad)
+    applied, grad_norm = opt.step(bad)
+    state.step += 1
+    state.samples_seen += t.batch_size * t.grad_accum
+    if bad or not applied:
+        state.skipped_steps += 1
+    if bad:
+        state.bad_streak += 1
+        state.losses.append(None)
+    else:
+        state.bad_streak = 0
+        state.losses.append(loss_sum / t.grad_accum)
+    if applied and trainee.ema is not None:
+        trainee.ema.update(_raw_module(opt))
+    return bad, grad_norm
+
+
+def _abort(state: TrainState, checkpoints: ckpt.Checkpointer, t) -> None:
+    last = checkpoints.list_complete()
+    raise TrainingAborted(
+        f"{state.bad_streak} consecutive steps had a non-finite loss (last at step {state.step}; "
+        f"train.max_bad_steps={t.max_bad_steps}); nothing after the last checkpoint was saved "
+        f"({storage.join(checkpoints.root, last[-1]) if last else 'no checkpoint yet'}). "
+        "Lower train.lr, use bf16 instead of fp16, or check the cache for broken samples")
+
+
+# ---------------------------------------------------------------------------------------
+# The result
+def _summary(state: TrainState, timing: _Timing, reader: CacheReader, frozen: _Frozen, trainee: _Trainee,
+             dist: DistInfo, cfg: Config, start: _Start, ds_config: Optional[dict], zero_stage: int) -> dict:
+    """``summary.json``: what the run did, on what data, from which base model (the reference it
+    loaded, which is the cache's), with which adapter."""
+    t = cfg.train
+    return {
+        "steps": state.step,
+        "steps_this_run": state.step - timing.first_step,
+        "samples_seen": state.samples_seen,
+        "final_loss": next((x for x in reversed(state.losses) if x is not None), None),
+        "losses": state.losses,
+        "validation": state.validation,
+        "samples_per_s": timing.samples_per_s(t.batch_size * t.grad_accum),
+        "peak_memory": peak_memory(dist.device),
+        "skipped_steps": state.skipped_steps,
+        "world_size": dist.world_size,
+        "optimizer": f"deepspeed-zero{zero_stage}" if ds_config else "torch-adamw",
+        "mixed_precision": t.mixed_precision,
+        "ema": t.ema_decay is not None,
+        "resumed_from": start.resumed_from,
+        "data_version": reader.index["dataset_version"],
+        "cache": {"text": reader.index["text"]["key"], "latents": reader.index["latents"]["key"]},
+        "base_model": frozen.base.ref.to_dict(),
+        "family": frozen.family,
+        "adapter": trainee.config,
+    }
 
 
 # ---------------------------------------------------------------------------------------

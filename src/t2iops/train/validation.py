@@ -5,7 +5,7 @@ Each round reports
 * ``val_loss``: the training objective on a fixed batch of val samples with fixed noise and
   timesteps, so rounds are directly comparable (a paired comparison, not a fresh draw);
 * a grid PNG (condition | generated, one row per sample) made with the diffusers adapter
-  pipeline from the cached prompt embeddings and conditions, with fixed seeds;
+  generator from the cached prompt embeddings and conditions, with fixed seeds;
 * the condition-fidelity metric of ``evaluate.condition_kind`` (the one ``t2iops evaluate``
   reports, e.g. edge F1 for circle outlines): how well the images follow their conditions.
 
@@ -81,18 +81,18 @@ class Validator:
 
     @torch.no_grad()
     def images(self, adapter) -> tuple[list[Image.Image], list[Image.Image]]:
-        pipe = self._pipeline(adapter)
+        generator = self._generator(adapter)
         conditions, images = [], []
         for i in self.indices:
             cached = self.reader.sample(i)
             condition = Image.fromarray(cached["condition"].permute(1, 2, 0).numpy())
             kwargs = self._embeddings(cached)
-            generator = torch.Generator(device="cpu").manual_seed(self.cfg.evaluate.seed + i)
-            image = pipe(
+            rng = torch.Generator(device="cpu").manual_seed(self.cfg.evaluate.seed + i)
+            image = generator(
                 image=condition,
                 num_inference_steps=self.cfg.train.validation_inference_steps,
                 guidance_scale=self.cfg.evaluate.guidance_scale,
-                generator=generator,
+                generator=rng,
                 height=condition.height,
                 width=condition.width,
                 adapter_conditioning_scale=self.cfg.train.conditioning_scale,
@@ -125,20 +125,13 @@ class Validator:
             out["negative_pooled_prompt_embeds"] = self.uncond["pooled_prompt_embeds"][None].to(self.device, dtype)
         return out
 
-    def _pipeline(self, adapter):
+    def _generator(self, adapter):
         import diffusers
-        from diffusers import StableDiffusionAdapterPipeline, StableDiffusionXLAdapterPipeline
+
+        from ..models.generator import build_generator
 
         # Sample with the base model's own scheduler class (DDPM when it is not a diffusers one).
         cls = getattr(diffusers, str(self.scheduler_config.get("_class_name")), diffusers.DDPMScheduler)
-        scheduler = cls.from_config(self.scheduler_config)
-        common = dict(vae=self.vae, unet=self.unet, adapter=adapter, scheduler=scheduler, tokenizer=None)
-        if self.reader.family == "sdxl":
-            pipe = StableDiffusionXLAdapterPipeline(
-                text_encoder=None, text_encoder_2=None, tokenizer_2=None,
-                force_zeros_for_empty_prompt=bool(self.reader.index.get("force_zeros_for_empty_prompt")), **common)
-        else:
-            pipe = StableDiffusionAdapterPipeline(text_encoder=None, safety_checker=None, feature_extractor=None,
-                                                  requires_safety_checker=False, **common)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
+        return build_generator(
+            self.reader.family, unet=self.unet, vae=self.vae, scheduler=cls.from_config(self.scheduler_config),
+            adapter=adapter, force_zeros_for_empty_prompt=bool(self.reader.index.get("force_zeros_for_empty_prompt")))
