@@ -50,6 +50,7 @@ def _params(path: Path, endpoint: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.s3
+@pytest.mark.timeout(2400)  # three whole kfp.local pipeline runs
 def test_retrain_loop_promotes_keeps_rolls_back(s3_bucket, tiny_sd15_path, tmp_path, capsys):
     endpoint, bucket = s3_bucket
     registry = f"s3://{bucket}/registry"

@@ -7,6 +7,7 @@ is NCCL, on CPUs gloo (DeepSpeed picks its CPU accelerator there).
 from __future__ import annotations
 
 import os
+import sys
 import socket
 from dataclasses import dataclass
 
@@ -88,5 +89,16 @@ def init_distributed(use_deepspeed: bool) -> DistInfo:
 
 
 def shutdown() -> None:
+    """Leave the process group, and forget the sub-groups DeepSpeed cached for it: they die with
+    it, and a later run in the same process (a notebook, a sweep, a test worker) must not reuse
+    them ("Group ... is not registered")."""
     if torch_dist.is_available() and torch_dist.is_initialized():
         torch_dist.destroy_process_group()
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is not None:
+        for name, value in list(vars(groups).items()):
+            if name.startswith("_") and name.endswith("_GROUP") or name.endswith("_GROUP_RANKS"):
+                setattr(groups, name, {} if isinstance(value, dict) else None)
+        for name in ("_MPU_TENSOR_MODEL_PARALLEL_WORLD_SIZE", "_MPU_TENSOR_MODEL_PARALLEL_RANK", "mpu"):
+            if hasattr(groups, name):
+                setattr(groups, name, None)
