@@ -281,23 +281,9 @@ class RegistryConfig(_Section):
     )
 
 
-class Config(_Section):
-    """The whole configuration. ``params.yaml`` holds any subset of it."""
-
-    seed: int = Field(0, ge=0)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    toy_base: ToyBaseConfig = Field(default_factory=ToyBaseConfig)
-    encode: EncodeConfig = Field(default_factory=EncodeConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    registry: RegistryConfig = Field(default_factory=RegistryConfig)
-
-    # -- serialisation -------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+class _Serialised:
+    """What a full configuration and a stage's view share: YAML, the file written next to a
+    stage's outputs, and a stable hash for cache keys, all from ``to_dict()``."""
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -317,6 +303,26 @@ class Config(_Section):
         if sections:
             data = {s: _get_path(data, s) for s in sections}
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Config(_Serialised, _Section):
+    """The whole configuration. ``params.yaml`` holds any subset of it."""
+
+    seed: int = Field(0, ge=0)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    toy_base: ToyBaseConfig = Field(default_factory=ToyBaseConfig)
+    encode: EncodeConfig = Field(default_factory=EncodeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
 
 
 # ---------------------------------------------------------------------------------------
@@ -492,7 +498,7 @@ def restrict_dict(data: dict[str, Any], allowed: tuple[str, ...], prefix: str = 
     return out
 
 
-class StageConfig:
+class StageConfig(_Serialised):
     """A read-only view of a :class:`Config` holding only what one stage declares in
     :data:`STAGE_SECTIONS` (plus the runtime sections). A declared section or key reads as
     usual (the real pydantic object); anything else raises :class:`ConfigError` naming the
@@ -537,22 +543,6 @@ class StageConfig:
         data = self._cfg.model_dump(mode="json")
         return restrict_dict(data, self._allowed, self._prefix)
 
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def write(self, directory: str | Path, name: str = "config.resolved.yaml") -> Path:
-        path = Path(directory) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_yaml())
-        return path
-
-    def fingerprint(self, *sections: str) -> str:
-        import hashlib
-
-        data = self.to_dict()
-        if sections:
-            data = {s: _get_path(data, s) for s in sections}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def stage_config(cfg: Config, stage: str) -> StageConfig:
