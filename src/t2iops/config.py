@@ -117,6 +117,9 @@ class ToyBaseConfig(_Section):
     vae_lr: float = Field(2e-3, gt=0, le=1.0, description="VAE learning rate (AdamW)")
     vae_batch_size: int = Field(8, ge=1, description="VAE batch (batch_size is the UNet's)")
     vae_kl_weight: float = Field(1e-4, ge=0, description="weight of the per-element KL term in the VAE loss")
+    vae_edge_weight: float = Field(
+        1.0, ge=0, description="weight of the image-gradient L1 term in the VAE loss (sharp disc edges, no border frame)"
+    )
     warmup_steps: int = Field(50, ge=0, description="UNet learning-rate warm-up steps (then cosine decay to 10%)")
     ema_decay: float = Field(0.995, gt=0, lt=1, description="EMA decay of the UNet and text-encoder weights")
     caption_dropout: float = Field(0.1, ge=0, le=1, description="share of captions dropped for classifier-free guidance")

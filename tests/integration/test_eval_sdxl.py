@@ -45,3 +45,28 @@ def test_sdxl_with_conditioning_factor_and_scale_sweep(tiny_sdxl_path, tmp_path)
     for variant in ("without_adapter", "adapter@1", "adapter@0.5"):
         assert len(list((tmp_path / "E" / "images" / variant).glob("*.png"))) == 2
     assert json.loads((tmp_path / "E" / "metrics.json").read_text())["gate"]["passed"] is True
+
+
+def test_scale_zero_is_the_plain_generator_bit_for_bit(tiny_sdxl_path, tmp_path):
+    """Evaluate reuses the without-adapter images for a sweep entry of scale 0; that is only
+    right if the adapter generator at scale 0 denoises exactly as the plain one does."""
+    import numpy as np
+    from PIL import Image
+
+    from t2iops.evaluate.sampling import build_generators, generate
+    from t2iops.models.family import build_adapter
+    from t2iops.models.resolve import load_base_model
+
+    cfg = load_config(None, [f"model.base_model={tiny_sdxl_path}", "evaluate.num_inference_steps=3",
+                             "evaluate.conditioning_factor=0.5", f"storage.cache_dir={tmp_path / 'cache'}"])
+    base = load_base_model(cfg.model)
+    adapter = build_adapter(base, cfg.model)
+    generators = build_generators(base, adapter, "default", "cpu")
+    rng = np.random.default_rng(0)
+    conditions = [Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) for _ in range(2)]
+    prompts, seeds = ["red circle with blue background", "a"], [5, 6]
+    plain = generate(generators, prompts, seeds, 64, cfg.evaluate)
+    at_zero = generate(generators, prompts, seeds, 64, cfg.evaluate, conditions, 0.0)
+    at_one = generate(generators, prompts, seeds, 64, cfg.evaluate, conditions, 1.0)
+    np.testing.assert_array_equal(at_zero, plain)
+    assert not np.array_equal(at_one, plain)  # the adapter does act at scale 1

@@ -283,7 +283,10 @@ def _sample_batch(batch: list, start: int, generators: Any, scorers: dict, stats
     cond_t = _to_tensor(np.stack([np.asarray(c) for c in conditions]))
     images = {WITHOUT: generate(generators, prompts, seeds, resolution, ev)}
     for s in ev.conditioning_scales:
-        images[adapter_variant(s)] = generate(generators, prompts, seeds, resolution, ev, conditions, s)
+        # At scale 0 every residual is multiplied by 0 before it is added: the denoising is the
+        # plain generator's, bit for bit (tested), so its images are reused, not generated again.
+        images[adapter_variant(s)] = images[WITHOUT] if s == 0 else generate(
+            generators, prompts, seeds, resolution, ev, conditions, s)
     metas = [{**r.meta, "_scale": sc} for r, sc in zip(batch, scales)]
     records = [{"index": i, "id": r.id, "file": sample_file_name(i, r.id), "seed": sd, "prompt": p}
                for i, r, sd, p in zip(ids, batch, seeds, prompts)]
