@@ -11,25 +11,34 @@ side by side:
 * transfer MB/s: the previous copy (``download_file`` one object at a time, as
   ``bench_transfer.sequential_download`` keeps it) vs today's ``storage.download_dir`` (16 objects
   at once, verified against the manifest); the new code at ``storage.max_concurrency=1`` too;
-* loader samples/s in one process (what one DataLoader worker delivers: PNG decode included).
+* loader samples/s in one process (what one DataLoader worker delivers: PNG decode included);
+* the CPU each side used while copying (100 % = one core busy), to show which side is the limit.
+
+The S3 server runs in its own process by default (``--server process``: moto's server, as a real
+endpoint is another process on another machine); ``--server thread`` runs moto's
+``ThreadedMotoServer`` inside the benchmark, sharing one GIL with the 16 download threads (the
+setup of the first figures); ``--server both`` measures the two side by side in one run.
 
 Tensors are random (incompressible, as real latents and embeddings are); the share of unique
 captions defaults to 0.39, an estimate for fill50k (~19.5k distinct captions in 50k rows).
 
-    python benchmarks/bench_cache_scale.py --quick --json cache_scale.json
+    python benchmarks/bench_cache_scale.py --quick [--server both] --json cache_scale.json
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator, Optional
 
 import torch
 
@@ -107,79 +116,133 @@ def first_batch_seconds(uri: str, cfg) -> float:
     return elapsed
 
 
-def moto_server():
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def loopback_s3(mode: str) -> Iterator[tuple[str, Optional[int]]]:
+    """(endpoint, server pid or None) of a moto S3 server on 127.0.0.1.
+
+    ``process`` (default): moto's own server in a separate process, as a real endpoint is, so its
+    request handling does not share the benchmark's GIL with the download threads. ``thread``:
+    ``ThreadedMotoServer`` inside this process (the setup of the first figures)."""
+    import logging
+
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    return server, f"http://127.0.0.1:{port}"
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    if mode == "thread":
+        from moto.server import ThreadedMotoServer
 
-
-def run(args) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    server, endpoint = moto_server()
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+        server.start()
+        try:
+            yield endpoint, None
+        finally:
+            server.stop()
+        return
+    log_file = tempfile.TemporaryFile()  # its request log: a pipe nobody reads would fill and stall it
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        synth = load_config().data.synth
-        unique = max(1, math.ceil(args.unique_fraction * args.samples))
-        with storage.publish(work / "new") as staging:
-            write_cache(staging, args.samples, args.resolution, args.shard_size, unique, synth)
-        old_n = min(args.samples, args.shard_size)  # one shard of format 1 is enough to size it
-        write_cache(work / "old", old_n, args.resolution, args.shard_size, max(1, math.ceil(args.unique_fraction * old_n)),
-                    synth, old_format=True)
-        new_bps = folder_bytes(work / "new") / args.samples
-        old_bps = folder_bytes(work / "old") / old_n
+        _wait_until_answering(endpoint, proc, log_file)
+        yield endpoint, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log_file.close()
 
-        import boto3
 
+def _wait_until_answering(endpoint: str, proc: subprocess.Popen, log_file, timeout_s: float = 60.0) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log_file.seek(0)
+            raise RuntimeError(f"moto server exited with {proc.returncode}: {log_file.read().decode()[-2000:]}")
+        try:
+            urllib.request.urlopen(endpoint + "/", timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # an S3 error reply is an answer
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"moto server at {endpoint} did not answer within {timeout_s:g} s")
+
+
+def cpu_seconds(pid: Optional[int]) -> float:
+    """User + system CPU seconds used so far by ``pid`` (this process when None)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(fn, server_pid: Optional[int]) -> tuple[float, float, Optional[float]]:
+    """(wall s, CPU % of this process, CPU % of the server process) while ``fn()`` runs
+    (100 % = one core busy the whole time; with the in-process server both count as this process)."""
+    cpu0, srv0, started = cpu_seconds(None), cpu_seconds(server_pid) if server_pid else 0.0, time.perf_counter()
+    fn()
+    wall = time.perf_counter() - started
+    client_pct = 100 * (cpu_seconds(None) - cpu0) / wall
+    server_pct = 100 * (cpu_seconds(server_pid) - srv0) / wall if server_pid else None
+    return wall, client_pct, server_pct
+
+
+def build_caches(args, work: Path) -> dict:
+    """Write the format 2 cache (published, to upload) and one shard of format 1; their sizes."""
+    synth = load_config().data.synth
+    unique = max(1, math.ceil(args.unique_fraction * args.samples))
+    with storage.publish(work / "new") as staging:
+        write_cache(staging, args.samples, args.resolution, args.shard_size, unique, synth)
+    old_n = min(args.samples, args.shard_size)  # one shard of format 1 is enough to size it
+    write_cache(work / "old", old_n, args.resolution, args.shard_size, max(1, math.ceil(args.unique_fraction * old_n)),
+                synth, old_format=True)
+    new_bps = folder_bytes(work / "new") / args.samples
+    old_bps = folder_bytes(work / "old") / old_n
+    return {"cache_mb": round(folder_bytes(work / "new") / 1e6, 1), "bytes_per_sample_old": round(old_bps),
+            f"bytes_per_sample_{args.resolution}": round(new_bps), "size_reduction": round(old_bps / new_bps, 2)}
+
+
+def measure_against(args, work: Path, mode: str, cache_mb: float) -> dict:
+    """Transfers and time to the first batch against one loopback server (``mode``)."""
+    import boto3
+
+    from bench_transfer import sequential_download  # the copy as it was before the parallel one
+
+    runs = work / mode
+    with loopback_s3(mode) as (endpoint, pid):
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
         uri = "s3://bench/cache"
         base = [f"storage.endpoint_url={endpoint}", "train.batch_size=8", "train.num_workers=0",
                 f"train.shuffle_window={args.window}", "train.stream_prefetch=2"]
-        cfg = load_config(overrides=base + [f"storage.cache_dir={work / 'c0'}"])
+        cfg = load_config(overrides=base + [f"storage.cache_dir={runs / 'c0'}"])
         storage.upload_dir(work / "new", uri, cfg.storage)
-        cache_mb = folder_bytes(work / "new") / 1e6
-
-        from bench_transfer import sequential_download  # the copy as it was before the parallel one
 
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        started = time.perf_counter()
-        sequential_download(client, "bench", "cache/", work / "previous")
-        previous_s = time.perf_counter() - started
-        one_at_a_time = load_config(overrides=base + [f"storage.cache_dir={work / 'c0'}", "storage.max_concurrency=1"])
-        started = time.perf_counter()
-        storage.download_dir(uri, work / "seq", one_at_a_time.storage)
-        seq_s = time.perf_counter() - started
-        started = time.perf_counter()
-        storage.download_dir(uri, work / "par", cfg.storage)
-        par_s = time.perf_counter() - started
+        previous_s, prev_cpu, prev_srv = timed(lambda: sequential_download(client, "bench", "cache/", runs / "previous"), pid)
+        one_at_a_time = load_config(overrides=base + [f"storage.cache_dir={runs / 'c0'}", "storage.max_concurrency=1"])
+        seq_s, _, _ = timed(lambda: storage.download_dir(uri, runs / "seq", one_at_a_time.storage), pid)
+        par_s, par_cpu, par_srv = timed(lambda: storage.download_dir(uri, runs / "par", cfg.storage), pid)
 
-        full = first_batch_seconds(uri, load_config(overrides=base + [f"storage.cache_dir={work / 'c1'}", "train.stream=never"]))
-        from_local = first_batch_seconds(str(work / "par"), cfg)  # what follows the download
-        streamed = first_batch_seconds(uri, load_config(overrides=base + [f"storage.cache_dir={work / 'c2'}", "train.stream=always"]))
-
-        reader = CacheReader(work / "new", "train")
-        loader = iter(train_loader(reader, cfg.train, 0, 1))
-        next(loader)
-        started = time.perf_counter()
-        for _ in range(args.loader_batches):
-            next(loader)
-        per_worker = args.loader_batches * 8 / (time.perf_counter() - started)
-    finally:
-        server.stop()
-        shutil.rmtree(work, ignore_errors=True)
+        full = first_batch_seconds(uri, load_config(overrides=base + [f"storage.cache_dir={runs / 'c1'}", "train.stream=never"]))
+        from_local = first_batch_seconds(str(runs / "par"), cfg)  # what follows the download
+        streamed = first_batch_seconds(uri, load_config(overrides=base + [f"storage.cache_dir={runs / 'c2'}", "train.stream=always"]))
+    shutil.rmtree(runs, ignore_errors=True)
+    pct = (lambda v: None if v is None else round(v))
     return {
-        "samples": args.samples, "resolution": args.resolution, "shard_size": args.shard_size,
-        "unique_caption_fraction": args.unique_fraction, "cache_mb": round(cache_mb, 1),
-        "bytes_per_sample_old": round(old_bps), f"bytes_per_sample_{args.resolution}": round(new_bps),
-        "size_reduction": round(old_bps / new_bps, 2),
+        "server": mode,
         "first_step_s_full_download": round(full, 2), "first_step_s_streaming": round(streamed, 2),
         "first_step_ratio": round(streamed / full, 3),
         # the whole-cache parallel download, then the first batch from the local copy
@@ -187,8 +250,49 @@ def run(args) -> dict:
         "first_step_ratio_vs_parallel": round(streamed / (par_s + from_local), 3),
         "transfer_mb_s_previous": round(cache_mb / previous_s, 1),
         "transfer_mb_s_one_at_a_time": round(cache_mb / seq_s, 1), "transfer_mb_s_parallel": round(cache_mb / par_s, 1),
-        "transfer_speedup": round(previous_s / par_s, 2), "loader_samples_s_per_worker": round(per_worker, 1),
+        "transfer_speedup": round(previous_s / par_s, 2),
+        # CPU while copying (100 = one core): which side is the limit
+        "cpu_pct_previous_client": pct(prev_cpu), "cpu_pct_previous_server": pct(prev_srv),
+        "cpu_pct_parallel_client": pct(par_cpu), "cpu_pct_parallel_server": pct(par_srv),
     }
+
+
+def loader_samples_per_s(args, work: Path) -> float:
+    cfg = load_config(overrides=["train.batch_size=8", "train.num_workers=0", f"train.shuffle_window={args.window}"])
+    loader = iter(train_loader(CacheReader(work / "new", "train"), cfg.train, 0, 1))
+    next(loader)
+    started = time.perf_counter()
+    for _ in range(args.loader_batches):
+        next(loader)
+    return args.loader_batches * 8 / (time.perf_counter() - started)
+
+
+def run(args) -> dict:
+    """The figures against the first server mode; with ``--server both`` the thread server's
+    under ``by_server`` too."""
+    work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    modes = ["process", "thread"] if args.server == "both" else [args.server]
+    try:
+        sizes = build_caches(args, work)
+        by_server = {mode: measure_against(args, work, mode, sizes["cache_mb"]) for mode in modes}
+        per_worker = loader_samples_per_s(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    head = {"samples": args.samples, "resolution": args.resolution, "shard_size": args.shard_size,
+            "unique_caption_fraction": args.unique_fraction, **sizes}
+    return {**head, **by_server[modes[0]], "loader_samples_s_per_worker": round(per_worker, 1),
+            "by_server": by_server}
+
+
+def print_table(result: dict) -> None:
+    by_server = result["by_server"]
+    rows = {k: v for k, v in result.items() if k != "by_server" and not any(k in r for r in by_server.values())}
+    keys = list(rows) + list(next(iter(by_server.values())))
+    width = max(len(k) for k in keys)
+    for k in rows:
+        print(f"{k:<{width}}  {rows[k]}")
+    for k in next(iter(by_server.values())):
+        print(f"{k:<{width}}  " + "  ".join(f"{str(r[k]):>9}" for r in by_server.values()))
 
 
 def main(argv=None) -> int:
@@ -199,6 +303,9 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=int, default=2, help="train.shuffle_window")
     p.add_argument("--unique-fraction", type=float, default=0.39)
     p.add_argument("--loader-batches", type=int, default=8)
+    p.add_argument("--server", choices=("process", "thread", "both"), default="process",
+                   help="loopback S3: moto in its own process (as a real endpoint), moto's ThreadedMotoServer "
+                        "inside this process (sharing its GIL; the first figures), or both side by side")
     p.add_argument("--quick", action="store_true", help="384 samples in shards of 16 (a few minutes on 2 cores)")
     p.add_argument("--minimal", action="store_true", help="a seconds-long smoke run at 64 px (tests)")
     p.add_argument("--json", default=None, help="write the figures to this file")
@@ -208,9 +315,7 @@ def main(argv=None) -> int:
     if args.minimal:
         args.samples, args.resolution, args.shard_size, args.loader_batches = 24, 64, 4, 1
     result = run(args)
-    width = max(len(k) for k in result)
-    for k, v in result.items():
-        print(f"{k:<{width}}  {v}")
+    print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

@@ -58,3 +58,37 @@ def test_a_killed_materialize_resumes_where_it_stopped(s3_bucket, tmp_path):
     assert len(fetched) == 40 - len(copied_before), "only what the killed copy had not finished"
     assert all(storage.sha256_file(local / name) == meta["sha256"]
                for name, meta in storage.read_manifest(uri, direct)["files"].items())
+
+
+def test_a_streamed_file_is_one_get_of_its_versioned_key_checked_against_the_manifest(s3_bucket, tmp_path):
+    """Streaming reads each shard with the manifest it already holds: one GET per file (no
+    lookups of the logical key or of the manifest again), and bytes that differ from the
+    manifest never appear under the file's name."""
+    endpoint, bucket = s3_bucket
+    uri = f"s3://{bucket}/streamed"
+    direct = load_config(None, [f"storage.endpoint_url={endpoint}"])
+    with storage.publish(uri, direct) as staging:
+        (staging / "latents" / "l").mkdir(parents=True)
+        for i in range(3):
+            (staging / "latents" / "l" / f"shard-{i}.bin").write_bytes(os.urandom(3000 + i))
+    manifest = storage.read_manifest(uri, direct)
+    rels = [f"latents/l/shard-{i}.bin" for i in range(3)]
+    with FaultProxy(endpoint) as proxy:
+        cfg = load_config(None, [f"storage.endpoint_url={proxy.url}"])
+        sizes = [storage.download_listed(uri, manifest, rel, tmp_path / "local" / rel, cfg) for rel in rels]
+    assert sizes == [3000, 3001, 3002]
+    assert all(storage.sha256_file(tmp_path / "local" / rel) == manifest["files"][rel]["sha256"] for rel in rels)
+    assert [(m, p.split("?")[0]) for m, p in proxy.seen] == [
+        ("GET", f"/{bucket}/streamed/{storage.VERSIONS}/{manifest['version']}/{rel}") for rel in rels]
+
+    import boto3  # the stored object changes under the manifest: refused, nothing left behind
+
+    key = f"streamed/{storage.VERSIONS}/{manifest['version']}/{rels[0]}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").put_object(Bucket=bucket, Key=key,
+                                                                                  Body=os.urandom(3000))
+    target = tmp_path / "again" / rels[0]
+    with pytest.raises(storage.IntegrityError, match="differs from the manifest"):
+        storage.download_listed(uri, manifest, rels[0], target, direct)
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    with pytest.raises(storage.NotPublished, match="records no size and sha256"):
+        storage.download_listed(uri, {**manifest, "files": {}}, rels[0], target, direct)

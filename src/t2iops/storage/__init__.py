@@ -20,7 +20,7 @@ from .client import s3_client, storage_settings
 from .materialize import cache_root, file_lock, materialize
 from .objects import (delete, download_dir, exists, list_files, read_bytes, read_text, upload_dir,
                       write_bytes)
-from .publishing import is_published, publish, read_manifest, sha256_file
+from .publishing import download_listed, is_published, publish, read_manifest, sha256_file
 from .uris import (MANIFEST, VERSIONS, ConcurrentPublish, IntegrityError, NotPublished, StorageError, UnsafePath,
                    check_links_inside, is_s3, join, safe_target, split_s3)
 
@@ -28,5 +28,5 @@ __all__ = [
     "MANIFEST", "VERSIONS", "StorageError", "NotPublished", "UnsafePath", "IntegrityError", "ConcurrentPublish",
     "is_s3", "split_s3", "join", "safe_target", "check_links_inside", "s3_client", "storage_settings", "cache_root",
     "file_lock", "materialize", "list_files", "exists", "read_bytes", "read_text", "write_bytes", "delete",
-    "upload_dir", "download_dir", "sha256_file", "publish", "read_manifest", "is_published",
+    "upload_dir", "download_dir", "sha256_file", "publish", "read_manifest", "download_listed", "is_published",
 ]

@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .client import error_code, named_errors, s3_client, storage_settings
-from .objects import (delete_keys, fsync_dir, get_object_bytes, list_objects, parse_manifest, read_bytes,
-                      upload_files)
-from .uris import MANIFEST, VERSIONS, ConcurrentPublish, NotPublished, is_s3, join, prefix_of, split_s3
+from .objects import (delete_keys, download_entry, fsync_dir, get_object_bytes, list_objects,
+                      manifest_entries, parse_manifest, read_bytes, upload_files)
+from .uris import (MANIFEST, VERSIONS, ConcurrentPublish, IntegrityError, NotPublished, is_s3, join, prefix_of,
+                   safe_target, split_s3)
 
 EXTRA_MANIFEST = "_manifest.extra.json"
 # Versions no manifest names (a killed publish) are removed by a later publish once this old.
@@ -210,6 +211,40 @@ def read_manifest(uri: str | os.PathLike, cfg: Any = None) -> dict:
     except FileNotFoundError:
         raise NotPublished(f"{uri} has no {MANIFEST}: it was never published or is being written") from None
     return parse_manifest(data, join(uri, MANIFEST))
+
+
+def download_listed(uri: str | os.PathLike, manifest: dict, rel: str, dest: Path, cfg: Any = None) -> int:
+    """Copy the file ``rel`` of the published output at ``uri`` to ``dest`` and return its size.
+    ``manifest`` is the output's (:func:`read_manifest`), already read by the caller: on S3 the
+    file is one GET of its versioned key (no lookup of the manifest again per file), streamed to
+    a temp file and hashed once. It appears at ``dest`` only when its size and sha256 match the
+    manifest (:class:`IntegrityError` otherwise), whatever ``storage.verify`` says."""
+    uri = str(uri)
+    meta = manifest["files"].get(rel)
+    if not isinstance(meta, dict) or meta.get("bytes") is None or meta.get("sha256") is None:
+        raise NotPublished(f"{join(uri, rel)}: {MANIFEST} records no size and sha256 for it")
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        entry = manifest_entries(prefix_of(key), {"version": manifest.get("version"), "files": {rel: meta}})[0]
+        download_entry(s3_client(cfg), bucket, entry, dest, verify=True)
+        return entry.bytes
+    source = safe_target(Path(uri), rel, join(uri, MANIFEST))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.part-{uuid.uuid4().hex[:8]}")
+    try:
+        h, size = hashlib.sha256(), 0
+        with open(source, "rb") as src, open(tmp, "wb") as out:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                out.write(chunk)
+                h.update(chunk)
+                size += len(chunk)
+        if size != meta["bytes"] or h.hexdigest() != meta["sha256"]:
+            raise IntegrityError(f"{source}: {size} bytes, sha256 {h.hexdigest()}; the manifest records "
+                                 f"{meta['bytes']} bytes, sha256 {meta['sha256']}; refusing it")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return size
 
 
 def is_published(uri: str | os.PathLike, cfg: Any = None) -> bool:

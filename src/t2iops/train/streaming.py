@@ -17,7 +17,6 @@ import json
 import logging
 import shutil
 import threading
-import uuid
 from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,20 +33,14 @@ log = logging.getLogger(__name__)
 SMALL_FILES = ("cache.json", "config.resolved.yaml")  # plus every part.json and empty prompt
 
 
-def fetch_verified(uri: str, rel: str, dest: Path, expected: dict, cfg=None) -> int:
-    """Download ``uri/rel`` to ``dest`` if its size and sha256 match ``expected`` (a manifest
-    entry); the file appears under its name only when complete and verified."""
-    data = storage.read_bytes(storage.join(uri, rel), cfg)
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != expected["bytes"] or digest != expected["sha256"]:
-        raise DataError(f"{storage.join(uri, rel)}: {len(data)} bytes, sha256 {digest[:12]}… does not match the "
-                        f"cache manifest ({expected['bytes']} bytes, {expected['sha256'][:12]}…); the cache "
-                        "changed or is corrupt")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
-    return len(data)
+def fetch_verified(uri: str, rel: str, dest: Path, manifest: dict, cfg=None) -> int:
+    """Download ``uri/rel`` to ``dest`` if its size and sha256 match the cache's ``manifest``;
+    the file appears under its name only when complete and verified."""
+    try:
+        return storage.download_listed(uri, manifest, rel, dest, cfg)
+    except storage.IntegrityError as exc:
+        raise DataError(f"{storage.join(uri, rel)} does not match the cache manifest ({exc}); the cache changed "
+                        "or is corrupt") from None
 
 
 class ShardFetcher:
@@ -56,6 +49,7 @@ class ShardFetcher:
     def __init__(self, uri: str, local: Path, manifest: dict, cfg=None, budget_bytes: float = 50e9,
                  threads: int = 8):
         self.uri, self.local, self.cfg = str(uri), Path(local), cfg
+        self.manifest = manifest
         self.files: dict = manifest["files"]
         self.budget = budget_bytes
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="t2iops-stream")
@@ -81,8 +75,9 @@ class ShardFetcher:
                     continue
                 if not force and self.local_bytes() + self._entry(rel)["bytes"] > self.budget and self._pending:
                     return  # what is queued must land (and old files go) before more is fetched
+                self._entry(rel)  # listed, or a clear error here rather than in a worker thread
                 self._pending[rel] = self._pool.submit(fetch_verified, self.uri, rel, self.local / rel,
-                                                       self._entry(rel), self.cfg)
+                                                       self.manifest, self.cfg)
 
     def wait(self, rels, pin: bool = False) -> list[Path]:
         """The local paths of ``rels``, fetching what is missing; marks them recently needed.
