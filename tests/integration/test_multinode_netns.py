@@ -146,7 +146,7 @@ def download(nodes, endpoint, prefix: str, folder: Path) -> None:
 
 def launch(nodes, endpoint, run: str, model: str, scratch: Path, *extra: str, attempt: int) -> list[subprocess.Popen]:
     """Start one rank per node, each with what mpirun would export to it and its own scratch and
-    download cache (HOME stays shared: DeepSpeed's compiled CPU ops live there)."""
+    download cache (DeepSpeed's compiled CPU ops stay shared: HOME, TORCH_EXTENSIONS_DIR)."""
     cfg = load_config(overrides=overrides(model, "train.zero_stage=2", *STEPS, *extra))
     spec = spec_from_settings(PipelineSettings(s3_secret=None), run_id=run, namespace="netns", nodes=2, gpus_per_node=1,
                               cache_uri=f"s3://{BUCKET}/cache", out_uri=f"s3://{BUCKET}/{run}/train",

@@ -73,13 +73,21 @@ def plain_run(cache, out, model, *extra):
     return json.loads((out / "summary.json").read_text())
 
 
-def test_zero2_on_two_ranks_matches_one_process_and_resumes_exactly(tmp_path, cache, tiny_sdxl_path):
-    plain = plain_run(cache, tmp_path / "plain", tiny_sdxl_path)
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, cache, tiny_sdxl_path):
+    """The one-process reference run with the default overrides, trained once for the ZeRO-2
+    tests of this module (the same cache and configuration, so the same run)."""
+    out = tmp_path_factory.mktemp("plain") / "plain"
+    return plain_run(cache, out, tiny_sdxl_path), out
+
+
+def test_zero2_on_two_ranks_matches_one_process_and_resumes_exactly(tmp_path, cache, plain, tiny_sdxl_path):
+    plain, plain_out = plain
     zero2 = torchrun(cache, tmp_path / "zero2", tiny_sdxl_path, "train.zero_stage=2")
     assert zero2["optimizer"] == "deepspeed-zero2" and zero2["world_size"] == 2
     # The same global batches and draws, split over two ranks: the same run up to rounding.
     assert zero2["losses"] == pytest.approx(plain["losses"], rel=1e-5)
-    a, b = weights(tmp_path / "plain"), weights(tmp_path / "zero2")
+    a, b = weights(plain_out), weights(tmp_path / "zero2")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)  # Adam amplifies rounding near g=0
     # Each rank saved its own ZeRO partition of the optimizer state.
@@ -125,9 +133,9 @@ def test_zero3_on_two_ranks_drops_non_finite_steps_like_one_process(tmp_path, ca
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)  # Adam amplifies rounding near g=0
 
 
-def test_zero2_with_optimizer_offload_in_one_process(tmp_path, cache, tiny_sdxl_path):
+def test_zero2_with_optimizer_offload_in_one_process(tmp_path, cache, plain, tiny_sdxl_path):
     """DeepSpeed with world size 1 (no launcher) and the optimizer state offloaded to the CPU."""
-    plain = plain_run(cache, tmp_path / "plain", tiny_sdxl_path)
+    plain, plain_out = plain
     out = tmp_path / "offload"
     cmd = [sys.executable, "-m", "t2iops.cli", "train", "--cache", str(cache), "--out", str(out)]
     for o in overrides(tiny_sdxl_path, "train.zero_stage=2", "train.offload_optimizer=true"):
@@ -138,6 +146,6 @@ def test_zero2_with_optimizer_offload_in_one_process(tmp_path, cache, tiny_sdxl_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["optimizer"] == "deepspeed-zero2" and summary["world_size"] == 1
     assert summary["losses"] == pytest.approx(plain["losses"], rel=1e-5)
-    a, b = weights(tmp_path / "plain"), weights(out)
+    a, b = weights(plain_out), weights(out)
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)
