@@ -108,8 +108,8 @@ class ModelConfig(_Section):
 
 class ToyBaseConfig(_Section):
     resolution: int = Field(64, ge=16, le=512)
-    vae_steps: int = Field(1000, ge=1)
-    unet_steps: int = Field(1200, ge=1)
+    vae_steps: int = Field(1200, ge=1)
+    unet_steps: int = Field(1000, ge=1)
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     num_samples: int = Field(4000, ge=16, description="synthetic training images")

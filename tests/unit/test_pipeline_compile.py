@@ -211,7 +211,7 @@ def test_compile_bakes_the_run_spec_in_and_each_step_gets_only_its_sections(comp
     defaults = _defaults(spec)
     # params.yaml's values, not config.py's: num_samples 64 and the circle-IoU gate.
     evaluate = json.loads(defaults["config_evaluate"])
-    assert evaluate["evaluate"]["num_samples"] == 64 and evaluate["evaluate"]["gate"]["min_circle_iou"] == 0.75
+    assert evaluate["evaluate"]["num_samples"] == 64 and evaluate["evaluate"]["gate"]["min_circle_iou"] == 0.7
     for stage in ("pull", "validate", "encode", "train", "evaluate", "export", "publish"):
         assert json.loads(defaults[f"config_{stage}"]) == stage_values(CLUSTER_SPEC, stage), stage
     for step in ("encode-shards", "merge-cache"):
