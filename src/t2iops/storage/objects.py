@@ -181,18 +181,23 @@ def download_entry(client, bucket: str, entry: Entry, target: Path, verify: bool
 def _stream_to(client, bucket: str, key: str, path: Path) -> tuple[str, int]:
     from botocore.exceptions import BotoCoreError
 
-    h = hashlib.sha256()
-    size = 0
     with named_errors(client, "download", bucket, key):
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        return write_hashing(body.iter_chunks(1 << 20), path)
+    except (BotoCoreError, ConnectionError, TimeoutError) as exc:  # not OSError: a full disk is no network fault
+        raise _BodyBroken(str(exc)) from None
+
+
+def write_hashing(chunks, path: Path) -> tuple[str, int]:
+    """Write the byte ``chunks`` to ``path``, hashing them on the way: (sha256 hex, size)."""
+    h = hashlib.sha256()
+    size = 0
     with open(path, "wb") as fh:
-        try:
-            for chunk in body.iter_chunks(1 << 20):
-                fh.write(chunk)
-                h.update(chunk)
-                size += len(chunk)
-        except (BotoCoreError, ConnectionError, TimeoutError) as exc:  # not OSError: a full disk is no network fault
-            raise _BodyBroken(str(exc)) from None
+        for chunk in chunks:
+            fh.write(chunk)
+            h.update(chunk)
+            size += len(chunk)
     return h.hexdigest(), size
 
 

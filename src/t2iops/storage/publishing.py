@@ -28,7 +28,7 @@ from typing import Any, Iterator, Optional
 
 from .client import error_code, named_errors, s3_client, storage_settings
 from .objects import (delete_keys, download_entry, fsync_dir, get_object_bytes, list_objects,
-                      manifest_entries, parse_manifest, read_bytes, upload_files)
+                      manifest_entries, parse_manifest, read_bytes, upload_files, write_hashing)
 from .uris import (MANIFEST, VERSIONS, ConcurrentPublish, IntegrityError, NotPublished, is_s3, join, prefix_of,
                    safe_target, split_s3)
 
@@ -232,14 +232,10 @@ def download_listed(uri: str | os.PathLike, manifest: dict, rel: str, dest: Path
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.part-{uuid.uuid4().hex[:8]}")
     try:
-        h, size = hashlib.sha256(), 0
-        with open(source, "rb") as src, open(tmp, "wb") as out:
-            for chunk in iter(lambda: src.read(1 << 20), b""):
-                out.write(chunk)
-                h.update(chunk)
-                size += len(chunk)
-        if size != meta["bytes"] or h.hexdigest() != meta["sha256"]:
-            raise IntegrityError(f"{source}: {size} bytes, sha256 {h.hexdigest()}; the manifest records "
+        with open(source, "rb") as src:
+            digest, size = write_hashing(iter(lambda: src.read(1 << 20), b""), tmp)
+        if size != meta["bytes"] or digest != meta["sha256"]:
+            raise IntegrityError(f"{source}: {size} bytes, sha256 {digest}; the manifest records "
                                  f"{meta['bytes']} bytes, sha256 {meta['sha256']}; refusing it")
         os.replace(tmp, dest)
     finally:
