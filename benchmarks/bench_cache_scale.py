@@ -18,6 +18,9 @@ The S3 server runs in its own process by default (``--server process``: moto's s
 endpoint is another process on another machine); ``--server thread`` runs moto's
 ``ThreadedMotoServer`` inside the benchmark, sharing one GIL with the 16 download threads (the
 setup of the first figures); ``--server both`` measures the two side by side in one run.
+``--endpoint URL`` measures against an S3 server that is already running instead (MinIO, a real
+bucket's region endpoint, any S3-compatible server; credentials from the usual AWS variables),
+e.g. one whose request handling costs less CPU than moto's; its CPU is then not reported.
 
 Tensors are random (incompressible, as real latents and embeddings are); the share of unique
 captions defaults to 0.39, an estimate for fill50k (~19.5k distinct captions in 50k rows).
@@ -161,6 +164,30 @@ def loopback_s3(mode: str) -> Iterator[tuple[str, Optional[int]]]:
         log_file.close()
 
 
+@contextlib.contextmanager
+def s3_server(mode: str, endpoint: Optional[str]) -> Iterator[tuple[str, Optional[int]]]:
+    """The given ``endpoint`` (a server already running; its pid unknown) or a loopback moto."""
+    if endpoint:
+        yield endpoint, None
+        return
+    with loopback_s3(mode) as answer:
+        yield answer
+
+
+def _create_bucket(client, bucket: str) -> None:
+    try:
+        client.create_bucket(Bucket=bucket)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+
+
+def _delete_prefix(client, bucket: str, prefix: str) -> None:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
 def _wait_until_answering(endpoint: str, proc: subprocess.Popen, log_file, timeout_s: float = 60.0) -> None:
     import urllib.error
     import urllib.request
@@ -222,16 +249,17 @@ def measure_against(args, work: Path, mode: str, cache_mb: float) -> dict:
     from bench_transfer import sequential_download  # the copy as it was before the parallel one
 
     runs = work / mode
-    with loopback_s3(mode) as (endpoint, pid):
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="bench")
-        uri = "s3://bench/cache"
+    with s3_server(mode, args.endpoint) as (endpoint, pid):
+        _create_bucket(boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1"), args.bucket)
+        uri = f"s3://{args.bucket}/{'cache-' + os.urandom(4).hex() if args.endpoint else 'cache'}"
         base = [f"storage.endpoint_url={endpoint}", "train.batch_size=8", "train.num_workers=0",
                 f"train.shuffle_window={args.window}", "train.stream_prefetch=2"]
         cfg = load_config(overrides=base + [f"storage.cache_dir={runs / 'c0'}"])
         storage.upload_dir(work / "new", uri, cfg.storage)
 
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        previous_s, prev_cpu, prev_srv = timed(lambda: sequential_download(client, "bench", "cache/", runs / "previous"), pid)
+        prefix = uri.split("/", 3)[3] + "/"
+        previous_s, prev_cpu, prev_srv = timed(lambda: sequential_download(client, args.bucket, prefix, runs / "previous"), pid)
         one_at_a_time = load_config(overrides=base + [f"storage.cache_dir={runs / 'c0'}", "storage.max_concurrency=1"])
         seq_s, _, _ = timed(lambda: storage.download_dir(uri, runs / "seq", one_at_a_time.storage), pid)
         par_s, par_cpu, par_srv = timed(lambda: storage.download_dir(uri, runs / "par", cfg.storage), pid)
@@ -239,6 +267,8 @@ def measure_against(args, work: Path, mode: str, cache_mb: float) -> dict:
         full = first_batch_seconds(uri, load_config(overrides=base + [f"storage.cache_dir={runs / 'c1'}", "train.stream=never"]))
         from_local = first_batch_seconds(str(runs / "par"), cfg)  # what follows the download
         streamed = first_batch_seconds(uri, load_config(overrides=base + [f"storage.cache_dir={runs / 'c2'}", "train.stream=always"]))
+        if args.endpoint:  # leave someone else's server as it was
+            _delete_prefix(client, args.bucket, prefix)
     shutil.rmtree(runs, ignore_errors=True)
     pct = (lambda v: None if v is None else round(v))
     return {
@@ -271,7 +301,7 @@ def run(args) -> dict:
     """The figures against the first server mode; with ``--server both`` the thread server's
     under ``by_server`` too."""
     work = Path(tempfile.mkdtemp(prefix="bench-cache-"))
-    modes = ["process", "thread"] if args.server == "both" else [args.server]
+    modes = ["external"] if args.endpoint else ["process", "thread"] if args.server == "both" else [args.server]
     try:
         sizes = build_caches(args, work)
         by_server = {mode: measure_against(args, work, mode, sizes["cache_mb"]) for mode in modes}
@@ -306,6 +336,10 @@ def main(argv=None) -> int:
     p.add_argument("--server", choices=("process", "thread", "both"), default="process",
                    help="loopback S3: moto in its own process (as a real endpoint), moto's ThreadedMotoServer "
                         "inside this process (sharing its GIL; the first figures), or both side by side")
+    p.add_argument("--endpoint", default=None, metavar="URL",
+                   help="an S3 server already running (MinIO, a cloud endpoint...) instead of a loopback moto; "
+                        "the cache is uploaded under a fresh prefix of --bucket")
+    p.add_argument("--bucket", default="bench", help="the bucket to use (created when missing)")
     p.add_argument("--quick", action="store_true", help="384 samples in shards of 16 (a few minutes on 2 cores)")
     p.add_argument("--minimal", action="store_true", help="a seconds-long smoke run at 64 px (tests)")
     p.add_argument("--json", default=None, help="write the figures to this file")
