@@ -12,6 +12,7 @@ step; they never re-run it per step.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -38,7 +39,14 @@ def make_scheduler(base_scheduler: Any, name: str):
         return base_scheduler.__class__.from_config(base_scheduler.config)
     if name not in SCHEDULERS:
         raise UsageError(f"evaluate.scheduler: unknown scheduler {name!r}; choose default, {', '.join(SCHEDULERS)}")
-    return getattr(diffusers, SCHEDULERS[name]).from_config(base_scheduler.config)
+    cls = getattr(diffusers, SCHEDULERS[name])
+    extra = {}
+    if "clip_sample" not in base_scheduler.config and "clip_sample" in inspect.signature(cls.__init__).parameters:
+        # DDIM's default clips the predicted clean sample to [-1, 1], which is meant for pixels:
+        # scaled latents are not bounded that way, and a base whose scheduler config does not
+        # say (the toy base's DPM-Solver) would otherwise sample flat colour (circle IoU 0.34).
+        extra["clip_sample"] = False
+    return cls.from_config(base_scheduler.config, **extra)
 
 
 def square_resize(image: Image.Image, size: int, resample=Image.BICUBIC) -> Image.Image:
