@@ -20,7 +20,8 @@ endpoint is another process on another machine); ``--server thread`` runs moto's
 setup of the first figures); ``--server both`` measures the two side by side in one run.
 ``--endpoint URL`` measures against an S3 server that is already running instead (MinIO, a real
 bucket's region endpoint, any S3-compatible server; credentials from the usual AWS variables),
-e.g. one whose request handling costs less CPU than moto's; its CPU is then not reported.
+e.g. one whose request handling costs less CPU than moto's; its CPU is reported when
+``--server-pid`` names its process.
 
 Tensors are random (incompressible, as real latents and embeddings are); the share of unique
 captions defaults to 0.39, an estimate for fill50k (~19.5k distinct captions in 50k rows).
@@ -165,10 +166,11 @@ def loopback_s3(mode: str) -> Iterator[tuple[str, Optional[int]]]:
 
 
 @contextlib.contextmanager
-def s3_server(mode: str, endpoint: Optional[str]) -> Iterator[tuple[str, Optional[int]]]:
-    """The given ``endpoint`` (a server already running; its pid unknown) or a loopback moto."""
+def s3_server(mode: str, endpoint: Optional[str], pid: Optional[int] = None) -> Iterator[tuple[str, Optional[int]]]:
+    """The given ``endpoint`` (a server already running, on this machine when its ``pid`` is
+    given, so that its CPU can be read) or a loopback moto."""
     if endpoint:
-        yield endpoint, None
+        yield endpoint, pid
         return
     with loopback_s3(mode) as answer:
         yield answer
@@ -249,7 +251,7 @@ def measure_against(args, work: Path, mode: str, cache_mb: float) -> dict:
     from bench_transfer import sequential_download  # the copy as it was before the parallel one
 
     runs = work / mode
-    with s3_server(mode, args.endpoint) as (endpoint, pid):
+    with s3_server(mode, args.endpoint, args.server_pid) as (endpoint, pid):
         _create_bucket(boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1"), args.bucket)
         uri = f"s3://{args.bucket}/{'cache-' + os.urandom(4).hex() if args.endpoint else 'cache'}"
         base = [f"storage.endpoint_url={endpoint}", "train.batch_size=8", "train.num_workers=0",
@@ -339,6 +341,8 @@ def main(argv=None) -> int:
     p.add_argument("--endpoint", default=None, metavar="URL",
                    help="an S3 server already running (MinIO, a cloud endpoint...) instead of a loopback moto; "
                         "the cache is uploaded under a fresh prefix of --bucket")
+    p.add_argument("--server-pid", type=int, default=None,
+                   help="with --endpoint on this machine: the server's process id, to report its CPU too")
     p.add_argument("--bucket", default="bench", help="the bucket to use (created when missing)")
     p.add_argument("--quick", action="store_true", help="384 samples in shards of 16 (a few minutes on 2 cores)")
     p.add_argument("--minimal", action="store_true", help="a seconds-long smoke run at 64 px (tests)")
