@@ -11,10 +11,14 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DVC_NO_ANAL
 # Two workers for two cores; each test process keeps torch to one thread so they don't fight.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # DeepSpeed compiles its CPU ops (shared-memory allreduce, CPU Adam) on first use: 1.5 to 7 min of
-# compiler time on two cores. By default they land in ~/.cache/torch_extensions, which CI starts
-# empty (compiled again in every run) and which two environments on one machine keep rebuilding
-# over each other; beside the venv they are built once per environment and cached with it.
-export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$ROOT/.venv/torch-extensions}"
+# compiler time on two cores. Torch's default folder (~/.cache/torch_extensions) is shared by every
+# environment, so two environments with other torch / DeepSpeed versions rebuild over each other;
+# a folder inside .venv is rebuilt by every fresh clone. One folder per (Python, torch, DeepSpeed)
+# in the user's cache is built once per machine and version set, and survives new checkouts.
+if [[ -z "${TORCH_EXTENSIONS_DIR:-}" ]]; then
+  OPS_KEY="$(python -c 'import sys, importlib.metadata as m; print("py%d%d-torch%s-deepspeed%s" % (*sys.version_info[:2], m.version("torch"), m.version("deepspeed")))')"
+  export TORCH_EXTENSIONS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/t2iops/torch-extensions/$OPS_KEY"
+fi
 # The checkout's own bytecode, once: where PYTHONDONTWRITEBYTECODE is set nothing caches it, and
 # every subprocess the tests start (kfp.local steps, torchrun ranks, CLI and dvc stages) would
 # recompile the t2iops modules it imports (~0.4 s of CPU each). Skips what is up to date.
