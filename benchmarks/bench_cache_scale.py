@@ -177,10 +177,13 @@ def s3_server(mode: str, endpoint: Optional[str], pid: Optional[int] = None) -> 
 
 
 def _create_bucket(client, bucket: str) -> None:
+    """Create ``bucket`` unless it is there (servers differ in the error a second create gets)."""
+    from botocore.exceptions import ClientError
+
     try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError:
         client.create_bucket(Bucket=bucket)
-    except client.exceptions.BucketAlreadyOwnedByYou:
-        pass
 
 
 def _delete_prefix(client, bucket: str, prefix: str) -> None:
