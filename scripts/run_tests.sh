@@ -17,7 +17,11 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # in the user's cache is built once per machine and version set, and survives new checkouts.
 if [[ -z "${TORCH_EXTENSIONS_DIR:-}" ]]; then
   OPS_KEY="$(python -c 'import sys, importlib.metadata as m; print("py%d%d-torch%s-deepspeed%s" % (*sys.version_info[:2], m.version("torch"), m.version("deepspeed")))')"
-  export TORCH_EXTENSIONS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/t2iops/torch-extensions/$OPS_KEY"
+  if [[ -n "${XDG_CACHE_HOME:-}" || -n "${HOME:-}" ]]; then
+    export TORCH_EXTENSIONS_DIR="${XDG_CACHE_HOME:-${HOME:-}/.cache}/t2iops/torch-extensions/$OPS_KEY"
+  else  # no home to cache in: beside the environment
+    export TORCH_EXTENSIONS_DIR="$ROOT/.venv/torch-extensions/$OPS_KEY"
+  fi
 fi
 # The checkout's own bytecode, once: where PYTHONDONTWRITEBYTECODE is set nothing caches it, and
 # every subprocess the tests start (kfp.local steps, torchrun ranks, CLI and dvc stages) would
