@@ -11,12 +11,13 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DVC_NO_ANAL
 # Two workers for two cores; each test process keeps torch to one thread so they don't fight.
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 # DeepSpeed compiles its CPU ops (shared-memory allreduce, CPU Adam) on first use: 1.5 to 7 min of
-# compiler time on two cores. Torch's default folder (~/.cache/torch_extensions) is shared by every
-# environment, so two environments with other torch / DeepSpeed versions rebuild over each other;
-# a folder inside .venv is rebuilt by every fresh clone. One folder per (Python, torch, DeepSpeed)
-# in the user's cache is built once per machine and version set, and survives new checkouts.
+# compiler time on two cores. Their build files name the environment's own paths, so torch's default
+# folder (~/.cache/torch_extensions), shared by every environment, is rebuilt each time another
+# environment uses it. One folder per environment (its path and its Python / torch / DeepSpeed
+# versions) in the user's cache is built once, and survives a checkout recreated at the same path
+# (a CI job's clone); a folder inside .venv would be deleted with it.
 if [[ -z "${TORCH_EXTENSIONS_DIR:-}" ]]; then
-  OPS_KEY="$(python -c 'import sys, importlib.metadata as m; print("py%d%d-torch%s-deepspeed%s" % (*sys.version_info[:2], m.version("torch"), m.version("deepspeed")))')"
+  OPS_KEY="$(python -c 'import sys, importlib.metadata as m; import hashlib; print("py%d%d-torch%s-deepspeed%s-%s" % (*sys.version_info[:2], m.version("torch"), m.version("deepspeed"), hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]))')"
   if [[ -n "${XDG_CACHE_HOME:-}" || -n "${HOME:-}" ]]; then
     export TORCH_EXTENSIONS_DIR="${XDG_CACHE_HOME:-${HOME:-}/.cache}/t2iops/torch-extensions/$OPS_KEY"
   else  # no home to cache in: beside the environment
