@@ -186,13 +186,6 @@ def _create_bucket(client, bucket: str) -> None:
         client.create_bucket(Bucket=bucket)
 
 
-def _delete_prefix(client, bucket: str, prefix: str) -> None:
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-
-
 def _wait_until_answering(endpoint: str, proc: subprocess.Popen, log_file, timeout_s: float = 60.0) -> None:
     import urllib.error
     import urllib.request
@@ -256,15 +249,15 @@ def measure_against(args, work: Path, mode: str, cache_mb: float) -> dict:
     runs = work / mode
     with s3_server(mode, args.endpoint, args.server_pid) as (endpoint, pid):
         _create_bucket(boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1"), args.bucket)
-        uri = f"s3://{args.bucket}/{'cache-' + os.urandom(4).hex() if args.endpoint else 'cache'}"
+        key = f"cache-{os.urandom(4).hex()}" if args.endpoint else "cache"  # a fresh prefix on a shared server
+        uri = f"s3://{args.bucket}/{key}"
         base = [f"storage.endpoint_url={endpoint}", "train.batch_size=8", "train.num_workers=0",
                 f"train.shuffle_window={args.window}", "train.stream_prefetch=2"]
         cfg = load_config(overrides=base + [f"storage.cache_dir={runs / 'c0'}"])
         storage.upload_dir(work / "new", uri, cfg.storage)
 
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        prefix = uri.split("/", 3)[3] + "/"
-        previous_s, prev_cpu, prev_srv = timed(lambda: sequential_download(client, args.bucket, prefix, runs / "previous"), pid)
+        previous_s, prev_cpu, prev_srv = timed(lambda: sequential_download(client, args.bucket, key + "/", runs / "previous"), pid)
         one_at_a_time = load_config(overrides=base + [f"storage.cache_dir={runs / 'c0'}", "storage.max_concurrency=1"])
         seq_s, _, _ = timed(lambda: storage.download_dir(uri, runs / "seq", one_at_a_time.storage), pid)
         par_s, par_cpu, par_srv = timed(lambda: storage.download_dir(uri, runs / "par", cfg.storage), pid)
@@ -273,7 +266,7 @@ def measure_against(args, work: Path, mode: str, cache_mb: float) -> dict:
         from_local = first_batch_seconds(str(runs / "par"), cfg)  # what follows the download
         streamed = first_batch_seconds(uri, load_config(overrides=base + [f"storage.cache_dir={runs / 'c2'}", "train.stream=always"]))
         if args.endpoint:  # leave someone else's server as it was
-            _delete_prefix(client, args.bucket, prefix)
+            storage.delete(uri, cfg.storage)
     shutil.rmtree(runs, ignore_errors=True)
     pct = (lambda v: None if v is None else round(v))
     return {
