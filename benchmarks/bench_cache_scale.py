@@ -26,7 +26,16 @@ e.g. one whose request handling costs less CPU than moto's; its CPU is reported 
 Tensors are random (incompressible, as real latents and embeddings are); the share of unique
 captions defaults to 0.39, an estimate for fill50k (~19.5k distinct captions in 50k rows).
 
-    python benchmarks/bench_cache_scale.py --quick [--server both] --json cache_scale.json
+Shards are scaled down with the cache so that the first streamed batch reads about the share of
+the cache it reads at full size: fill50k with the SDXL presets (1,024 samples a shard,
+``shuffle_window`` 4) reads 4 of 49 latent shards (8 %); 1,024 samples in shards of 32 with a
+window of 2 read 2 of 32 (6 %). The text shards the first batch reads (at most 8 of 2.5 MB) do
+not shrink with the cache, so below a few hundred MB they dominate and the streaming ratio says
+more about the benchmark's size than about streaming. Every timed path is run ``--repeats`` times,
+alternating, and the median is reported (the per-run ratios too): a shared host's slow spells
+would otherwise decide a single run.
+
+    python benchmarks/bench_cache_scale.py --quick [--server both] [--repeats 3] --json cache_scale.json
 """
 from __future__ import annotations
 
@@ -37,6 +46,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -65,12 +75,13 @@ def conditions(n: int, resolution: int, synth_cfg):
         yield torch.from_numpy(__import__("numpy").asarray(outline, dtype="uint8").copy()).permute(2, 0, 1)
 
 
-def write_cache(root: Path, n: int, res: int, shard_size: int, unique: int, synth_cfg, old_format: bool = False):
+def write_cache(root: Path, n: int, res: int, shard_size: int, unique: int, synth_cfg, old_format: bool = False,
+                text_shard_size: int = TEXT_SHARD_SIZE):
     """A cache of ``n`` samples (format 2, or format 1's raw conditions when ``old_format``)."""
     g = torch.Generator().manual_seed(0)
     lat, tokens, width, pooled = res // 8, 77, 2048, 1280
     text_dir, latent_dir = root / "text" / "t", root / "latents" / "l"
-    text_shard = shard_size if old_format else TEXT_SHARD_SIZE
+    text_shard = shard_size if old_format else text_shard_size
     tw = ShardWriter(text_dir, text_shard)
     for start in range(0, unique, 16):
         k = min(16, unique - start)
@@ -109,15 +120,18 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def first_batch_seconds(uri: str, cfg) -> float:
+def first_batch_seconds(uri: str, cfg) -> tuple[float, int]:
+    """(seconds from opening the cache to the first batch in hand, bytes streamed before it)."""
     started = time.perf_counter()
     cache = open_cache(uri, cfg)
     reader = CacheReader(cache.root, "train")
     next(iter(train_loader(reader, cfg.train, 0, 1, fetcher=cache.fetcher)))
     elapsed = time.perf_counter() - started
+    fetched = 0
     if cache.fetcher is not None:
+        fetched = cache.fetcher.fetched_bytes
         cache.fetcher.close()
-    return elapsed
+    return elapsed, fetched
 
 
 def _free_port() -> int:
@@ -230,7 +244,8 @@ def build_caches(args, work: Path) -> dict:
     synth = load_config().data.synth
     unique = max(1, math.ceil(args.unique_fraction * args.samples))
     with storage.publish(work / "new") as staging:
-        write_cache(staging, args.samples, args.resolution, args.shard_size, unique, synth)
+        write_cache(staging, args.samples, args.resolution, args.shard_size, unique, synth,
+                    text_shard_size=args.text_shard_size)
     old_n = min(args.samples, args.shard_size)  # one shard of format 1 is enough to size it
     write_cache(work / "old", old_n, args.resolution, args.shard_size, max(1, math.ceil(args.unique_fraction * old_n)),
                 synth, old_format=True)
@@ -257,31 +272,48 @@ def measure_against(args, work: Path, mode: str, cache_mb: float) -> dict:
         storage.upload_dir(work / "new", uri, cfg.storage)
 
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-        previous_s, prev_cpu, prev_srv = timed(lambda: sequential_download(client, args.bucket, key + "/", runs / "previous"), pid)
         one_at_a_time = load_config(overrides=base + [f"storage.cache_dir={runs / 'c0'}", "storage.max_concurrency=1"])
-        seq_s, _, _ = timed(lambda: storage.download_dir(uri, runs / "seq", one_at_a_time.storage), pid)
-        par_s, par_cpu, par_srv = timed(lambda: storage.download_dir(uri, runs / "par", cfg.storage), pid)
-
-        full = first_batch_seconds(uri, load_config(overrides=base + [f"storage.cache_dir={runs / 'c1'}", "train.stream=never"]))
-        from_local = first_batch_seconds(str(runs / "par"), cfg)  # what follows the download
-        streamed = first_batch_seconds(uri, load_config(overrides=base + [f"storage.cache_dir={runs / 'c2'}", "train.stream=always"]))
+        full_cfg = load_config(overrides=base + [f"storage.cache_dir={runs / 'c1'}", "train.stream=never"])
+        stream_cfg = load_config(overrides=base + [f"storage.cache_dir={runs / 'c2'}", "train.stream=always"])
+        runs_of: dict[str, list] = {}
+        for rep in range(args.repeats):  # the paths alternate, so a slow spell of a shared host hits each
+            dest = runs / f"rep{rep}"
+            runs_of.setdefault("previous", []).append(
+                timed(lambda: sequential_download(client, args.bucket, key + "/", dest / "previous"), pid))
+            runs_of.setdefault("one_at_a_time", []).append(
+                timed(lambda: storage.download_dir(uri, dest / "seq", one_at_a_time.storage), pid))
+            runs_of.setdefault("parallel", []).append(timed(lambda: storage.download_dir(uri, dest / "par", cfg.storage), pid))
+            runs_of.setdefault("full", []).append(first_batch_seconds(uri, full_cfg))
+            runs_of.setdefault("from_local", []).append(first_batch_seconds(str(dest / "par"), cfg))
+            runs_of.setdefault("streamed", []).append(first_batch_seconds(uri, stream_cfg))
+            shutil.rmtree(dest)
+            for c in ("c1", "c2"):  # a fresh local cache each time: nothing is reused between repeats
+                shutil.rmtree(runs / c, ignore_errors=True)
         if args.endpoint:  # leave someone else's server as it was
             storage.delete(uri, cfg.storage)
     shutil.rmtree(runs, ignore_errors=True)
+    med = (lambda name, field=0: statistics.median(r[field] for r in runs_of[name]))
     pct = (lambda v: None if v is None else round(v))
+    previous_s, seq_s, par_s = med("previous"), med("one_at_a_time"), med("parallel")
+    full, streamed, from_local = med("full"), med("streamed"), med("from_local")
     return {
-        "server": mode,
+        "server": mode, "repeats": args.repeats,
         "first_step_s_full_download": round(full, 2), "first_step_s_streaming": round(streamed, 2),
         "first_step_ratio": round(streamed / full, 3),
+        "first_step_ratio_runs": [round(s[0] / f[0], 3) for s, f in zip(runs_of["streamed"], runs_of["full"])],
+        "first_step_mb_streaming": round(med("streamed", 1) / 1e6, 1),
         # the whole-cache parallel download, then the first batch from the local copy
         "first_step_s_full_download_parallel": round(par_s + from_local, 2),
         "first_step_ratio_vs_parallel": round(streamed / (par_s + from_local), 3),
         "transfer_mb_s_previous": round(cache_mb / previous_s, 1),
         "transfer_mb_s_one_at_a_time": round(cache_mb / seq_s, 1), "transfer_mb_s_parallel": round(cache_mb / par_s, 1),
         "transfer_speedup": round(previous_s / par_s, 2),
+        "transfer_speedup_runs": [round(p[0] / n[0], 2) for p, n in zip(runs_of["previous"], runs_of["parallel"])],
         # CPU while copying (100 = one core): which side is the limit
-        "cpu_pct_previous_client": pct(prev_cpu), "cpu_pct_previous_server": pct(prev_srv),
-        "cpu_pct_parallel_client": pct(par_cpu), "cpu_pct_parallel_server": pct(par_srv),
+        "cpu_pct_previous_client": pct(med("previous", 1)),
+        "cpu_pct_previous_server": pct(med("previous", 2)) if pid else None,
+        "cpu_pct_parallel_client": pct(med("parallel", 1)),
+        "cpu_pct_parallel_server": pct(med("parallel", 2)) if pid else None,
     }
 
 
@@ -307,6 +339,7 @@ def run(args) -> dict:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     head = {"samples": args.samples, "resolution": args.resolution, "shard_size": args.shard_size,
+            "text_shard_size": args.text_shard_size,
             "unique_caption_fraction": args.unique_fraction, **sizes}
     return {**head, **by_server[modes[0]], "loader_samples_s_per_worker": round(per_worker, 1),
             "by_server": by_server}
@@ -325,10 +358,12 @@ def print_table(result: dict) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, default=512)
+    p.add_argument("--samples", type=int, default=4096, help="samples in the cache (4096: 1.6 GB at 1024 px)")
     p.add_argument("--resolution", type=int, default=1024)
-    p.add_argument("--shard-size", type=int, default=32)
+    p.add_argument("--shard-size", type=int, default=32, help="samples per latent shard")
     p.add_argument("--window", type=int, default=2, help="train.shuffle_window")
+    p.add_argument("--text-shard-size", type=int, default=TEXT_SHARD_SIZE,
+                   help="captions per text shard (the cache's TEXT_SHARD_SIZE by default)")
     p.add_argument("--unique-fraction", type=float, default=0.39)
     p.add_argument("--loader-batches", type=int, default=8)
     p.add_argument("--server", choices=("process", "thread", "both"), default="process",
@@ -340,14 +375,17 @@ def main(argv=None) -> int:
     p.add_argument("--server-pid", type=int, default=None,
                    help="with --endpoint on this machine: the server's process id, to report its CPU too")
     p.add_argument("--bucket", default="bench", help="the bucket to use (created when missing)")
-    p.add_argument("--quick", action="store_true", help="384 samples in shards of 16 (a few minutes on 2 cores)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="times each transfer and first batch is measured (alternating); medians are reported")
+    p.add_argument("--quick", action="store_true",
+                   help="1024 samples (400 MB) in shards of 32, 3 repeats: about 2 minutes on 2 cores")
     p.add_argument("--minimal", action="store_true", help="a seconds-long smoke run at 64 px (tests)")
     p.add_argument("--json", default=None, help="write the figures to this file")
     args = p.parse_args(argv)
     if args.quick:
-        args.samples, args.shard_size = 384, 16
+        args.samples, args.shard_size = 1024, 32
     if args.minimal:
-        args.samples, args.resolution, args.shard_size, args.loader_batches = 24, 64, 4, 1
+        args.samples, args.resolution, args.shard_size, args.loader_batches, args.repeats = 24, 64, 4, 1, 2
     result = run(args)
     print_table(result)
     if args.json:
