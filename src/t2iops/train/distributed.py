@@ -82,10 +82,27 @@ def init_distributed(use_deepspeed: bool) -> DistInfo:
         if use_deepspeed:
             import deepspeed
 
+            if device.type == "cpu":
+                skip_cpu_inference_allreduce_op()
             deepspeed.init_distributed(dist_backend=backend)
         else:
             torch_dist.init_process_group(backend=backend)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def skip_cpu_inference_allreduce_op() -> None:
+    """Keep DeepSpeed's CPU backend from compiling its shared-memory all-reduce op.
+
+    On the CPU accelerator, ``deepspeed.init_distributed`` JIT-builds ``deepspeed_shm_comm``
+    (about a minute of C++ compiling on two cores, and a compiler on every CPU node) for
+    ``inference_all_reduce``, which only tensor-parallel inference calls; ZeRO training reduces
+    through the process group (gloo here). ``deepspeed.ops.__compatible_ops__`` is what it asks
+    first, and nothing else reads it (DeepSpeed 0.19; the version is pinned): marking the op
+    unavailable there leaves every collective training uses unchanged."""
+    import deepspeed.ops
+
+    # Not probed yet: an empty table (probing every op runs compilers); probed: one entry off.
+    vars(deepspeed.ops).setdefault("__compatible_ops__", {})["deepspeed_shm_comm"] = False
 
 
 def shutdown() -> None:
