@@ -17,6 +17,7 @@ from typing import Callable, Optional
 
 from .config import Config, load_config, stage_config
 from .errors import T2IError
+from .process import collect_once_at_exit
 from .redact import install_logging_redaction, redact_text
 
 # Each module exposes ``register(subparsers, common)`` adding its subcommands; handlers are
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    collect_once_at_exit()  # ~2 s less at exit once torch and diffusers are loaded
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

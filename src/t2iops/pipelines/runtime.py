@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..config import RUNTIME_SECTIONS, Config, ConfigError, StageConfig, covered, load_config, stage_paths
+from ..process import collect_once_at_exit
 
 # The KFP steps and the stage whose sections each receives (merge is the evaluate stage's end).
 KFP_STAGES = ("pull", "validate", "encode", "train", "evaluate", "export", "publish")
@@ -99,6 +100,7 @@ def stage_parameters(cfg: Config) -> dict[str, str]:
 
 def stage_config(text: str | None, stage: str) -> StageConfig:
     """First line of every component: logging on, config validated, restricted to the stage."""
+    collect_once_at_exit()  # the step's process ends ~2 s sooner (t2iops.process)
     logging.basicConfig(
         level=os.environ.get("T2IOPS_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
