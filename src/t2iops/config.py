@@ -44,6 +44,14 @@ class StorageConfig(_Section):
     )
     verify: bool = Field(True, description="check sizes and sha256 of published outputs on read")
     max_concurrency: int = Field(16, ge=1, le=256, description="objects copied at once in a prefix copy")
+    multipart_threshold_mb: float = Field(
+        64, gt=0, description="objects at least this large are downloaded as parallel byte ranges and "
+        "uploaded in parts"
+    )
+    multipart_chunk_mb: float = Field(
+        16, ge=1, le=5120, description="bytes per range or part (uploads use at least 5, S3's smallest part)"
+    )
+    part_concurrency: int = Field(8, ge=1, le=64, description="ranges or parts of one large object in flight at once")
 
 
 class SynthConfig(_Section):

@@ -33,17 +33,19 @@ class _QuietServer(ThreadingHTTPServer):
 
 class FaultProxy:
     def __init__(self, upstream: str, fraction: float = 0.0, faults: Iterable[str] = ("503",),
-                 slow_s: float = 3.0, seed: int = 0, delay_s: float = 0.0):
+                 slow_s: float = 3.0, seed: int = 0, delay_s: float = 0.0, stream_mb_s: float = 0.0):
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname, parts.port)
         self.fraction = fraction
         self.faults = tuple(faults)
         self.slow_s = slow_s
         self.delay_s = delay_s  # added to every forwarded request: a store far away (benchmarks)
+        self.stream_mb_s = stream_mb_s  # each response body at most this fast (0: unlimited): one stream's cap
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self.requests = 0
         self.seen: list[tuple[str, str]] = []  # (method, path) of every request
+        self.ranges: list[tuple[str, str, Optional[str]]] = []  # (method, path, Range header or None)
         self.injected: dict[str, int] = {}
         self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
@@ -94,6 +96,7 @@ class FaultProxy:
                 body = self._body()
                 with proxy._lock:
                     proxy.seen.append((self.command, self.path))
+                    proxy.ranges.append((self.command, self.path, self.headers.get("Range")))
                 fault = proxy.pick_fault()
                 if fault in ("500", "503"):
                     return self._error(int(fault))
@@ -135,8 +138,20 @@ class FaultProxy:
                 self.send_header("Content-Length", length or "0")
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(data)
+                    self._write_body(data)
                 conn.close()
+
+            def _write_body(self, data: bytes) -> None:
+                if not proxy.stream_mb_s:
+                    self.wfile.write(data)
+                    return
+                step = 256 * 1024  # paced in 256 KB slices, as a store serving one stream at a fixed rate
+                started = time.monotonic()
+                for offset in range(0, len(data), step):
+                    self.wfile.write(data[offset:offset + step])
+                    due = started + (offset + step) / (proxy.stream_mb_s * 1e6)
+                    if due > time.monotonic():
+                        time.sleep(due - time.monotonic())
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 

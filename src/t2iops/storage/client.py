@@ -34,6 +34,9 @@ def storage_settings(cfg: Any) -> dict:
         "retry_deadline": float(getattr(storage, "retry_deadline", 45.0)),
         "verify": bool(getattr(storage, "verify", True)),
         "max_concurrency": int(getattr(storage, "max_concurrency", 16)),
+        "multipart_threshold_mb": float(getattr(storage, "multipart_threshold_mb", 64)),
+        "multipart_chunk_mb": float(getattr(storage, "multipart_chunk_mb", 16)),
+        "part_concurrency": int(getattr(storage, "part_concurrency", 8)),
     }
 
 
@@ -42,18 +45,21 @@ def s3_client(cfg: Any = None):
     credential-related environment (creating one costs about a second on a busy machine)."""
     s = storage_settings(cfg)
     env_key = tuple(os.environ.get(k) for k in CREDENTIAL_ENV)
+    # Every object of a prefix copy, and every range of each large one, may hold a connection.
+    pool = min(512, max(64, s["max_concurrency"] * s["part_concurrency"]))
     return _cached_client(s["endpoint_url"], s["region"], s["max_attempts"], s["connect_timeout"],
-                          s["read_timeout"], s["retry_deadline"], env_key, os.getpid())
+                          s["read_timeout"], s["retry_deadline"], pool, env_key, os.getpid())
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_client(endpoint_url, region, max_attempts, connect_timeout, read_timeout, retry_deadline, _env, _pid):
+def _cached_client(endpoint_url, region, max_attempts, connect_timeout, read_timeout, retry_deadline, pool, _env,
+                   _pid):
     import boto3
     from botocore.config import Config as BotoConfig
 
     config = BotoConfig(
         retries={"max_attempts": max_attempts, "mode": "adaptive"},
-        max_pool_connections=64,  # parallel prefix copies share one client
+        max_pool_connections=pool,  # parallel prefix copies share one client
         connect_timeout=connect_timeout,
         read_timeout=read_timeout,
     )

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 from .client import named_errors, s3_client, storage_settings
 from .objects import (Entry, download_entries, download_entry, get_object_bytes, list_objects, manifest_entries,
                       parse_manifest, published_view, resolve_key)
+from .ranged import RangePlan
 from .uris import MANIFEST, StorageError, is_s3, prefix_of, split_s3
 
 # A reader whose version was garbage-collected mid-download (two newer publishes landed) starts over.
@@ -92,6 +93,7 @@ def _materialize_s3(uri: str, cfg: Any, kind: str) -> Path:
     bucket, key = split_s3(uri)
     client = s3_client(cfg)
     verify = storage_settings(cfg)["verify"]
+    plan = RangePlan.from_settings(storage_settings(cfg))
     try:
         ident, entries, single, manifest_body = _plan(client, bucket, key)
     except FileNotFoundError:
@@ -110,10 +112,11 @@ def _materialize_s3(uri: str, cfg: Any, kind: str) -> Path:
                 if single:
                     if not name:
                         raise StorageError(f"{uri}: nothing to download")
-                    download_entry(client, bucket, entries[0], tmp / name, verify)
+                    download_entry(client, bucket, entries[0], tmp / name, verify, plan)
                 else:
                     download_entries(client, bucket, entries, prefix_of(key), tmp, verify,
-                                     storage_settings(cfg)["max_concurrency"], journal=root / f".{digest}.journal")
+                                     storage_settings(cfg)["max_concurrency"], journal=root / f".{digest}.journal",
+                                     plan=plan)
                     if manifest_body:
                         (tmp / MANIFEST).write_bytes(manifest_body)
                 (tmp / ".complete").write_text(ident)

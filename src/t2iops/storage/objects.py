@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .client import named_errors, s3_client, storage_settings
+from .ranged import RangePlan, fetch_ranges
 from .transfer import run_parallel
 from .uris import (MANIFEST, VERSIONS, IntegrityError, StorageError, check_relative, is_s3, join, prefix_of,
                    safe_target, split_s3)
@@ -157,12 +158,21 @@ class _BodyBroken(Exception):
     already been retried by botocore within the deadline, so its errors are not)."""
 
 
-def download_entry(client, bucket: str, entry: Entry, target: Path, verify: bool = True) -> None:
-    """Stream one object to ``target`` (via a temp file), checking size and sha256 when known."""
+def download_entry(client, bucket: str, entry: Entry, target: Path, verify: bool = True,
+                   plan: Optional[RangePlan] = None) -> None:
+    """Stream one object to ``target`` (via a temp file), checking size and sha256 when known.
+    One at least ``plan.threshold`` bytes large comes as parallel byte ranges (:mod:`.ranged`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.part-{uuid.uuid4().hex[:8]}")
+    plan = plan or RangePlan()
     try:
-        for attempt in range(STREAM_ATTEMPTS):
+        if plan.applies(entry.bytes):
+            from botocore.exceptions import BotoCoreError
+
+            digest, size = fetch_ranges(client, bucket, entry.key, tmp, entry.bytes, plan, STREAM_ATTEMPTS,
+                                        (BotoCoreError, ConnectionError, TimeoutError),
+                                        want_digest=verify and entry.sha256 is not None)
+        for attempt in range(0 if plan.applies(entry.bytes) else STREAM_ATTEMPTS):
             try:
                 digest, size = _stream_to(client, bucket, entry.key, tmp)
                 break
@@ -201,7 +211,7 @@ def write_hashing(chunks, path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def check_integrity(bucket: str, entry: Entry, size: int, digest: str) -> None:
+def check_integrity(bucket: str, entry: Entry, size: int, digest: Optional[str]) -> None:
     if entry.bytes is not None and size != entry.bytes:
         raise IntegrityError(f"s3://{bucket}/{entry.key}: {size} bytes, the manifest records {entry.bytes}; refusing it")
     if entry.sha256 is not None and digest != entry.sha256:
@@ -209,7 +219,7 @@ def check_integrity(bucket: str, entry: Entry, size: int, digest: str) -> None:
 
 
 def download_entries(client, bucket: str, entries: list[Entry], strip: str, local_dir: Path, verify: bool,
-                     concurrency: int = 1, journal: Optional[Path] = None) -> None:
+                     concurrency: int = 1, journal: Optional[Path] = None, plan: Optional[RangePlan] = None) -> None:
     """Download ``entries`` into ``local_dir`` (each at its logical key minus ``strip``) on
     ``concurrency`` threads; every key is checked to stay inside ``local_dir`` before any file is
     written. With a ``journal`` (a file listing the keys already copied and verified) an
@@ -220,7 +230,7 @@ def download_entries(client, bucket: str, entries: list[Entry], strip: str, loca
     lock = threading.Lock()
 
     def copy(entry: Entry, target: Path) -> None:
-        download_entry(client, bucket, entry, target, verify)
+        download_entry(client, bucket, entry, target, verify, plan)
         if journal is not None:
             with lock, open(journal, "a") as fh:
                 fh.write(entry.key + "\n")
@@ -332,9 +342,16 @@ def delete(uri: str | os.PathLike, cfg: Any = None) -> None:
         path.unlink()
 
 
-def upload_file(client, path: Path, bucket: str, key: str) -> None:
+def upload_file(client, path: Path, bucket: str, key: str, plan: Optional[RangePlan] = None) -> None:
+    """One file; from ``plan.threshold`` bytes in parts of ``plan.part`` (at least S3's 5 MB),
+    ``plan.concurrency`` at a time, each part retried on its own (boto3's transfer manager)."""
+    from boto3.s3.transfer import TransferConfig
+
+    plan = plan or RangePlan()
+    config = TransferConfig(multipart_threshold=plan.threshold, multipart_chunksize=max(plan.part, 5 << 20),
+                            max_concurrency=plan.concurrency)
     with named_errors(client, "upload", bucket, key):
-        client.upload_file(str(path), bucket, key)
+        client.upload_file(str(path), bucket, key, Config=config)
 
 
 def upload_dir(local_dir: str | Path, uri: str, cfg: Any = None, exclude: tuple[str, ...] = ()) -> list[str]:
@@ -344,13 +361,15 @@ def upload_dir(local_dir: str | Path, uri: str, cfg: Any = None, exclude: tuple[
     local_dir = Path(local_dir)
     written = [p.relative_to(local_dir).as_posix() for p in sorted(local_dir.rglob("*")) if p.is_file()]
     written = [rel for rel in written if rel not in exclude]
-    upload_files(client, local_dir, written, bucket, prefix, storage_settings(cfg)["max_concurrency"])
+    s = storage_settings(cfg)
+    upload_files(client, local_dir, written, bucket, prefix, s["max_concurrency"], RangePlan.from_settings(s))
     return written
 
 
-def upload_files(client, local_dir: Path, rels: list[str], bucket: str, prefix: str, concurrency: int) -> None:
+def upload_files(client, local_dir: Path, rels: list[str], bucket: str, prefix: str, concurrency: int,
+                 plan: Optional[RangePlan] = None) -> None:
     """Upload ``local_dir/rel`` to ``prefix + rel`` for each ``rel``, ``concurrency`` at a time."""
-    tasks = [(functools.partial(upload_file, client, local_dir / rel, bucket, prefix + rel),
+    tasks = [(functools.partial(upload_file, client, local_dir / rel, bucket, prefix + rel, plan),
               (local_dir / rel).stat().st_size) for rel in rels]
     run_parallel(tasks, concurrency, f"upload s3://{bucket}/{prefix}")
 
@@ -368,7 +387,8 @@ def download_dir(uri: str, local_dir: str | Path, cfg: Any = None) -> Path:
             raise StorageError(f"{uri} is a single object ({entry.key}), not a prefix")
         raise FileNotFoundError(f"nothing found under {uri}")
     s = storage_settings(cfg)
-    download_entries(client, bucket, entries, prefix, Path(local_dir), s["verify"], s["max_concurrency"])
+    download_entries(client, bucket, entries, prefix, Path(local_dir), s["verify"], s["max_concurrency"],
+                     plan=RangePlan.from_settings(s))
     return Path(local_dir)
 
 

@@ -29,6 +29,7 @@ from typing import Any, Iterator, Optional
 from .client import error_code, named_errors, s3_client, storage_settings
 from .objects import (delete_keys, download_entry, fsync_dir, get_object_bytes, list_objects,
                       manifest_entries, parse_manifest, read_bytes, upload_files, write_hashing)
+from .ranged import RangePlan
 from .uris import (MANIFEST, VERSIONS, ConcurrentPublish, IntegrityError, NotPublished, is_s3, join, prefix_of,
                    safe_target, split_s3)
 
@@ -134,7 +135,7 @@ def publish_s3(staging: Path, dest: str, manifest: dict, cfg: Any = None) -> str
     try:
         uploaded = [version_base + rel for rel in manifest["files"]]  # cleaned up on failure, present or not
         upload_files(client, staging, list(manifest["files"]), bucket, version_base,
-                     storage_settings(cfg)["max_concurrency"])
+                     storage_settings(cfg)["max_concurrency"], RangePlan.from_settings(storage_settings(cfg)))
         _swap_pointer(client, bucket, pointer_key, body, etag, dest)
     except BaseException:
         with contextlib.suppress(Exception):  # best effort: a later publish removes orphans anyway
@@ -226,7 +227,8 @@ def download_listed(uri: str | os.PathLike, manifest: dict, rel: str, dest: Path
     if is_s3(uri):
         bucket, key = split_s3(uri)
         entry = manifest_entries(prefix_of(key), {"version": manifest.get("version"), "files": {rel: meta}})[0]
-        download_entry(s3_client(cfg), bucket, entry, dest, verify=True)
+        download_entry(s3_client(cfg), bucket, entry, dest, verify=True,
+                       plan=RangePlan.from_settings(storage_settings(cfg)))
         return entry.bytes
     source = safe_target(Path(uri), rel, join(uri, MANIFEST))
     dest.parent.mkdir(parents=True, exist_ok=True)
