@@ -90,9 +90,15 @@ with os.fdopen(replica, "w") as terminal:
     assert isinstance(bar, tqdm), type(bar)
     assert list(bar) == [0, 1, 2]
     terminal.flush()
-    # Read before the replica closes (Linux drops unread output then); never block.
-    ready, _, _ = select.select([master], [], [], 10)
-    print(os.read(master, 65536).decode() if ready else "")
+    # Read before the replica closes (Linux drops unread output then); never block. A pty hands
+    # over what was written in pieces, so read until the final state has arrived (or 10 s pass).
+    seen = b""
+    while b"3/3" not in seen:
+        ready, _, _ = select.select([master], [], [], 10)
+        if not ready:
+            break
+        seen += os.read(master, 65536)
+    print(seen.decode())
 """
 
 
