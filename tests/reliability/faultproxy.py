@@ -6,7 +6,10 @@ from a seeded generator) for one of the ``faults``:
 * ``"500"`` / ``"503"``: answer that status with an S3-style error body, upstream untouched;
 * ``"reset"``: close the connection abruptly (TCP RST) without answering;
 * ``"slow"``: wait ``slow_s`` seconds, then forward (longer than a client's read timeout, it
-  becomes a timeout on the client side).
+  becomes a timeout on the client side);
+* ``"overlong"``: on a GET of a byte range, forward, then send 1,000 bytes more than the store
+  answered (a hostile or broken store), with a Content-Length that covers them; other requests
+  pass untouched.
 
 :func:`black_hole` is the other kind of dead store: a port that accepts connections and never
 answers. Both run in daemon threads and are context managers.
@@ -109,7 +112,7 @@ class FaultProxy:
                     time.sleep(proxy.slow_s)
                 if proxy.delay_s:
                     time.sleep(proxy.delay_s)
-                self._forward(body)
+                self._forward(body, pad=b"X" * 1000 if fault == "overlong" and self.headers.get("Range") else b"")
 
             def _error(self, status: int) -> None:
                 code = "SlowDown" if status == 503 else "InternalError"
@@ -122,14 +125,14 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.wfile.write(payload)
 
-            def _forward(self, body: bytes) -> None:
+            def _forward(self, body: bytes, pad: bytes = b"") -> None:
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 if body or self.command in ("PUT", "POST"):
                     headers["Content-Length"] = str(len(body))
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
-                data = resp.read()
+                data = resp.read() + pad
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() not in HOP_BY_HOP and k.lower() != "content-length":

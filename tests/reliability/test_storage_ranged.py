@@ -106,3 +106,17 @@ def test_ranges_through_a_store_that_drops_connections(s3_bucket, tmp_path):
         out = storage.download_dir(uri, tmp_path / "out", cfg)
     assert sum(proxy.injected.values()) >= 1
     assert hashlib.sha256((out / "big.bin").read_bytes()).hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_store_that_sends_more_than_a_range_is_refused(s3_bucket, tmp_path):
+    """An unpublished object (only its listed size to check): a range answered with extra bytes
+    is never written past its end; the copy stops naming the object and leaves no file."""
+    endpoint, bucket = s3_bucket
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").put_object(
+        Bucket=bucket, Key="loose2/big.bin", Body=os.urandom(3 * MB))
+    with FaultProxy(endpoint, fraction=1.0, faults=("overlong",)) as proxy:
+        cfg = load_config(None, [f"storage.endpoint_url={proxy.url}", *RANGED])
+        with pytest.raises(StorageError, match=r"loose2/big.bin: the store sent more than bytes 0-1048575"):
+            storage.download_dir(f"s3://{bucket}/loose2", tmp_path / "out", cfg)
+    assert [rng for _, _, rng in proxy.ranges if rng] == ["bytes=0-1048575"]  # stopped at the first range
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]

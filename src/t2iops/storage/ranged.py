@@ -72,6 +72,8 @@ def fetch_ranges(client, bucket: str, key: str, path: Path, size: int, plan: Ran
                     for future in futures:
                         future.cancel()
                     raise
+        if os.fstat(fd).st_size != size:
+            raise IntegrityError(f"s3://{bucket}/{key}: {os.fstat(fd).st_size} bytes written, {size} recorded; refusing it")
     if not want_digest:
         return None, size
     h = hashlib.sha256()
@@ -109,12 +111,14 @@ def _fetch_range(client, bucket: str, key: str, fd: int, span: tuple[int, int], 
                         raise StorageError(f"{where} changed while it was being copied (its ETag is no longer "
                                            f"{etag}); copy it again") from None
                     raise
-            total = CONTENT_RANGE.fullmatch(response.get("ContentRange") or "")
-            if total is None or int(total.group(3)) != size or int(total.group(1)) != start:
+            answered = CONTENT_RANGE.fullmatch(response.get("ContentRange") or "")
+            if answered is None or tuple(map(int, answered.groups())) != (start, end - 1, size):
                 raise IntegrityError(f"{where}: the store answered range {response.get('ContentRange')!r} for "
                                      f"bytes {start}-{end - 1} of the {size} recorded; refusing it")
             offset = start
             for chunk in response["Body"].iter_chunks(MB):
+                if offset + len(chunk) > end:  # never past its own range, whatever the store sends
+                    raise IntegrityError(f"{where}: the store sent more than bytes {start}-{end - 1}; refusing it")
                 offset = _pwrite_all(fd, chunk, offset)
             if offset != end:
                 raise _ShortBody(f"{offset - start} of {end - start} bytes")
