@@ -120,3 +120,28 @@ def test_a_store_that_sends_more_than_a_range_is_refused(s3_bucket, tmp_path):
             storage.download_dir(f"s3://{bucket}/loose2", tmp_path / "out", cfg)
     assert [rng for _, _, rng in proxy.ranges if rng] == ["bytes=0-1048575"]  # stopped at the first range
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+
+
+def test_a_large_file_shows_progress_while_its_ranges_land(s3_bucket, tmp_path, caplog, monkeypatch):
+    """Without a terminal the copy logs a line every storage.transfer.LOG_EVERY_S (0 here): a
+    single large file reports each range as it lands, not only when it is complete."""
+    import logging
+
+    from t2iops.storage import transfer
+
+    endpoint, bucket = s3_bucket
+    data = os.urandom(5 * MB)
+    direct = load_config(None, [f"storage.endpoint_url={endpoint}"])
+    with storage.publish(f"s3://{bucket}/weights", direct) as staging:
+        (staging / "unet.bin").write_bytes(data)
+    monkeypatch.setattr(transfer, "LOG_EVERY_S", 0.0)
+    cfg = load_config(None, [f"storage.endpoint_url={endpoint}", f"storage.cache_dir={tmp_path / 'c'}", *RANGED])
+    with caplog.at_level(logging.INFO, logger="t2iops.storage.transfer"):
+        local = storage.materialize(f"s3://{bucket}/weights/unet.bin", cfg)
+    assert local.read_bytes() == data
+    lines = [r.getMessage() for r in caplog.records if "unet.bin" in r.getMessage()]
+    partial = [line for line in lines if ": 0/1 files, " in line]
+    assert len(partial) >= 4, lines  # 5 of its 6 ranges land before the file is complete
+    assert all(f"/{len(data) / 1e6:.1f} MB" in line and "MB/s" in line for line in partial)
+    assert any(line.startswith(f"download s3://{bucket}/weights/unet.bin: 1/1 files, {len(data) / 1e6:.1f}/")
+               for line in lines), lines

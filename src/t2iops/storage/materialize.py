@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from .client import named_errors, s3_client, storage_settings
 from .objects import (Entry, download_entries, download_entry, get_object_bytes, list_objects, manifest_entries,
                       parse_manifest, published_view, resolve_key)
 from .ranged import RangePlan
+from .transfer import run_parallel
 from .uris import MANIFEST, StorageError, is_s3, prefix_of, split_s3
 
 # A reader whose version was garbage-collected mid-download (two newer publishes landed) starts over.
@@ -112,7 +114,8 @@ def _materialize_s3(uri: str, cfg: Any, kind: str) -> Path:
                 if single:
                     if not name:
                         raise StorageError(f"{uri}: nothing to download")
-                    download_entry(client, bucket, entries[0], tmp / name, verify, plan)
+                    run_parallel([(functools.partial(download_entry, client, bucket, entries[0], tmp / name, verify,
+                                                     plan), entries[0].bytes or 0)], 1, f"download {uri}")
                 else:
                     download_entries(client, bucket, entries, prefix_of(key), tmp, verify,
                                      storage_settings(cfg)["max_concurrency"], journal=root / f".{digest}.journal",

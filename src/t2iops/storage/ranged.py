@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from .client import error_code, named_errors
+from .transfer import bytes_reporter
 from .uris import IntegrityError, StorageError
 
 MB = 1 << 20
@@ -56,15 +57,19 @@ def fetch_ranges(client, bucket: str, key: str, path: Path, size: int, plan: Ran
                  broken: tuple[type, ...], want_digest: bool) -> tuple[Optional[str], int]:
     """Download ``key`` (``size`` bytes) into ``path`` in ranges; (sha256 hex or None, size)."""
     ranges = [(start, min(start + plan.part, size)) for start in range(0, size, plan.part)]
+    report = bytes_reporter()  # each range counts when it is in, so a large file shows progress
     with open(path, "wb") as fh:
         fh.truncate(size)
         fd = fh.fileno()
         etag = _fetch_range(client, bucket, key, fd, ranges[0], size, None, attempts, broken)
+        report(ranges[0][1] - ranges[0][0])
         if len(ranges) > 1:
             with ThreadPoolExecutor(max_workers=min(plan.concurrency, len(ranges) - 1),
                                     thread_name_prefix="t2iops-range") as pool:
                 futures = [pool.submit(_fetch_range, client, bucket, key, fd, r, size, etag, attempts, broken)
                            for r in ranges[1:]]
+                for future, (start, end) in zip(futures, ranges[1:]):
+                    future.add_done_callback(lambda f, n=end - start: None if f.exception() else report(n))
                 try:
                     for future in futures:
                         future.result()

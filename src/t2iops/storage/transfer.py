@@ -7,6 +7,7 @@ and its error is raised. Progress: a bar with bytes/s on a terminal, otherwise o
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
@@ -17,6 +18,15 @@ from typing import Callable, Optional
 log = logging.getLogger(__name__)
 
 LOG_EVERY_S = 10.0
+_REPORTER: contextvars.ContextVar[Optional[Callable[[int], None]]] = contextvars.ContextVar("t2iops_bytes",
+                                                                                           default=None)
+
+
+def bytes_reporter() -> Callable[[int], None]:
+    """What a copy running as one of :func:`run_parallel`'s tasks calls with each piece of an
+    object as it lands, so a large file shows progress before it is complete; a no-op elsewhere.
+    Threads the task starts itself (byte ranges) get it passed explicitly."""
+    return _REPORTER.get() or (lambda nbytes: None)
 
 
 class Progress:
@@ -34,10 +44,11 @@ class Progress:
             self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                              leave=False, file=sys.stderr)
 
-    def add(self, nbytes: int) -> None:
+    def add(self, nbytes: int, files: int = 1) -> None:
+        """``nbytes`` more copied; ``files`` more complete (0 for a piece of a large file)."""
         with self._lock:
             self.done_bytes += nbytes
-            self.done_files += 1
+            self.done_files += files
             if self._bar is not None:
                 self._bar.update(nbytes)
                 return
@@ -61,16 +72,32 @@ class Progress:
 def run_parallel(tasks: list[tuple[Callable[[], None], int]], concurrency: int, label: str) -> None:
     """Run ``(task, nbytes)`` pairs on ``concurrency`` threads; the first failure is raised."""
     progress = Progress(label, sum(n for _, n in tasks), len(tasks))
+
+    def run(task: Callable[[], None], nbytes: int) -> None:
+        reported = 0
+        lock = threading.Lock()  # a large object's ranges report from their own threads
+
+        def piece(n: int) -> None:
+            nonlocal reported
+            with lock:
+                n = max(0, min(n, nbytes - reported))  # never more than the object's listed size
+                reported += n
+            progress.add(n, files=0)
+
+        token = _REPORTER.set(piece)
+        try:
+            task()
+        finally:
+            _REPORTER.reset(token)
+        progress.add(nbytes - reported)
+
     try:
         if concurrency <= 1 or len(tasks) <= 1:
             for task, nbytes in tasks:
-                task()
-                progress.add(nbytes)
+                run(task, nbytes)
             return
         with ThreadPoolExecutor(max_workers=min(concurrency, len(tasks))) as pool:
-            futures = {pool.submit(task): nbytes for task, nbytes in tasks}
-            for future in futures:
-                future.add_done_callback(lambda f: None if f.exception() else progress.add(futures[f]))
+            futures = [pool.submit(run, task, nbytes) for task, nbytes in tasks]
             done, pending = wait(futures, return_when=FIRST_EXCEPTION)
             failed: Optional[BaseException] = next((f.exception() for f in done if f.exception()), None)
             if failed is not None:
