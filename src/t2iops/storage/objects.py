@@ -172,20 +172,26 @@ def download_entry(client, bucket: str, entry: Entry, target: Path, verify: bool
             digest, size = fetch_ranges(client, bucket, entry.key, tmp, entry.bytes, plan, STREAM_ATTEMPTS,
                                         (BotoCoreError, ConnectionError, TimeoutError),
                                         want_digest=verify and entry.sha256 is not None)
-        for attempt in range(0 if plan.applies(entry.bytes) else STREAM_ATTEMPTS):
-            try:
-                digest, size = _stream_to(client, bucket, entry.key, tmp)
-                break
-            except _BodyBroken as exc:
-                if attempt == STREAM_ATTEMPTS - 1:
-                    raise StorageError(f"cannot download s3://{bucket}/{entry.key} (endpoint {_endpoint(client)}): "
-                                       f"the body broke off {STREAM_ATTEMPTS} times: {exc}") from None
+        else:
+            digest, size = _stream_retrying(client, bucket, entry.key, tmp)
         if verify:
             check_integrity(bucket, entry, size, digest)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _stream_retrying(client, bucket: str, key: str, path: Path) -> tuple[str, int]:
+    """One GET streamed to ``path``, fetched again when its body breaks off: (sha256 hex, size)."""
+    for attempt in range(STREAM_ATTEMPTS):
+        try:
+            return _stream_to(client, bucket, key, path)
+        except _BodyBroken as exc:
+            if attempt == STREAM_ATTEMPTS - 1:
+                raise StorageError(f"cannot download s3://{bucket}/{key} (endpoint {_endpoint(client)}): "
+                                   f"the body broke off {STREAM_ATTEMPTS} times: {exc}") from None
+    raise AssertionError("unreachable")
 
 
 def _stream_to(client, bucket: str, key: str, path: Path) -> tuple[str, int]:
