@@ -378,7 +378,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3,
                    help="times each transfer and first batch is measured (alternating); medians are reported")
     p.add_argument("--quick", action="store_true",
-                   help="1024 samples (400 MB) in shards of 32, 3 repeats: about 2 minutes on 2 cores")
+                   help="1024 samples (400 MB) in shards of 32, 3 repeats: about 1 minute on 2 cores")
     p.add_argument("--minimal", action="store_true", help="a seconds-long smoke run at 64 px (tests)")
     p.add_argument("--json", default=None, help="write the figures to this file")
     args = p.parse_args(argv)
