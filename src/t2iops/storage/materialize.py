@@ -95,7 +95,7 @@ def _materialize_s3(uri: str, cfg: Any, kind: str) -> Path:
     bucket, key = split_s3(uri)
     client = s3_client(cfg)
     verify = storage_settings(cfg)["verify"]
-    plan = RangePlan.from_settings(storage_settings(cfg))
+    plan = RangePlan.of(cfg)
     try:
         ident, entries, single, manifest_body = _plan(client, bucket, key)
     except FileNotFoundError:

@@ -167,11 +167,8 @@ def download_entry(client, bucket: str, entry: Entry, target: Path, verify: bool
     plan = plan or RangePlan()
     try:
         if plan.applies(entry.bytes):
-            from botocore.exceptions import BotoCoreError
-
             digest, size = fetch_ranges(client, bucket, entry.key, tmp, entry.bytes, plan, STREAM_ATTEMPTS,
-                                        (BotoCoreError, ConnectionError, TimeoutError),
-                                        want_digest=verify and entry.sha256 is not None)
+                                        _body_errors(), want_digest=verify and entry.sha256 is not None)
         else:
             digest, size = _stream_retrying(client, bucket, entry.key, tmp)
         if verify:
@@ -194,14 +191,20 @@ def _stream_retrying(client, bucket: str, key: str, path: Path) -> tuple[str, in
     raise AssertionError("unreachable")
 
 
-def _stream_to(client, bucket: str, key: str, path: Path) -> tuple[str, int]:
+def _body_errors() -> tuple[type, ...]:
+    """What a response body breaking off mid-stream raises (not OSError: a full disk is no
+    network fault)."""
     from botocore.exceptions import BotoCoreError
 
+    return (BotoCoreError, ConnectionError, TimeoutError)
+
+
+def _stream_to(client, bucket: str, key: str, path: Path) -> tuple[str, int]:
     with named_errors(client, "download", bucket, key):
         body = client.get_object(Bucket=bucket, Key=key)["Body"]
     try:
         return write_hashing(body.iter_chunks(1 << 20), path)
-    except (BotoCoreError, ConnectionError, TimeoutError) as exc:  # not OSError: a full disk is no network fault
+    except _body_errors() as exc:
         raise _BodyBroken(str(exc)) from None
 
 
@@ -368,7 +371,7 @@ def upload_dir(local_dir: str | Path, uri: str, cfg: Any = None, exclude: tuple[
     written = [p.relative_to(local_dir).as_posix() for p in sorted(local_dir.rglob("*")) if p.is_file()]
     written = [rel for rel in written if rel not in exclude]
     s = storage_settings(cfg)
-    upload_files(client, local_dir, written, bucket, prefix, s["max_concurrency"], RangePlan.from_settings(s))
+    upload_files(client, local_dir, written, bucket, prefix, s["max_concurrency"], RangePlan.of(cfg))
     return written
 
 
@@ -394,7 +397,7 @@ def download_dir(uri: str, local_dir: str | Path, cfg: Any = None) -> Path:
         raise FileNotFoundError(f"nothing found under {uri}")
     s = storage_settings(cfg)
     download_entries(client, bucket, entries, prefix, Path(local_dir), s["verify"], s["max_concurrency"],
-                     plan=RangePlan.from_settings(s))
+                     plan=RangePlan.of(cfg))
     return Path(local_dir)
 
 

@@ -135,7 +135,7 @@ def publish_s3(staging: Path, dest: str, manifest: dict, cfg: Any = None) -> str
     try:
         uploaded = [version_base + rel for rel in manifest["files"]]  # cleaned up on failure, present or not
         upload_files(client, staging, list(manifest["files"]), bucket, version_base,
-                     storage_settings(cfg)["max_concurrency"], RangePlan.from_settings(storage_settings(cfg)))
+                     storage_settings(cfg)["max_concurrency"], RangePlan.of(cfg))
         _swap_pointer(client, bucket, pointer_key, body, etag, dest)
     except BaseException:
         with contextlib.suppress(Exception):  # best effort: a later publish removes orphans anyway
@@ -227,8 +227,7 @@ def download_listed(uri: str | os.PathLike, manifest: dict, rel: str, dest: Path
     if is_s3(uri):
         bucket, key = split_s3(uri)
         entry = manifest_entries(prefix_of(key), {"version": manifest.get("version"), "files": {rel: meta}})[0]
-        download_entry(s3_client(cfg), bucket, entry, dest, verify=True,
-                       plan=RangePlan.from_settings(storage_settings(cfg)))
+        download_entry(s3_client(cfg), bucket, entry, dest, verify=True, plan=RangePlan.of(cfg))
         return entry.bytes
     source = safe_target(Path(uri), rel, join(uri, MANIFEST))
     dest.parent.mkdir(parents=True, exist_ok=True)
