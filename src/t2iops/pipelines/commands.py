@@ -79,13 +79,22 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
     loc = sub.add_parser(
         "run-local", parents=[common, settings], help="run the whole pipeline on this machine (kfp.local)",
-        description="Run every step under kfp.local's SubprocessRunner in this Python environment, on CPU: the "
-        "embedded default (synthetic circles), a tiny base model built on the spot (or --base-model), storage "
-        "in a folder or a moto S3 server on 127.0.0.1 (--s3 moto). --smoke (default) shrinks every stage to a "
-        "few samples and steps; --full keeps the configuration as given. Exit 3 when the gate failed.",
+        description="Run every step of the compiled pipeline under kfp.local, on CPU: each step a subprocess of this "
+        "Python environment (--runner subprocess, the default) or a container of the project image, as a cluster "
+        "runs it (--runner docker: the image named by --image / $T2IOPS_IMAGE / the settings' `image`, built with "
+        "scripts/build_image.sh; a docker daemon must answer; the steps share the host's network and see the work "
+        "folder). The embedded default (synthetic circles), a tiny base model built on the spot (or --base-model), "
+        "storage in a folder, a moto S3 server on 127.0.0.1 (--s3 moto) or an S3 server already running (--s3 URL; "
+        "bucket t2iops-local). With S3, a local base model or -p data_source=FOLDER is uploaded first, so every step "
+        "reads its inputs from the store. --smoke (default) shrinks every stage to a few samples and steps; --full "
+        "keeps the configuration as given. Exit 3 when the gate failed.",
     )
     loc.add_argument("--work", default="runs/pipeline-local", help="working folder (default runs/pipeline-local)")
-    loc.add_argument("--s3", choices=["none", "moto"], default="none", help="storage: a folder (none) or a local moto S3 server")
+    loc.add_argument("--s3", default="none", metavar="none|moto|URL",
+                     help="storage: a folder (none, default), a moto S3 server started for the run (moto), or the "
+                          "endpoint URL of a running S3 server (credentials from the AWS chain)")
+    loc.add_argument("--runner", choices=["subprocess", "docker"], default="subprocess",
+                     help="where each step runs: this environment (default) or a container of the project image")
     loc.add_argument("--base-model", default="tiny-sd15",
                      help="tiny-sd15 | tiny-sdxl (built in the work folder) | config (model.base_model) | a path (default tiny-sd15)")
     size = loc.add_mutually_exclusive_group()
@@ -180,7 +189,7 @@ def _run_local(args, cfg) -> int:
 
             parameters = parse_cli_parameters(args.run_params, read_package(f"{tmp}/p.yaml"))
     outcome = run_local(args.work, cfg, parameters, s3=args.s3, base_model=args.base_model, smoke=args.smoke,
-                        settings=args.settings)
+                        settings=args.settings, runner=args.runner, image=args.image)
     print(json.dumps({"gate_passed": outcome.gate_passed, "seconds": round(outcome.seconds, 1),
                       "pipeline_root": str(outcome.pipeline_root), "registry_uri": outcome.registry_uri}))
     if not outcome.gate_passed:

@@ -1,8 +1,10 @@
-"""Run the whole training pipeline on this machine under ``kfp.local`` (SubprocessRunner).
+"""Run the whole training pipeline on this machine under ``kfp.local``.
 
 The same compiled components and DAG as in a cluster, each step a subprocess of the current
-Python environment, CPU only. Storage is a folder (default) or a moto S3 server started for the
-run on 127.0.0.1 (``s3="moto"``), so the s3:// paths of a cluster run are exercised too.
+Python environment (SubprocessRunner) or a container of the project image (DockerRunner), CPU
+only. Storage is a folder (default), a moto S3 server started for the run on 127.0.0.1
+(``s3="moto"``) or an S3 server already running (its URL), so the s3:// paths of a cluster run
+are exercised too.
 """
 from __future__ import annotations
 
@@ -140,14 +142,24 @@ def run_local(
     base_model: str = "tiny-sd15",
     smoke: bool = True,
     settings: Optional[str | Path] = None,
+    runner: str = "subprocess",
+    image: Optional[str] = None,
 ) -> LocalOutcome:
-    """Run the pipeline end to end; returns whether the gate passed and where things went."""
+    """Run the pipeline end to end; returns whether the gate passed and where things went.
+
+    ``s3``: 'none' (a folder), 'moto' (a moto server started for the run) or the endpoint URL of
+    an S3 server already running (bucket ``t2iops-local``, created when missing). With S3, a base
+    model or a ``data_source`` given as a local folder is uploaded first, so every step reads its
+    inputs from the store, as in a cluster. ``runner``: 'subprocess' (this Python environment) or
+    'docker' (every step in the project image, ``image`` or the settings' ``image``)."""
     from kfp import local
 
     from .compile import load_pipeline_module, read_package, validate_arguments
 
-    if s3 not in ("none", "moto"):
-        raise UsageError(f"--s3 must be 'none' or 'moto', got {s3!r}")
+    if s3 not in ("none", "moto") and not s3.startswith(("http://", "https://")):
+        raise UsageError(f"--s3 must be 'none', 'moto' or an S3 endpoint URL (http://...), got {s3!r}")
+    if runner not in ("subprocess", "docker"):
+        raise UsageError(f"--runner must be 'subprocess' or 'docker', got {runner!r}")
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     overrides = flatten_overrides(cfg.to_dict())
@@ -159,8 +171,8 @@ def run_local(
     ensure_local_conditions()
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        if s3 == "moto":
-            endpoint = stack.enter_context(moto_s3())
+        if s3 != "none":
+            endpoint = stack.enter_context(moto_s3()) if s3 == "moto" else existing_s3(s3)
             overrides["storage.endpoint_url"] = endpoint
             parameters.setdefault("run_root", f"s3://{LOCAL_BUCKET}/runs")
             parameters.setdefault("registry_uri", f"s3://{LOCAL_BUCKET}/registry")
@@ -168,21 +180,69 @@ def run_local(
             parameters.setdefault("run_root", str(work / "runs"))
             parameters.setdefault("registry_uri", str(work / "registry"))
         resolved = load_config(None, overrides)
+        if s3 != "none":
+            resolved = stage_inputs_on_s3(resolved, parameters, overrides)
         for name, value in stage_parameters(resolved).items():
             parameters.setdefault(name, value)
-        module = load_pipeline_module(settings, cfg=resolved)
+        module = load_pipeline_module(settings, image=image, cfg=resolved)
         package = work / "pipeline.yaml"
         from kfp import compiler
 
         compiler.Compiler().compile(module.training_pipeline, str(package))
         validate_arguments(read_package(package), parameters)
         root = work / "kfp-root"
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+        local.init(runner=_runner(runner, work, module, root, resolved, parameters), pipeline_root=str(root), raise_on_error=True)
         task = module.training_pipeline(**parameters)
         gate = bool(task.output)
-        if s3 == "moto" and gate:
+        if s3 != "none" and gate:
             _mirror_registry(parameters["registry_uri"], work / "registry-copy", resolved)
     return LocalOutcome(gate, time.monotonic() - started, root, parameters["run_root"], parameters["registry_uri"])
+
+
+def _runner(kind: str, work: Path, module, root: Path, cfg: Config, parameters: dict[str, Any]):
+    """The kfp.local runner of ``kind``; a docker one after checking the daemon and the image."""
+    from kfp import local
+
+    if kind == "subprocess":
+        return local.SubprocessRunner(use_venv=False)
+    from .containers import docker_runner, writable_by_image_user
+
+    image = module.SETTINGS.image  # the settings as the pipeline was built (T2IOPS_IMAGE / --image applied)
+    local_outputs = [Path(parameters[p]) for p in ("run_root", "registry_uri") if not str(parameters[p]).startswith("s3://")]
+    writable_by_image_user(root, Path(cfg.storage.cache_dir), *local_outputs)
+    log.info("steps run in the image %s (docker), as its user uid 1000", image)
+    return docker_runner(work, image, run_label=work.name)
+
+
+def existing_s3(endpoint: str) -> str:
+    """An S3 server already running (MinIO, moto, a cloud endpoint): the run's bucket is created
+    when missing; credentials come from the standard AWS chain."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+    try:
+        client.head_bucket(Bucket=LOCAL_BUCKET)
+    except Exception:
+        client.create_bucket(Bucket=LOCAL_BUCKET)
+    return endpoint
+
+
+def stage_inputs_on_s3(cfg: Config, parameters: dict[str, Any], overrides: dict[str, Any]) -> Config:
+    """Upload a local base model and a local ``data_source`` folder to the run's bucket and point
+    the run at them: with S3 storage every step reads its inputs from the store."""
+    from .. import storage
+
+    base = cfg.model.base_model
+    if Path(base).is_dir():
+        uri = f"s3://{LOCAL_BUCKET}/models/{Path(base).name}"
+        storage.upload_dir(base, uri, cfg)
+        overrides["model.base_model"] = uri
+    source = parameters.get("data_source")
+    if isinstance(source, str) and source not in ("synth", "dvc") and Path(source).is_dir():
+        uri = f"s3://{LOCAL_BUCKET}/data/{Path(source).resolve().name}"
+        storage.upload_dir(source, uri, cfg)
+        parameters["data_source"] = uri
+    return load_config(None, overrides)
 
 
 def _mirror_registry(registry_uri: str, target: Path, cfg: Config) -> None:

@@ -135,8 +135,9 @@ class PipelineSettings(_Strict):
 
 # ---------------------------------------------------------------------------------------
 def find_project_root(start: Optional[Path] = None) -> Path:
-    """The checkout that holds ``pipelines/training.py``: $T2IOPS_PROJECT_DIR, else the first
-    parent of the working directory that has it, else the source tree this package came from."""
+    """The folder that holds ``pipelines/training.py``: $T2IOPS_PROJECT_DIR, else the first
+    parent of the working directory that has it, else the source tree this package came from
+    (an editable install), else the copy an installed wheel carries (``t2iops/_project``)."""
     env = os.environ.get(PROJECT_ENV)
     if env:
         root = Path(env).resolve()
@@ -147,11 +148,13 @@ def find_project_root(start: Optional[Path] = None) -> Path:
     for candidate in (here, *here.parents):
         if (candidate / PIPELINE_FILE).exists():
             return candidate
-    source_tree = Path(__file__).resolve().parents[3]
-    if (source_tree / PIPELINE_FILE).exists():
-        return source_tree
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package.parents[1], package / "_project"):
+        if (candidate / PIPELINE_FILE).exists():
+            return candidate
     raise UsageError(
-        f"cannot find {PIPELINE_FILE}: run from a t2iops checkout or set {PROJECT_ENV}"
+        f"cannot find {PIPELINE_FILE}: run from a t2iops checkout, set {PROJECT_ENV}, or install"
+        " t2iops from its wheel (which carries the pipeline)"
     )
 
 

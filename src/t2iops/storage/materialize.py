@@ -13,8 +13,10 @@ import fcntl
 import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,14 +27,38 @@ from .ranged import RangePlan
 from .transfer import run_parallel
 from .uris import MANIFEST, StorageError, is_s3, prefix_of, split_s3
 
+log = logging.getLogger(__name__)
+
 # A reader whose version was garbage-collected mid-download (two newer publishes landed) starts over.
 MATERIALIZE_ATTEMPTS = 3
 
 
 def cache_root(cfg: Any = None) -> Path:
-    s = storage_settings(cfg)
-    root = s.get("cache_dir") or os.environ.get("T2IOPS_CACHE") or Path.home() / ".cache" / "t2iops"
-    return Path(root)
+    """``storage.cache_dir`` when set (it must be writable); else $T2IOPS_CACHE or
+    ~/.cache/t2iops, and where that cannot be written (a read-only root filesystem, a container
+    run as another uid) a folder of this user under the temporary directory, said once."""
+    configured = storage_settings(cfg).get("cache_dir")
+    if configured:
+        return Path(configured)
+    root = Path(os.environ.get("T2IOPS_CACHE") or Path.home() / ".cache" / "t2iops")
+    return root if _writable(root) else _fallback_cache(str(root))
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+@functools.lru_cache(maxsize=None)
+def _fallback_cache(unwritable: str) -> Path:
+    fallback = Path(tempfile.gettempdir()) / f"t2iops-cache-{os.getuid()}"
+    fallback.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log.warning("cache folder %s is not writable; caching under %s instead (set T2IOPS_CACHE or "
+                "storage.cache_dir to a writable volume to keep downloads between runs)", unwritable, fallback)
+    return fallback
 
 
 @contextlib.contextmanager
