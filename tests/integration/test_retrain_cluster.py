@@ -74,10 +74,15 @@ def test_kept_gate_failed_run_failed_and_dry_run_exit_codes(api, registry, tmp_p
     assert rc == 4
     assert "edge_f1 0.2 does not beat the champion's 0.3" in json.loads((out / "decision.json").read_text())["reasons"][0]
 
-    publish_version(registry, "better", edge_f1=0.40)
-    rc, out = _retrain(api, registry, tmp_path, "better", "--dry-run", package=package)
+    # A dry run's pipeline publishes into a scratch registry in its run_root, never the registry.
+    scratch = tmp_path / "runs" / "dry-run-registry"
+    publish_version(scratch, "better", edge_f1=0.40)
+    rc, out = _retrain(api, registry, tmp_path, "better", "--dry-run", "-p", f"run_root={tmp_path / 'runs'}",
+                       package=package)
     assert rc == 0 and json.loads((out / "retrain.json").read_text())["outcome"] == "would_promote"
+    assert api.posted("/runs")[-1]["runtime_config"]["parameters"]["registry_uri"] == str(scratch)
     assert read_pointer(str(registry), "t2i-adapter", None).version == "champ"
+    assert not (registry / "t2i-adapter" / "better").exists()
 
     api.states = [_run_state("SUCCEEDED", {"train": "SUCCEEDED", "merge + gate": "SUCCEEDED"})]
     rc, out = _retrain(api, registry, tmp_path, "gated", package=package)

@@ -4,12 +4,18 @@ Layout under ``<registry>/<model_name>/`` (S3 prefix or folder)::
 
     <version>/                     a published model (t2iops.pipelines.registry.publish_model)
     latest.json                    the last version published (not necessarily the champion)
-    champion.json                  the pointer serving reads: the current champion
-    champion-history/<gen>.json    append-only: one record per promotion or rollback
+    champion.json                  a copy of the newest history record, checked against it
+    champion-history/<gen>.json    append-only: one record per promotion or rollback (the truth)
+    retired/<version>.json         create-only: versions that may never be champion again
     decisions/<time>-<version>/    recorded champion-vs-challenger decisions
 
-* :mod:`.pointer` moves the champion (create-only history records, the pointer written last).
+* :mod:`.records` reads the history; :mod:`.pointer` checks the pointer against it, serves the
+  champion and repairs the pointer; :mod:`.moves` promotes and rolls back (create-only history
+  records, the pointer written last) through the conditional writes of :mod:`.store`.
+* :mod:`.integrity` verifies every file of a version against its manifest before it is champion.
+* :mod:`.retired` keeps versions that may never be champion again.
 * :mod:`.decision` applies the ``registry`` section of the configuration to two versions.
 * :mod:`.versions` reads what a version holds (manifest, metrics, lineage).
 * :mod:`.retrain` is ``t2iops retrain``: run the pipeline, compare, promote or keep.
+* :mod:`.commands` declares the CLI; :mod:`.actions` runs the registry commands.
 """

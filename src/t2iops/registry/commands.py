@@ -1,4 +1,5 @@
-"""``t2iops registry list | show | compare | promote | rollback`` and ``t2iops retrain``."""
+"""The parsers of ``t2iops registry list | show | compare | promote | rollback | retire | verify |
+repair`` and ``t2iops retrain``; what the registry commands do is in :mod:`.actions`."""
 from __future__ import annotations
 
 import argparse
@@ -9,32 +10,46 @@ from pathlib import Path
 from typing import Any
 
 from .. import storage
+from .actions import registry_uri
 from .versions import DEFAULT_MODEL_NAME
 
 REGISTRY_DESCRIPTION = """The model registry: the prefix (S3 or a folder) the pipeline's publish step writes.
 
   <registry>/<model>/<version>/              a published model (export, metrics.json, lineage.json)
-  <registry>/<model>/champion.json           the champion pointer serving reads
+  <registry>/<model>/champion.json           the champion pointer: a checked copy of the newest history record
   <registry>/<model>/champion-history/       one record per promotion or rollback (append-only)
+  <registry>/<model>/retired/                one record per retired version (never champion again)
   <registry>/<model>/decisions/              recorded champion-vs-challenger decisions
+
+The history is the truth: champion.json is checked against it (a pointer with bad JSON, a uri
+outside the registry, an unknown version or a generation ahead of the history is named and never
+served) and rewritten from it by the next promote/rollback or by `repair`. promote and rollback
+verify every file of the version they make champion against its manifest (sizes, sha256) first.
 
 The location: --registry (default: `defaults.registry_uri` of the pipeline settings); S3 endpoint
 and credentials as for every stage (storage.endpoint_url, the standard AWS chain). The decision
 rules are the `registry` section of params.yaml (-S registry.margin=0.02 ...).
 
-exit codes: 0 ok (compare: the challenger wins); 2 usage error or unknown version;
-3 compare: the challenger failed its evaluation gate; 4 compare: the champion is kept;
-5 promote/rollback: the champion moved meanwhile (--expect-champion did not match): nothing changed."""
+--json: one JSON document on stdout, a failure too ({"ok": false, "error": ..., "exit_code": N}).
+
+exit codes: 0 ok (compare: the challenger wins); 2 usage error, unknown version, or a registry
+location that is missing, a file or empty; 3 compare: the challenger failed its evaluation gate;
+4 compare: the champion is kept; 5 promote/rollback: the champion moved meanwhile
+(--expect-champion did not match): nothing changed; 6 verification failed: a file that does not
+match its manifest, a damaged manifest or history record (verify: any problem found)."""
 
 RETRAIN_DESCRIPTION = """Retrain and decide: compile the pipeline -> submit it (the run's parameters carry the
 resolved params, the data revision and model_version <UTC yyyymmdd-HHMMSS>-<git sha7>; the run
 name carries the git SHA) -> wait -> compare the published challenger with the champion
 (`registry` section of params.yaml) -> promote it or keep the champion.
 
---local runs the identical flow through kfp.local on this machine (as `t2iops pipeline run-local`),
---dry-run compares but never promotes (pull requests). Written to --out: decision.json,
-decision.md (append it to $GITHUB_STEP_SUMMARY), retrain.json and the compiled pipeline.yaml;
-the last stdout line is retrain.json on one line."""
+--local runs the identical flow through kfp.local on this machine (as `t2iops pipeline run-local`).
+--dry-run (pull requests) trains, evaluates and compares, and writes nothing to the registry: the
+run publishes its challenger to a scratch registry in its work area (<run_root>/dry-run-registry;
+with --local <work>/dry-run-registry), the champion is only read, nothing is promoted and the
+decision is not recorded there. Written to --out: decision.json, decision.md (append it to
+$GITHUB_STEP_SUMMARY), retrain.json and the compiled pipeline.yaml; the last stdout line is
+retrain.json on one line."""
 
 
 def _location(parser: argparse.ArgumentParser) -> None:
@@ -51,34 +66,46 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _register_registry(subparsers, common: argparse.ArgumentParser) -> None:
-    reg = subparsers.add_parser("registry", help="list, compare, promote or roll back published models",
+    # Long: one declaration per registry command, read top to bottom like the --help it makes
+    from . import actions
+
+    reg = subparsers.add_parser("registry", help="list, compare, promote, roll back, retire or verify published models",
                                 description=REGISTRY_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = reg.add_subparsers(dest="registry_command", metavar="<action>")
     sub.required = True
     location = argparse.ArgumentParser(add_help=False)
     _location(location)
+    location.add_argument("--json", action="store_true",
+                          help="one JSON document on stdout, a failure too ({\"ok\": false, \"error\": ...})")
+    parents = [common, location]
 
-    lst = sub.add_parser("list", parents=[common, location], help="published versions, the champion marked *")
-    lst.add_argument("--json", action="store_true", help="one JSON document instead of a table")
-    lst.set_defaults(func=_list)
+    lst = sub.add_parser("list", parents=parents, help="published versions: the champion marked *, retired R",
+                         description="Every published version with its gate and run. A version that cannot be read "
+                         "(damaged manifest, tampered metrics) is listed as BROKEN with the reason and the others "
+                         "still listed; the problems also go to stderr. The pointer's state is in --json.")
+    lst.set_defaults(func=actions.list_versions)
 
-    show = sub.add_parser("show", parents=[common, location], help="one version (or `champion`) as JSON")
+    show = sub.add_parser("show", parents=parents, help="one version (or `champion`) as JSON",
+                          description="`show champion` is what serving reads: the newest sound history record, at "
+                          "the version's location in this registry (`uri`), once its manifest is the one the move "
+                          "verified. champion.json is checked against the history and never served: its state and "
+                          "any problem are in `pointer` and `warnings`.")
     show.add_argument("version", help="a version name, or `champion`")
     show.add_argument("--history", action="store_true", help="also the champion history (every promotion/rollback)")
-    show.set_defaults(func=_show)
+    show.set_defaults(func=actions.show)
 
     comp = sub.add_parser(
-        "compare", parents=[common, location], help="decide champion vs challenger; writes decision.json/.md",
+        "compare", parents=parents, help="decide champion vs challenger; writes decision.json/.md",
         description="Apply the `registry` rules: the challenger must have passed its gate and beat the champion's "
         "primary metric by registry.margin, no other metric worse beyond registry.tolerance(s). With no champion, "
         "passing the gate is enough. Exit 0 the challenger wins, 4 the champion is kept, 3 the challenger failed "
-        "its gate. Nothing is promoted (see `promote`).",
+        "its gate. Nothing is promoted (see `promote`). --json prints decision.json instead of the table.",
     )
     comp.add_argument("challenger", help="version to judge")
     comp.add_argument("--champion", default=None, help="version to judge against (default: the current champion)")
     comp.add_argument("--out", default="decision", help="folder for decision.json and decision.md (default decision)")
     comp.add_argument("--record", action="store_true", help="also store the decision under <model>/decisions/")
-    comp.set_defaults(func=_compare)
+    comp.set_defaults(func=actions.compare)
 
     expect = argparse.ArgumentParser(add_help=False)
     expect.add_argument("--expect-champion", default=None, metavar="VERSION|none",
@@ -86,16 +113,44 @@ def _register_registry(subparsers, common: argparse.ArgumentParser) -> None:
                              "else exit 5 and change nothing")
     expect.add_argument("--reason", default="", help="why (kept in the history record)")
 
-    prom = sub.add_parser("promote", parents=[common, location, expect], help="make a published version the champion")
+    prom = sub.add_parser("promote", parents=[*parents, expect], help="make a published version the champion",
+                          description="Verify every file of VERSION against its manifest (sizes, sha256; exit 6 naming "
+                          "the file, nothing moved), refuse a retired version, rewrite a pointer that is behind or "
+                          "bad from the history, then record the move and write the pointer. Prints one JSON line: "
+                          "`moved` false (action `none`) when VERSION already is the champion.")
     prom.add_argument("version", help="a published version")
     prom.add_argument("--decision", default=None, help="a decision.json (from compare) to keep in the history record")
-    prom.set_defaults(func=_promote)
+    prom.set_defaults(func=actions.promote)
 
-    roll = sub.add_parser("rollback", parents=[common, location, expect],
+    roll = sub.add_parser("rollback", parents=[*parents, expect],
                           help="make the previous champion the champion again",
                           description="Pop the champion: the one it replaced becomes champion again (a rollback is "
-                          "itself a history record; two rollbacks go two champions back).")
-    roll.set_defaults(func=_rollback)
+                          "itself a history record; two rollbacks go two champions back). Retired versions are passed "
+                          "over; the version it lands on is verified like a promoted one.")
+    roll.set_defaults(func=actions.rollback)
+
+    ret = sub.add_parser("retire", parents=parents, help="never let a version be champion again (it is kept)",
+                         description="Record <model>/retired/VERSION.json (once; it is never removed): promote "
+                         "refuses the version, rollback passes over it, the version and its history stay for "
+                         "lineage. The champion cannot be retired: promote another version or roll back first.")
+    ret.add_argument("version", help="a published version")
+    ret.add_argument("--reason", default="", help="why (kept in the retirement record)")
+    ret.set_defaults(func=actions.retire)
+
+    ver = sub.add_parser("verify", parents=parents, help="check the pointer, the history and versions' files",
+                         description="Check champion.json against the history, the history's records, and every file "
+                         "of the champion (or of VERSION..., or --all) against its manifest. Changes nothing; exit 0 "
+                         "when all is sound, 6 naming each problem.")
+    ver.add_argument("versions", nargs="*", metavar="VERSION", help="versions to verify (default: the champion)")
+    ver.add_argument("--all", action="store_true", help="verify every published version")
+    ver.set_defaults(func=actions.verify)
+
+    rep = sub.add_parser("repair", parents=parents, help="rewrite champion.json from the history",
+                         description="Rewrite champion.json as the copy of the newest sound history record when it "
+                         "is behind, missing or bad (and remove it when there is no history); prints what it found "
+                         "and whether it changed anything. The history itself is never rewritten: damaged records "
+                         "are named and passed over.")
+    rep.set_defaults(func=actions.repair)
 
 
 def _register_retrain(subparsers, common: argparse.ArgumentParser) -> None:
@@ -137,14 +192,6 @@ def _register_retrain(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------------------
-def registry_uri(args) -> str:
-    if args.registry:
-        return args.registry
-    from ..pipelines.settings import load_settings
-
-    return load_settings(args.settings).defaults.registry_uri
-
-
 def record_decision(registry: str, model_name: str, verdict, local_dir: Path, cfg: Any) -> str:
     """Keep decision.json/.md under ``<model>/decisions/<UTC time>-<challenger>/`` (manifest last)."""
     from .versions import model_root
@@ -155,115 +202,6 @@ def record_decision(registry: str, model_name: str, verdict, local_dir: Path, cf
         for name in ("decision.json", "decision.md"):
             (staging / name).write_bytes((Path(local_dir) / name).read_bytes())
     return dest
-
-
-def _list(args, cfg) -> int:
-    from .pointer import current_champion
-    from .versions import list_versions, read_version
-
-    registry = registry_uri(args)
-    head = current_champion(registry, args.model_name, cfg)
-    rows = [read_version(registry, args.model_name, v, cfg).summary() for v in list_versions(registry, args.model_name, cfg)]
-    for row in rows:
-        row["champion"] = bool(head and head.version == row["version"])
-    if args.json:
-        print(json.dumps({"registry": registry, "model_name": args.model_name,
-                          "champion": head.version if head else None, "versions": rows}, indent=2))
-        return 0
-    print(f"{'':1} {'version':<34} {'published':<21} {'gate':<6} run")
-    for row in rows:
-        gate = {True: "passed", False: "FAILED", None: "-"}[row["gate_passed"]]
-        print(f"{'*' if row['champion'] else ' '} {row['version']:<34} {row['published']:<21} {gate:<6} {row['run_id'] or '-'}")
-    if not rows:
-        print(f"(no published versions under {storage.join(registry, args.model_name)})")
-    return 0
-
-
-def _show(args, cfg) -> int:
-    from dataclasses import asdict
-
-    from .pointer import current_champion, history, read_pointer
-    from .versions import RegistryError, read_version
-
-    registry = registry_uri(args)
-    head = current_champion(registry, args.model_name, cfg)
-    name = args.version
-    if name == "champion":
-        if head is None:
-            raise RegistryError(f"{storage.join(registry, args.model_name)} has no champion yet")
-        name = head.version
-    info = read_version(registry, args.model_name, name, cfg)
-    out: dict[str, Any] = {**info.summary(), "champion": bool(head and head.version == name),
-                           "metrics": info.metrics, "lineage": info.lineage}
-    pointer_record = read_pointer(registry, args.model_name, cfg)
-    if head and (pointer_record is None or pointer_record.generation < head.generation):
-        out["warning"] = (f"champion.json is behind the history (generation "
-                          f"{pointer_record.generation if pointer_record else 0} < {head.generation}); "
-                          "the next promote or rollback repairs it")
-    if args.history:
-        out["history"] = [asdict(r) for r in history(registry, args.model_name, cfg)]
-    print(json.dumps(out, indent=2, default=str))
-    return 0
-
-
-def _compare(args, cfg) -> int:
-    from . import decision as decisions
-    from .pointer import current_champion
-    from .versions import read_version
-
-    registry = registry_uri(args)
-    challenger = read_version(registry, args.model_name, args.challenger, cfg)
-    champion_name = args.champion
-    if champion_name is None:
-        head = current_champion(registry, args.model_name, cfg)
-        champion_name = head.version if head else None
-    champion = read_version(registry, args.model_name, champion_name, cfg) if champion_name else None
-    verdict = decisions.decide(challenger, champion, cfg.registry, cfg.evaluate.condition_kind)
-    decisions.write_decision(verdict, args.out)
-    if args.record:
-        record_decision(registry, args.model_name, verdict, Path(args.out), cfg)
-    sys.stdout.write(decisions.render_markdown(verdict))
-    return {decisions.PROMOTE: 0, decisions.KEEP: 4, decisions.GATE_FAILED: 3}[verdict.outcome]
-
-
-def _expected(args) -> Any:
-    from .pointer import ANY
-
-    if args.expect_champion is None:
-        return ANY
-    return None if args.expect_champion.lower() == "none" else args.expect_champion
-
-
-def _print_move(record, moved: bool) -> None:
-    print(json.dumps({"champion": record.version, "generation": record.generation, "action": record.action,
-                      "previous": record.previous, "moved": moved, "uri": record.uri}))
-
-
-def _promote(args, cfg) -> int:
-    from .pointer import move_champion
-    from .versions import RegistryError
-
-    summary = None
-    if args.decision:
-        try:
-            summary = json.loads(Path(args.decision).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RegistryError(f"--decision {args.decision}: not a readable decision.json ({exc})") from None
-        if summary.get("challenger") != args.version:
-            raise RegistryError(f"--decision {args.decision} judges {summary.get('challenger')!r}, not {args.version!r}")
-    record, moved = move_champion(registry_uri(args), args.model_name, cfg, "promote", args.version,
-                                  expect_champion=_expected(args), reason=args.reason, decision=summary)
-    _print_move(record, moved)
-    return 0
-
-
-def _rollback(args, cfg) -> int:
-    from .pointer import move_champion
-
-    record, moved = move_champion(registry_uri(args), args.model_name, cfg, "rollback",
-                                  expect_champion=_expected(args), reason=args.reason)
-    _print_move(record, moved)
-    return 0
 
 
 def _retrain(args, cfg) -> int:

@@ -4,7 +4,9 @@ The same flow on a cluster (``kfp.Client``) and on this machine (``--local``: kf
 :func:`t2iops.pipelines.local.run_local`). The run publishes its model as version
 ``<UTC yyyymmdd-HHMMSS>-<git sha7>`` (``--version`` to choose), so the comparison knows what to
 read; the git SHA and the data revision go into the run name, its parameters and the decision.
-Exit codes: :data:`EXIT_CODES` (also in ``t2iops retrain --help`` and docs/operations.md).
+A dry run writes nothing to the registry: the run publishes into a scratch registry in its work
+area (:func:`scratch_registry`), where the comparison reads the challenger; the champion is only
+read. Exit codes: :data:`EXIT_CODES` (also in ``t2iops retrain --help`` and docs/operations.md).
 """
 from __future__ import annotations
 
@@ -20,18 +22,19 @@ from typing import Any, Optional
 from ..errors import GateFailed, UsageError
 from . import decision as decisions
 from . import pointer
-from .versions import DEFAULT_MODEL_NAME, check_name, read_version
+from .versions import DEFAULT_MODEL_NAME, RegistryIntegrityError, check_name, read_version
 
 log = logging.getLogger(__name__)
 
-EXIT_PROMOTED, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_GATE_FAILED, EXIT_KEPT, EXIT_CONFLICT = 0, 1, 2, 3, 4, 5
+EXIT_PROMOTED, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_GATE_FAILED, EXIT_KEPT, EXIT_CONFLICT, EXIT_UNVERIFIED = range(7)
 EXIT_CODES = f"""exit codes:
-  {EXIT_PROMOTED}  promoted: the challenger is the new champion (--dry-run: it would be; nothing changed)
+  {EXIT_PROMOTED}  promoted: the challenger is the new champion (--dry-run: it would be; nothing written to the registry)
   {EXIT_RUN_FAILED}  the run failed (a step failed, the run was cancelled or timed out): nothing published
   {EXIT_USAGE}  usage or configuration error: nothing was started
   {EXIT_GATE_FAILED}  the evaluation gate failed: the run succeeded but nothing was exported or published
   {EXIT_KEPT}  champion kept: the challenger was published but did not beat the champion (reasons in decision.json)
-  {EXIT_CONFLICT}  conflict: the champion moved while this run decided; nothing promoted (compare again)"""
+  {EXIT_CONFLICT}  conflict: the champion moved while this run decided; nothing promoted (compare again)
+  {EXIT_UNVERIFIED}  unverified: the challenger won but a file of it does not match its manifest; nothing promoted"""
 
 
 @dataclass
@@ -65,7 +68,7 @@ class RetrainRequest:
 
 @dataclass
 class RetrainResult:
-    outcome: str  # promoted | would_promote | kept | gate_failed | run_failed | conflict
+    outcome: str  # promoted | would_promote | kept | gate_failed | run_failed | conflict | unverified
     exit_code: int
     challenger: str
     champion_before: Optional[str]
@@ -76,11 +79,14 @@ class RetrainResult:
     decision: Optional[decisions.Decision] = None
     message: str = ""
 
+    dry_run: bool = False
+    challenger_uri: Optional[str] = None  # where the run published it (a dry run: the scratch registry)
+
     def to_dict(self, out: Path) -> dict[str, Any]:
         return {"outcome": self.outcome, "exit_code": self.exit_code, "challenger": self.challenger,
                 "champion": self.champion_after, "champion_before": self.champion_before, "run_id": self.run_id,
                 "git_sha": self.git_sha, "data_rev": self.data_rev, "message": self.message,
-                "decision": str(out / "decision.md")}
+                "decision": str(out / "decision.md"), "dry_run": self.dry_run, "challenger_uri": self.challenger_uri}
 
 
 def git_sha(cwd: Optional[Path] = None) -> Optional[str]:
@@ -117,6 +123,28 @@ def _run_parameters(req: RetrainRequest, cfg: Any, package: Path, version: str, 
     elif params.get("data_source") == "dvc" and "dvc_rev" not in params and sha:
         params["dvc_rev"] = sha  # the data as this commit's dvc.lock / *.dvc files pin it
     return params
+
+
+def scratch_registry(req: RetrainRequest, package: Path, params: dict[str, Any]) -> str:
+    """Where a dry run publishes its challenger: ``<work>/dry-run-registry`` with --local, else
+    ``<run_root>/dry-run-registry`` (the run's own work area, which its pods can write). Refused
+    when that lies inside the registry."""
+    from .. import storage
+    from ..pipelines.compile import parameter_specs, read_package
+
+    if req.local:
+        scratch = str(Path(req.work).resolve() / "dry-run-registry")
+    else:
+        run_root = params.get("run_root") or parameter_specs(read_package(package)).get("run_root", {}).get("defaultValue")
+        if not run_root:
+            raise UsageError("--dry-run needs a run_root to publish its challenger to (-p run_root=s3://bucket/runs)")
+        scratch = storage.join(str(run_root), "dry-run-registry")
+    registry = req.registry if storage.is_s3(req.registry) else str(Path(req.registry).resolve())
+    inside = scratch if storage.is_s3(scratch) else str(Path(scratch).resolve())
+    if inside == registry or inside.startswith(registry.rstrip("/") + "/"):
+        raise UsageError(f"--dry-run would publish its challenger to {scratch}, inside the registry {req.registry}: "
+                         "give the run another run_root (-p run_root=...)")
+    return scratch
 
 
 def _run_cluster(req: RetrainRequest, package: Path, params: dict[str, Any], run_name: str) -> str:
@@ -164,6 +192,8 @@ def retrain(req: RetrainRequest, cfg: Any) -> RetrainResult:
     # The run specification baked in as the config_<stage> defaults, as `pipeline compile` does.
     package = Path(req.package) if req.package else compile_pipeline(out / "pipeline.yaml", req.settings, req.image, cfg)
     params = _run_parameters(req, cfg, package, version, sha)
+    if req.dry_run:
+        params["registry_uri"] = scratch_registry(req, package, params)
     if not req.local:
         from ..pipelines.cluster_checks import check_cluster_arguments
         from ..pipelines.compile import parameter_specs, read_package
@@ -182,7 +212,7 @@ def retrain(req: RetrainRequest, cfg: Any) -> RetrainResult:
     except (RunFailed, RuntimeError) as exc:  # kfp.local raises RuntimeError when a step fails
         return _finish_failure(out, "run_failed", EXIT_RUN_FAILED, str(exc), version, run_id, sha, data_rev, context)
     context["run_id"] = run_id
-    return _decide_and_promote(req, cfg, out, version, run_id, sha, data_rev, context)
+    return _decide_and_promote(req, cfg, out, version, run_id, sha, data_rev, context, params["registry_uri"])
 
 
 def _finish_failure(out: Path, outcome: str, code: int, message: str, version: str, run_id: Optional[str],
@@ -195,16 +225,19 @@ def _finish_failure(out: Path, outcome: str, code: int, message: str, version: s
 
 
 def _decide_and_promote(req: RetrainRequest, cfg: Any, out: Path, version: str, run_id: str, sha: Optional[str],
-                        data_rev: Optional[str], context: dict[str, Any]) -> RetrainResult:
+                        data_rev: Optional[str], context: dict[str, Any], published_to: str) -> RetrainResult:
+    """Compare the challenger (published to ``published_to``: the registry, or a dry run's scratch
+    registry) with the champion; promote it unless this is a dry run."""
     from .commands import record_decision
 
-    challenger = read_version(req.registry, req.model_name, version, cfg)
+    challenger = read_version(published_to, req.model_name, version, cfg)
     head = pointer.current_champion(req.registry, req.model_name, cfg)
     champion = read_version(req.registry, req.model_name, head.version, cfg) if head else None
     verdict = decisions.decide(challenger, champion, cfg.registry, cfg.evaluate.condition_kind, context)
     decisions.write_decision(verdict, out)
     before = head.version if head else None
-    result = RetrainResult("kept", EXIT_KEPT, version, before, before, run_id, sha, data_rev, verdict)
+    result = RetrainResult("kept", EXIT_KEPT, version, before, before, run_id, sha, data_rev, verdict,
+                           dry_run=req.dry_run, challenger_uri=challenger.uri)
     if verdict.outcome == decisions.GATE_FAILED:
         result.outcome, result.exit_code = "gate_failed", EXIT_GATE_FAILED
     elif verdict.outcome == decisions.PROMOTE and req.dry_run:
@@ -216,9 +249,13 @@ def _decide_and_promote(req: RetrainRequest, cfg: Any, out: Path, version: str, 
             result.outcome, result.exit_code, result.champion_after = "promoted", EXIT_PROMOTED, version
         except pointer.PromotionConflict as exc:
             result.outcome, result.exit_code, result.message = "conflict", EXIT_CONFLICT, str(exc)
+        except RegistryIntegrityError as exc:
+            result.outcome, result.exit_code, result.message = "unverified", EXIT_UNVERIFIED, str(exc)
     if not req.dry_run:
         record_decision(req.registry, req.model_name, verdict, out, cfg)
     result.message = result.message or "; ".join(verdict.reasons)
+    if req.dry_run:
+        result.message += f" (dry run: nothing written to the registry; the challenger is at {challenger.uri})"
     return result
 
 
