@@ -143,7 +143,7 @@ def training_pipeline(
     evaluation = merge.outputs["evaluation"]
 
     with dsl.If(gate_passed == True, name="gate-passed"):  # noqa: E712 (a pipeline expression)
-        export = export_adapter(model=model, evaluation=evaluation, config=config_export)
+        export = export_adapter(model=model, evaluation=evaluation, dataset=dataset, config=config_export, git_sha=git_sha)
         configure_step(export, "export", SETTINGS)
         publish = publish_model(
             onnx=export.outputs["onnx"], evaluation=evaluation, dataset=dataset, config=config_publish,

@@ -28,4 +28,5 @@ fi
 # every subprocess the tests start (kfp.local steps, torchrun ranks, CLI and dvc stages) would
 # recompile the t2iops modules it imports (~0.4 s of CPU each). Skips what is up to date.
 python -m compileall -q src components pipelines >/dev/null
-exec python -m pytest -n "${T2IOPS_TEST_WORKERS:-2}" --durations=15 "$@"
+# loadgroup: tests marked xdist_group("name") share one worker (and its module fixtures).
+exec python -m pytest -n "${T2IOPS_TEST_WORKERS:-2}" --dist loadgroup --durations=15 "$@"

@@ -68,6 +68,21 @@ def data_version(source, cfg: Any, cwd: Optional[Path] = None) -> dict:
     return record
 
 
+def pipeline_provenance(record: dict, git_sha: str, pulled: dict) -> dict:
+    """In a pipeline step there is no checkout: the code is the run's ``git_sha`` parameter and
+    the data is what the pull step recorded (source; repository, revision and commit for DVC),
+    not whatever the step's working directory happens to hold."""
+    data = {k: v for k, v in record["training_data"].items() if not k.startswith("dvc_")}
+    data.update(dvc_md5=None, pulled=pulled)
+    if pulled.get("source") != "dvc":
+        data["dvc_reason"] = f"the pipeline pulled the data from {pulled.get('source') or 'an unrecorded source'}, not DVC"
+    else:
+        data["dvc_reason"] = "DVC-tracked: repository, revision and commit under `pulled`"
+    git = ({"commit": git_sha, "source": "the pipeline run's git_sha parameter"} if git_sha
+           else {"commit": None, "reason": "the pipeline run was given no git_sha"})
+    return {**record, "training_data": data, "git": git}
+
+
 def git_commit(cwd: Optional[Path] = None) -> dict:
     try:
         head = subprocess.run(

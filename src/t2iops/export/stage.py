@@ -37,9 +37,12 @@ class ExportCheckFailed(T2IError):
 
 
 def export_adapter(
-    adapter_uri: str, out: str, cfg: Config, metrics_uri: Optional[str] = None, cwd: Optional[Path] = None
+    adapter_uri: str, out: str, cfg: Config, metrics_uri: Optional[str] = None, cwd: Optional[Path] = None,
+    run: Optional[dict] = None,
 ) -> dict:
-    """Export, validate and publish. Returns the manifest written to ``out/export.json``."""
+    """Export, validate and publish. Returns the manifest written to ``out/export.json``.
+    ``run``: in a pipeline step, ``{"git_sha": ..., "pulled": <the pull step's record>}``, the
+    provenance the model card states instead of the working directory's git and dvc.lock."""
     ecfg = cfg.export
     source = locate_adapter(adapter_uri, cfg)
     ref, where = base_model_reference(source, cfg)  # a model.* setting naming another model fails here
@@ -98,6 +101,8 @@ def export_adapter(
         shutil.copytree(source.adapter_dir, staging / "adapter", ignore=shutil.ignore_patterns(".*"))
         manifest = _export_manifest(source, adapter, sessions, staging, fp32_path, fp16_path, base, metrics, cases,
                                     pipeline, tensorrt, cfg, cwd, started)
+        if run is not None:
+            manifest = mf.pipeline_provenance(manifest, run.get("git_sha", ""), run.get("pulled") or {})
         mf.write_manifest(staging, manifest)
         (staging / "README.md").write_text(mf.model_card(manifest))
         cfg.write(staging)
