@@ -6,7 +6,9 @@ server, compares with the champion and promotes or keeps; then `registry rollbac
 1. a first, short run: no champion yet, its gate passed -> promoted;
 2. a longer run: beats it on the primary metric by the margin -> promoted, the pointer moves;
 3. a deliberately cut-short run (train.max_steps=1): kept out, the reason in decision.json;
-4. rollback -> the first champion again; 5. two promotes at once -> one valid pointer.
+4. the same as a dry run: trained, evaluated and compared, the challenger published into the
+   work folder's scratch registry, not one object of the registry written;
+5. rollback -> the first champion again; 6. two promotes at once -> one valid pointer.
 
 Tiny random models move the fidelity metrics only a little, so the rules here are scaled to
 them (a margin below the measured gain); the numbers are printed as a table. Each run is a full kfp.local pipeline (about two minutes on two idle cores)."""
@@ -50,7 +52,7 @@ def _params(path: Path, endpoint: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.s3
-@pytest.mark.timeout(2400)  # three whole kfp.local pipeline runs
+@pytest.mark.timeout(2400)  # four whole kfp.local pipeline runs
 def test_retrain_loop_promotes_keeps_rolls_back(s3_bucket, tiny_sd15_path, tmp_path, capsys):
     endpoint, bucket = s3_bucket
     registry = f"s3://{bucket}/registry"
@@ -58,11 +60,11 @@ def test_retrain_loop_promotes_keeps_rolls_back(s3_bucket, tiny_sd15_path, tmp_p
     location = ["--registry", registry, "--params", str(params)]
     table = []
 
-    def retrain(version: str, steps: int) -> tuple[int, dict, dict]:
+    def retrain(version: str, steps: int, *extra: str) -> tuple[int, dict, dict]:
         out = tmp_path / f"out-{version}"
         rc = main(["retrain", "--local", "--full", *location, "--version", version, "--out", str(out),
                    "--work", str(tmp_path / f"work-{version}"), "--base-model", tiny_sd15_path,
-                   "-p", "eval_shards=[0]", "-S", f"train.max_steps={steps}"])
+                   "-p", "eval_shards=[0]", "-S", f"train.max_steps={steps}", *extra])
         result = json.loads((out / "retrain.json").read_text())
         decision = json.loads((out / "decision.json").read_text())
         primary = next((r for r in decision["rows"] if r["name"] == decision["primary_metric"]), {})
@@ -84,6 +86,13 @@ def test_retrain_loop_promotes_keeps_rolls_back(s3_bucket, tiny_sd15_path, tmp_p
     assert (rc, result["outcome"], decision["outcome"]) == (4, "kept", "keep")
     assert decision["reasons"][0].startswith("edge_f1 ") and "does not beat the champion's" in decision["reasons"][0]
     assert read_pointer(registry, MODEL, _cfg(params)).version == "longer"
+
+    before = _objects(endpoint, bucket)
+    rc, result, decision = retrain("dry", SHORT_STEPS, "--dry-run")
+    assert (rc, result["outcome"], result["dry_run"], decision["champion"]) == (4, "kept", True, "longer")
+    scratch = tmp_path / "work-dry" / "dry-run-registry" / MODEL / "dry"
+    assert result["challenger_uri"] == str(scratch) and (scratch / "_manifest.json").is_file()
+    assert _objects(endpoint, bucket) == before  # nothing published, promoted or recorded
 
     assert main(["registry", "rollback", *location, "--reason", "test"]) == 0
     assert read_pointer(registry, MODEL, _cfg(params)).version == "first"
@@ -110,6 +119,14 @@ def test_retrain_loop_promotes_keeps_rolls_back(s3_bucket, tiny_sd15_path, tmp_p
                  f"generations {records[3].generation}-{records[-1].generation}, pointer = last |")
     with capsys.disabled():
         print("\nretrain loop decisions:\n" + "\n".join(lines))
+
+
+def _objects(endpoint: str, bucket: str) -> dict[str, str]:
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {o["Key"]: f"{o['ETag']} {o['LastModified']}" for page in pages for o in page.get("Contents", [])}
 
 
 def _cfg(params: Path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -106,7 +107,8 @@ class Registry:
 
     def names(self, under: str = "") -> list[str]:
         if self.kind == "s3":
-            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix + under)
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix=self.prefix + under)
             return sorted(o["Key"][len(self.prefix):] for p in pages for o in p.get("Contents", []))
         base = Path(self.root)
         return sorted(p.relative_to(base).as_posix() for p in (base / under).rglob("*") if p.is_file()) \
@@ -125,8 +127,8 @@ class Registry:
         base = Path(self.uri)
         for path in sorted(base.rglob("*")):
             if path.is_file():
-                stat = path.stat()
-                out[path.relative_to(base).as_posix()] = f"{hashlib.sha256(path.read_bytes()).hexdigest()} {stat.st_mtime_ns}"
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                out[path.relative_to(base).as_posix()] = f"{digest} {path.stat().st_mtime_ns}"
         return out
 
 
@@ -135,6 +137,11 @@ def registry(request, tmp_path, capsys, publish_version) -> Registry:
     """An empty registry (a folder, or a prefix of a fresh bucket on the loopback S3 server)."""
     if request.param == "folder":
         return Registry("folder", str(tmp_path / "registry"), [], tmp_path, capsys, publish_version)
+    # The loopback server runs in this process: its request log would land in the CLI's stderr.
+    quiet = logging.getLogger("werkzeug")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    request.addfinalizer(lambda: quiet.setLevel(level))
     endpoint, bucket = request.getfixturevalue("s3_bucket")
     return Registry("s3", f"s3://{bucket}/registry", ["-S", f"storage.endpoint_url={endpoint}"], tmp_path, capsys,
                     publish_version, endpoint)

@@ -11,7 +11,7 @@ import sys
 import textwrap
 
 import pytest
-from registry_harness import MODEL, forge, registry  # noqa: F401  (registry: the fixture)
+from registry_harness import forge, registry  # noqa: F401  (registry: the fixture)
 
 FORGERIES = {
     # name: (the forged champion.json from the genuine one, what the report must name)
@@ -119,6 +119,8 @@ def test_damaged_history_records_are_named_and_passed_over(registry):
     listed = registry.cli("show", "champion", "--history", "--json").json
     assert [r["generation"] for r in listed["history"]] == [1, 3, 100]
     assert len(listed["history_problems"]) == 2
+    checked = registry.cli("verify", "--json")  # the old damaged record too, not only those above the newest
+    assert checked.rc == 6 and any("00000002.json is not a champion record" in p for p in checked.json["problems"])
 
 
 RACER = textwrap.dedent('''

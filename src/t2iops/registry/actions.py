@@ -14,7 +14,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from .. import storage
 from ..errors import T2IError
 from ..redact import redact_text
 
@@ -211,11 +210,13 @@ def repair(args, cfg, registry: str, versions: list[str]) -> int:
 @handler
 def verify(args, cfg, registry: str, versions: list[str]) -> int:
     from .integrity import check_version
-    from .pointer import champion, check_pointer
+    from .pointer import _store, champion, check_pointer
+    from .records import read_history
     from .versions import RegistryError
 
     pointer = check_pointer(registry, args.model_name, cfg)
-    problems = ([] if pointer.state in ("ok", "none") else list(pointer.problems)) + pointer.history_problems
+    problems = [] if pointer.state in ("ok", "none") else list(pointer.problems)
+    problems += read_history(_store(registry, args.model_name, cfg)).problems  # every record, not only the newest
     champion_name = None
     try:
         served = champion(registry, args.model_name, cfg)

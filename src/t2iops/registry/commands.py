@@ -3,7 +3,6 @@ repair`` and ``t2iops retrain``; what the registry commands do is in :mod:`.acti
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -73,7 +73,8 @@ def check_version(registry_uri: str, model_name: str, version: str, cfg: Any = N
     try:
         data = storage.read_bytes(manifest_uri, cfg)
     except (FileNotFoundError, NotADirectoryError):
-        raise RegistryError(f"version {version!r} is not published in {model_root(registry_uri, model_name)}") from None
+        raise RegistryError(f"version {version!r} is not published in {model_root(registry_uri, model_name)}: "
+                            "nothing to verify or promote") from None
     check.manifest_sha256 = hashlib.sha256(data).hexdigest()
     from ..storage.objects import parse_manifest
 
@@ -135,13 +136,13 @@ def _check_s3(uri: str, manifest: dict, listed: dict[str, dict], cfg: Any) -> li
         return [str(exc)]
     problems = []
     for entry, (rel, meta) in zip(entries, sorted(listed.items())):
-        where = f"{storage.join(uri, rel)} (object s3://{bucket}/{entry.key})"
+        where, stored = storage.join(uri, rel), f" (object s3://{bucket}/{entry.key})"
         try:
             with named_errors(client, "verify", bucket, entry.key):
                 body = client.get_object(Bucket=bucket, Key=entry.key)["Body"]
                 digest, size = _digest(body.iter_chunks(CHUNK))
         except FileNotFoundError:
-            problems.append(f"{where} is missing: the manifest lists it")
+            problems.append(f"{where} is missing: the manifest lists it{stored}")
             continue
-        problems += _compare(where, size, digest, meta)
+        problems += [problem + stored for problem in _compare(where, size, digest, meta)]
     return problems

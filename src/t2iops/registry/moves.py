@@ -15,7 +15,7 @@ from ..errors import UsageError
 from .integrity import VersionCheck, verify_version
 from .records import MAX_ATTEMPTS, STACK_LIMIT, ChampionRecord, PromotionConflict, history_name, read_history
 from .retired import refuse_if_retired, retired_versions
-from .versions import RegistryError, check_name, model_root
+from .versions import check_name, model_root
 
 ANY = object()  # "no expectation" for expect_champion
 
@@ -72,8 +72,6 @@ def champion_move(
     checks: dict[str, VersionCheck] = {}
     if action == "promote":
         check_name(version or "", "version")
-        if not storage.is_published(storage.join(root, version), cfg):
-            raise RegistryError(f"version {version!r} is not published in {root}: nothing to promote")
         refuse_if_retired(store, version, "nothing was changed")
         checks[version] = verify_version(registry_uri, model_name, version, cfg, "nothing was changed")
     repaired = None

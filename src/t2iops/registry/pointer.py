@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .. import storage
-from .records import (HISTORY, MAX_ATTEMPTS, POINTER, STACK_LIMIT, ChampionRecord, History, PromotionConflict,
-                      generations, history_name, read_history, read_record, record_location_problem)
+from .records import (HISTORY, MAX_ATTEMPTS, POINTER, STACK_LIMIT, ChampionRecord, PromotionConflict, history_name,
+                      read_history, read_record, record_location_problem)
 from .store import open_store
-from .versions import RegistryError, RegistryIntegrityError, model_root, same_location
+from .versions import RegistryError, RegistryIntegrityError, model_root
 
 __all__ = ["POINTER", "HISTORY", "STACK_LIMIT", "ChampionRecord", "PromotionConflict", "PointerCheck", "Served",
            "history", "current_champion", "read_pointer", "check_pointer", "champion", "repair_pointer",
@@ -123,8 +123,7 @@ def _compare_with_history(check: PointerCheck, data: bytes, store, root: str, cf
     location = record_location_problem(pointer, root, POINTER)
     if location:
         problems.append(location + ": it points outside what the registry serves")
-    if (head is None or pointer.version != head.version) and \
-            not storage.is_published(storage.join(root, pointer.version), cfg):
+    if (head is None or pointer.version != head.version) and not _published(root, pointer.version, cfg):
         problems.append(f"{POINTER} names version {pointer.version!r}, which is not published in {root}")
     if head is not None and pointer.generation <= head.generation:
         try:
@@ -142,6 +141,13 @@ def _compare_with_history(check: PointerCheck, data: bytes, store, root: str, cf
         check.problems = [f"{POINTER} is behind the history (generation {pointer.generation} < {head.generation})"]
     else:
         check.state, check.record = "ok", pointer
+
+
+def _published(root: str, version: str, cfg: Any) -> bool:
+    try:
+        return storage.exists(storage.join(root, version, storage.MANIFEST), cfg)
+    except NotADirectoryError:
+        return False
 
 
 def check_pointer(registry_uri: str, model_name: str, cfg: Any = None) -> PointerCheck:
@@ -252,4 +258,3 @@ def actor() -> str:
 
 from .moves import ANY, Move, champion_move, move_champion  # noqa: E402  (moves build on this module)
 
-__all__ += ["History", "generations", "same_location"]

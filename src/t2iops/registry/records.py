@@ -66,7 +66,8 @@ class ChampionRecord:
         if record.action not in ("promote", "rollback") or not isinstance(record.uri, str):
             raise RegistryIntegrityError(f"{where} holds an invalid action or uri")
         if record.stack[-1:] != [record.version]:
-            raise RegistryIntegrityError(f"{where}: version {record.version!r} is not the top of its stack {record.stack}")
+            raise RegistryIntegrityError(f"{where}: version {record.version!r} is not the top of its stack "
+                                         f"{record.stack}")
         return record
 
     def same_move(self, other: "ChampionRecord") -> bool:

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 EXIT_PROMOTED, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_GATE_FAILED, EXIT_KEPT, EXIT_CONFLICT, EXIT_UNVERIFIED = range(7)
 EXIT_CODES = f"""exit codes:
-  {EXIT_PROMOTED}  promoted: the challenger is the new champion (--dry-run: it would be; nothing written to the registry)
+  {EXIT_PROMOTED}  promoted: the challenger is the new champion (--dry-run: it would be; nothing written
+     to the registry)
   {EXIT_RUN_FAILED}  the run failed (a step failed, the run was cancelled or timed out): nothing published
   {EXIT_USAGE}  usage or configuration error: nothing was started
   {EXIT_GATE_FAILED}  the evaluation gate failed: the run succeeded but nothing was exported or published
@@ -135,7 +136,8 @@ def scratch_registry(req: RetrainRequest, package: Path, params: dict[str, Any])
     if req.local:
         scratch = str(Path(req.work).resolve() / "dry-run-registry")
     else:
-        run_root = params.get("run_root") or parameter_specs(read_package(package)).get("run_root", {}).get("defaultValue")
+        default = parameter_specs(read_package(package)).get("run_root", {}).get("defaultValue")
+        run_root = params.get("run_root") or default
         if not run_root:
             raise UsageError("--dry-run needs a run_root to publish its challenger to (-p run_root=s3://bucket/runs)")
         scratch = storage.join(str(run_root), "dry-run-registry")
