@@ -72,3 +72,24 @@ def test_s3_uri_parsing():
     assert storage.join("s3://bucket/a/", "b", "c.txt") == "s3://bucket/a/b/c.txt"
     with pytest.raises(storage.StorageError):
         storage.split_s3("s3:///nobucket")
+
+
+def test_published_files_get_the_read_bits_the_umask_allows(tmp_path):
+    """safetensors writes weights owner-only (0600): a model published by root must still be
+    readable by the image's uid 1000. The umask decides: 022 opens reads, 077 keeps them private."""
+    import os
+    import stat
+
+    for umask, file_mode, dir_mode in ((0o022, 0o644, 0o755), (0o077, 0o600, 0o700)):
+        previous = os.umask(umask)
+        try:
+            out = tmp_path / f"model-{umask:o}"
+            with storage.publish(out) as staging:
+                (staging / "unet").mkdir(mode=0o700)
+                weights = staging / "unet" / "diffusion_pytorch_model.safetensors"
+                weights.write_bytes(b"\0" * 8)
+                weights.chmod(0o600)
+        finally:
+            os.umask(previous)
+        assert stat.S_IMODE((out / "unet" / "diffusion_pytorch_model.safetensors").stat().st_mode) == file_mode
+        assert stat.S_IMODE((out / "unet").stat().st_mode) == dir_mode

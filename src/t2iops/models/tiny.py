@@ -25,6 +25,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from ..storage.publishing import usual_modes
 from .tokenizer import build_clip_tokenizer
 
 TINY_RESOLUTION = 64
@@ -203,4 +204,5 @@ def build_tiny_model(family: Literal["sd15", "sdxl"], out_dir: str | Path, seed:
         else:
             pipe = StableDiffusionXLPipeline(**_sdxl_components(Path(work)))
         pipe.save_pretrained(str(out_dir), safe_serialization=True)
+    usual_modes(out_dir)  # safetensors writes weights owner-only; the image's user must read them too
     return out_dir

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -93,6 +94,7 @@ def publish(dest: str | os.PathLike, cfg: Any = None, extra: Optional[dict] = No
 
 def _publish_local(staging: Path, dest: Path, manifest: dict) -> None:
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    usual_modes(staging)
     _fsync_tree(staging)  # a crash after the rename must not leave an output with empty files
     old = None
     if dest.exists():
@@ -102,6 +104,38 @@ def _publish_local(staging: Path, dest: Path, manifest: dict) -> None:
     fsync_dir(dest.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_modes(root: Path) -> None:
+    """Give every file and folder under ``root`` the read (and folder search) bits the umask
+    allows. Some writers (safetensors among them) create files owner-only (0600): a model or
+    adapter published by one user could not be read by another, e.g. the image's uid 1000
+    reading a folder a root process wrote."""
+    allowed = 0o777 & ~_umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name, wanted in [(n, 0o555) for n in dirnames] + [(n, 0o444) for n in filenames]:
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                continue
+            add = wanted & allowed
+            if mode & add != add:
+                os.chmod(path, stat.S_IMODE(mode) | add)
+    mode = os.stat(root).st_mode
+    if mode & (0o555 & allowed) != 0o555 & allowed:
+        os.chmod(root, stat.S_IMODE(mode) | (0o555 & allowed))
 
 
 def _fsync_tree(root: Path) -> None:

@@ -162,7 +162,10 @@ class VerifiedCheckpoint:
             with torch.serialization.safe_globals(list(safe_globals)):
                 return torch.load(path, map_location=map_location, weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
-            reason = str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else type(exc).__name__
+            lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+            # torch's message ends with advice; the line that names the refused class says why.
+            named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+            reason = (named or lines or [type(exc).__name__])[-1][:300]
             raise CheckpointRefused(f"checkpoint {self.folder}: {path.relative_to(self.folder)} holds more than "
                                     f"tensor data; not loaded ({reason})") from None
 

@@ -20,9 +20,13 @@ fp16 overflow.
 """
 from __future__ import annotations
 
+import contextlib
+import copyreg
+import enum
 import math
 import os
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -208,7 +212,8 @@ class DeepSpeedOptimization:
 
     def save(self, folder: Path) -> None:
         """Every rank writes its partition of the optimizer state (collective)."""
-        self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
+        with _enums_by_value():
+            self.engine.save_checkpoint(str(folder / "deepspeed"), tag="state", save_latest=False)
 
     def load(self, checkpoint, state_dir: str = "state") -> None:
         """Load the engine's state from a :class:`~.checkpoint.VerifiedCheckpoint`: every file
@@ -252,6 +257,30 @@ def _deepspeed_data_classes() -> tuple:
     from deepspeed.utils.tensor_fragment import fragment_address
 
     return (ZeroStageEnum, fragment_address, LossScaler, DynamicLossScaler)
+
+
+@contextlib.contextmanager
+def _enums_by_value() -> Iterator[None]:
+    """Pickle DeepSpeed's enum members as ``Class(value)``, as Python >= 3.11.5 does. Python 3.11.0
+    to 3.11.4 (Debian 12's 3.11.2, in the image) pickle them as ``getattr(Class, name)``, and a
+    ``weights_only`` load rightly refuses ``getattr`` (it reaches any attribute): a checkpoint
+    saved there could never be resumed. Registered only while saving."""
+    enums = [c for c in _deepspeed_data_classes() if isinstance(c, type) and issubclass(c, enum.Enum)]
+    before = {c: copyreg.dispatch_table.get(c) for c in enums}
+    for c in enums:
+        copyreg.pickle(c, _enum_by_value)
+    try:
+        yield
+    finally:
+        for c, reducer in before.items():
+            if reducer is None:
+                copyreg.dispatch_table.pop(c, None)
+            else:
+                copyreg.dispatch_table[c] = reducer
+
+
+def _enum_by_value(member: enum.Enum):
+    return type(member), (member.value,)
 
 
 class _VerifiedLoads:
