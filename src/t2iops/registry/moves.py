@@ -34,7 +34,7 @@ class Move:
                "action": r.action if self.moved else "none", "previous": r.previous if self.moved else None,
                "uri": r.uri}
         if not self.moved:
-            out["message"] = f"{r.version} is already the champion ({history_name(r.generation)}): nothing written"
+            out["message"] = f"{r.version} is already the champion ({history_name(r.generation)}): no move recorded"
         if self.check is not None:
             out["verified"] = {"files": self.check.files, "bytes": self.check.bytes,
                                "manifest_sha256": self.check.manifest_sha256}
