@@ -37,7 +37,7 @@ def test_runs_as_uid_1000_and_the_stack_imports_and_resolves(image):
 def test_pipeline_compiles_from_the_installed_package_not_a_checkout(image):
     """No checkout in the image: the pipeline and components come from the wheel's copy."""
     done = run_in(image, "bash", "-c",
-                  "cd /tmp && test ! -e /opt/t2iops/build && python -c 'from t2iops.pipelines.settings import "
+                  "cd /tmp && test -z \"$(ls -A /opt/t2iops/build)\" && python -c 'from t2iops.pipelines.settings import "
                   "find_project_root; print(find_project_root())' && T2IOPS_IMAGE=registry.example/t2iops:test "
                   "t2iops pipeline compile -o /tmp/p.yaml -S model.base_model=s3://models/sdxl-base >/dev/null && cat /tmp/p.yaml",
                   args=("--read-only", "--tmpfs", "/tmp"))
