@@ -208,10 +208,11 @@ def _runner(kind: str, work: Path, module, root: Path, cfg: Config, parameters: 
     from .containers import docker_runner, writable_by_image_user
 
     image = module.SETTINGS.image  # the settings as the pipeline was built (T2IOPS_IMAGE / --image applied)
+    runner = docker_runner(work, image, run_label=work.name)  # daemon and image checked before anything is made
     local_outputs = [Path(parameters[p]) for p in ("run_root", "registry_uri") if not str(parameters[p]).startswith("s3://")]
     writable_by_image_user(root, Path(cfg.storage.cache_dir), *local_outputs)
     log.info("steps run in the image %s (docker), as its user uid 1000", image)
-    return docker_runner(work, image, run_label=work.name)
+    return runner
 
 
 def existing_s3(endpoint: str) -> str:
