@@ -146,7 +146,7 @@ def test_two_shards_merged_equal_one_process(single, trained, two_shards):
         merge_shards(shards[:1], str(work / "E3"), cfg)
 
 
-def test_gate_via_cli_exits_3_below_threshold_and_0_above(single, trained):
+def test_gate_via_cli_exits_3_below_threshold_and_0_above(single, trained, two_shards):  # reads S0, S1
     work, cfg = trained
     out, metrics = single
     iou = metrics["circle_iou"]["with_adapter"]
@@ -192,7 +192,7 @@ def test_metrics_json_is_a_dvc_metric(single, tmp_path):
 
 
 @pytest.mark.s3
-def test_shards_and_weights_on_s3_merge_to_s3(single, trained, s3_bucket):
+def test_shards_and_weights_on_s3_merge_to_s3(single, trained, two_shards, s3_bucket):  # uploads S0, S1
     """Shards and Inception weights as s3:// URIs on the loopback server; the merge is published
     to s3:// with its manifest last, and matches the local single-process metrics."""
     from t2iops import storage

@@ -171,6 +171,7 @@ def run_local(
     ensure_local_conditions()
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_print_restored())
         if s3 != "none":
             endpoint = stack.enter_context(moto_s3()) if s3 == "moto" else existing_s3(s3)
             overrides["storage.endpoint_url"] = endpoint
@@ -197,6 +198,22 @@ def run_local(
         if s3 != "none" and gate:
             _mirror_registry(parameters["registry_uri"], work / "registry-copy", resolved)
     return LocalOutcome(gate, time.monotonic() - started, root, parameters["run_root"], parameters["registry_uri"])
+
+
+@contextlib.contextmanager
+def _print_restored() -> Iterator[None]:
+    """kfp.local indents each task's output by replacing ``builtins.print`` for the task
+    (``logging_utils.indented_print``) and putting back the one it found; its DAG orchestrator runs
+    parallel tasks in threads, so overlapping tasks can put back another task's indenting print,
+    and every later ``print`` of the process (a CLI's JSON result, the next command in the same
+    process) starts with four spaces. Whatever happened inside, the process's print comes back."""
+    import builtins
+
+    original = builtins.print
+    try:
+        yield
+    finally:
+        builtins.print = original
 
 
 def _runner(kind: str, work: Path, module, root: Path, cfg: Config, parameters: dict[str, Any]):
