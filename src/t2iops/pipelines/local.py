@@ -171,7 +171,7 @@ def run_local(
     ensure_local_conditions()
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_print_restored())
+        stack.enter_context(process_state_kept())
         if s3 != "none":
             endpoint = stack.enter_context(moto_s3()) if s3 == "moto" else existing_s3(s3)
             overrides["storage.endpoint_url"] = endpoint
@@ -201,19 +201,26 @@ def run_local(
 
 
 @contextlib.contextmanager
-def _print_restored() -> Iterator[None]:
-    """kfp.local indents each task's output by replacing ``builtins.print`` for the task
-    (``logging_utils.indented_print``) and putting back the one it found; its DAG orchestrator runs
-    parallel tasks in threads, so overlapping tasks can put back another task's indenting print,
-    and every later ``print`` of the process (a CLI's JSON result, the next command in the same
-    process) starts with four spaces. Whatever happened inside, the process's print comes back."""
+def process_state_kept() -> Iterator[None]:
+    """kfp.local swaps process-wide state per task and puts back what it found: ``builtins.print``
+    (``logging_utils.indented_print``: four spaces before each line) and the root logger's handlers
+    and level (``local_logger_context``: one handler on the ``sys.stdout`` of that moment). Its DAG
+    orchestrator runs parallel tasks (the ParallelFor shards) in threads, so overlapping tasks put
+    back each other's state: after a run, every ``print`` of the process could start with four
+    spaces and every log record go to a stream that is closed by then (seen in the test suite: a
+    later CLI's JSON indented, "ValueError: I/O operation on closed file" from logging). Whatever
+    happened inside, the process's print and root logger come back as they were."""
     import builtins
 
-    original = builtins.print
+    print_before = builtins.print
+    root = logging.getLogger()
+    handlers_before, level_before = root.handlers[:], root.level
     try:
         yield
     finally:
-        builtins.print = original
+        builtins.print = print_before
+        root.handlers[:] = handlers_before
+        root.setLevel(level_before)
 
 
 def _runner(kind: str, work: Path, module, root: Path, cfg: Config, parameters: dict[str, Any]):
