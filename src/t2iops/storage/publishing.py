@@ -124,18 +124,16 @@ def usual_modes(root: Path) -> None:
     adapter published by one user could not be read by another, e.g. the image's uid 1000
     reading a folder a root process wrote."""
     allowed = 0o777 & ~_umask()
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name, wanted in [(n, 0o555) for n in dirnames] + [(n, 0o444) for n in filenames]:
-            path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
-            if stat.S_ISLNK(mode):
-                continue
-            add = wanted & allowed
-            if mode & add != add:
-                os.chmod(path, stat.S_IMODE(mode) | add)
-    mode = os.stat(root).st_mode
-    if mode & (0o555 & allowed) != 0o555 & allowed:
-        os.chmod(root, stat.S_IMODE(mode) | (0o555 & allowed))
+    for dirpath, _dirnames, filenames in os.walk(root):  # every folder comes once as dirpath, root included
+        _add_bits(dirpath, 0o555 & allowed)
+        for name in filenames:
+            _add_bits(os.path.join(dirpath, name), 0o444 & allowed)
+
+
+def _add_bits(path: str, bits: int) -> None:
+    mode = os.lstat(path).st_mode
+    if not stat.S_ISLNK(mode) and mode & bits != bits:
+        os.chmod(path, stat.S_IMODE(mode) | bits)
 
 
 def _fsync_tree(root: Path) -> None:
