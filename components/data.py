@@ -3,10 +3,7 @@ or the synthetic circles), then validate it. Wraps :mod:`t2iops.pipelines.source
 :func:`t2iops.data.validate.validate`."""
 from kfp.dsl import Dataset, Input, Markdown, Output
 
-from . import component
 
-
-@component
 def pull_dataset(
     source: str,
     dvc_repo: str,
@@ -26,7 +23,6 @@ def pull_dataset(
     dataset.metadata.update(info)
 
 
-@component
 def validate_dataset(dataset: Input[Dataset], config: str, validated: Output[Dataset], report: Output[Markdown]):
     """Writes validated/{report.json, quarantine.jsonl, rows.jsonl}; fails above data.max_bad_fraction."""
     from t2iops.data.validate import validate

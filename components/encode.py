@@ -9,10 +9,7 @@ from typing import List
 
 from kfp.dsl import Dataset, Input, Output
 
-from . import component
 
-
-@component
 def encode_shard(
     dataset: Input[Dataset],
     validated: Input[Dataset],
@@ -34,7 +31,6 @@ def encode_shard(
     return out
 
 
-@component
 def merge_cache(slice_uris: List[str], config: str, cache: Output[Dataset]):
     """Joins every slice into the sharded safetensors cache the training step reads."""
     from t2iops.encode.sharded import merge_shards

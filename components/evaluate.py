@@ -8,10 +8,7 @@ from typing import List
 
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from . import component
 
-
-@component
 def evaluate_shard(
     model: Input[Model],
     dataset: Input[Dataset],
@@ -34,7 +31,6 @@ def evaluate_shard(
     return out
 
 
-@component
 def merge_evaluation(
     shard_uris: List[str],
     config: str,

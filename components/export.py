@@ -2,10 +2,7 @@
 :func:`t2iops.export.stage.export_adapter`."""
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
-from . import component
 
-
-@component
 def export_adapter(
     model: Input[Model], evaluation: Input[Artifact], dataset: Input[Dataset], config: str, git_sha: str,
     onnx: Output[Model], model_card: Output[Markdown],

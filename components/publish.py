@@ -2,10 +2,7 @@
 Wraps :func:`t2iops.pipelines.registry.publish_model`."""
 from kfp.dsl import Artifact, Dataset, Input, Model
 
-from . import component
 
-
-@component
 def publish_model(
     onnx: Input[Model],
     evaluation: Input[Artifact],

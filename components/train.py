@@ -7,10 +7,7 @@ preempted node, resumes from the latest one (``--resume latest``). The run id is
 it would change every run and defeat KFP's cache."""
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from . import component
 
-
-@component
 def train_adapter(cache: Input[Dataset], config: str, run_root: str, model: Output[Model], metrics: Output[Metrics]):
     """One pod (one process per visible GPU). model: adapter/, summary.json, config.resolved.yaml."""
     from t2iops.pipelines.runtime import stage_config
@@ -22,7 +19,6 @@ def train_adapter(cache: Input[Dataset], config: str, run_root: str, model: Outp
     log_metrics(metrics, training_metrics(summary))
 
 
-@component
 def train_adapter_multinode(
     cache: Input[Dataset],
     config: str,

@@ -225,13 +225,12 @@ def test_the_merge_step_logs_kfp_v2_metrics_under_kfp_local(single, trained, two
     KFP v2 UI shows) holds fidelity with/without the adapter, the lift and the gate."""
     from kfp import local
 
-    from t2iops.pipelines.compile import load_pipeline_module
+    from t2iops._project.components import build_components
     from t2iops.pipelines.runtime import config_param
 
     work, cfg = trained
     _, metrics = single
-    load_pipeline_module()
-    from components.evaluate import merge_evaluation
+    merge_evaluation = build_components("python:3.11").merge_evaluation  # the subprocess runner ignores it
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(work / "kfp-root"),
                raise_on_error=True)

@@ -239,20 +239,30 @@ def test_train_and_merge_steps_output_kfp_v2_metrics_artifacts(compiled):
 
 
 def test_kfp_task_settings_keep_their_caller_checks_with_the_cheap_stack(tmp_path):
-    """kfp's task setters look up their own name with ``inspect.stack()``; t2iops gives that
-    module a stack without source reads (9 s -> 1 s per compile in a process with torch loaded).
-    The check it serves still names the method, and a real step still takes the settings."""
+    """kfp's task setters look up their own name with ``inspect.stack()``; while a pipeline is
+    built, t2iops gives that module a stack without source reads (9 s -> 1 s per compile in a
+    process with torch loaded), and gives it back its ``inspect`` afterwards. The check it serves
+    still names the method, and a real step still takes the settings."""
     import inspect
 
-    from kfp import compiler, dsl
     from kfp.dsl import pipeline_task
 
-    import t2iops.pipelines.platform as platform
+    from t2iops.pipelines.kfp_workarounds import quick_caller_names
 
-    assert pipeline_task.inspect is not inspect and pipeline_task.inspect.getmodule is inspect.getmodule
-    frames = pipeline_task.inspect.stack()
+    assert pipeline_task.inspect is inspect  # nothing is changed at import
+    with quick_caller_names():
+        assert pipeline_task.inspect is not inspect and pipeline_task.inspect.getmodule is inspect.getmodule
+        frames = pipeline_task.inspect.stack()
+        _check_settings_on_a_real_step(tmp_path)
+    assert pipeline_task.inspect is inspect
     assert frames[0][3] == "test_kfp_task_settings_keep_their_caller_checks_with_the_cheap_stack"
     assert frames[0][1] == __file__ and frames[0][0].f_back is frames[1][0]
+
+
+def _check_settings_on_a_real_step(tmp_path):
+    from kfp import compiler, dsl
+
+    import t2iops.pipelines.platform as platform
 
     @dsl.component(base_image="python:3.11")
     def step():

@@ -12,7 +12,6 @@ from kfp import dsl
 from t2iops import storage
 from t2iops.config import ConfigError, load_config
 from t2iops.errors import DataError, UsageError
-from t2iops.pipelines.compile import load_pipeline_module
 from t2iops.pipelines.registry import publish_model
 from t2iops.pipelines.runtime import config_from_param, config_param, parse_config_param
 from t2iops.pipelines.kfp_metrics import evaluation_metrics, training_metrics
@@ -25,11 +24,10 @@ TINY_VALIDATE = json.dumps({"data.min_size": 16})
 
 @pytest.fixture(scope="module")
 def components():
-    load_pipeline_module()  # puts the checkout on sys.path with the default settings
-    import components.data
-    import components.publish
+    """The component files' plain functions, as the pipeline wraps them (checkout or wheel)."""
+    from t2iops._project.components import data, publish
 
-    return sys.modules["components.data"], sys.modules["components.publish"]
+    return data, publish
 
 
 def _artifact(kind, tmp_path: Path, name: str):
@@ -51,45 +49,45 @@ def test_config_parameter_forms_and_errors():
 def test_pull_then_validate_components(components, tmp_path):
     data, _ = components
     dataset = _artifact(dsl.Dataset, tmp_path, "dataset")
-    data.pull_dataset.python_func(source="synth", dvc_repo="", dvc_rev="", dvc_path="", dvc_remote="",
+    data.pull_dataset(source="synth", dvc_repo="", dvc_rev="", dvc_path="", dvc_remote="",
                                   config=TINY_PULL, dataset=dataset)
     assert len((Path(dataset.path) / "metadata.jsonl").read_text().splitlines()) == 6
     assert dataset.metadata["source"] == "synth" and dataset.metadata["count"] == 6
     validated = _artifact(dsl.Dataset, tmp_path, "validated")
     report = _artifact(dsl.Markdown, tmp_path, "report.md")
-    data.validate_dataset.python_func(dataset=dataset, config=TINY_VALIDATE, validated=validated, report=report)
+    data.validate_dataset(dataset=dataset, config=TINY_VALIDATE, validated=validated, report=report)
     assert validated.metadata == {"rows": 6, "good": 6, "bad": 0, "status": "passed"}
     assert len((Path(validated.path) / "rows.jsonl").read_text().splitlines()) == 6
     assert "# Dataset validation: passed" in Path(report.path).read_text()
     # A broken row over the threshold fails the step, naming the row's file.
     (Path(dataset.path) / "images" / "000002.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="000002"):
-        data.validate_dataset.python_func(dataset=dataset, config=TINY_VALIDATE, validated=_artifact(dsl.Dataset, tmp_path, "v2"),
+        data.validate_dataset(dataset=dataset, config=TINY_VALIDATE, validated=_artifact(dsl.Dataset, tmp_path, "v2"),
                                           report=_artifact(dsl.Markdown, tmp_path, "r2.md"))
     with pytest.raises(ConfigError, match="data.synth.count"):
-        data.pull_dataset.python_func(source="synth", dvc_repo="", dvc_rev="", dvc_path="", dvc_remote="",
+        data.pull_dataset(source="synth", dvc_repo="", dvc_rev="", dvc_path="", dvc_remote="",
                                       config='{"data.synth.count": 0}', dataset=_artifact(dsl.Dataset, tmp_path, "d3"))
 
 
 def _encode_in_components(encode, dataset, validated, config: str, shards: list[int], tmp_path: Path, name: str) -> Path:
     """What the pipeline runs: one encode_shard per item of the shard list, then merge_cache."""
-    slices = [encode.encode_shard.python_func(dataset=dataset, validated=validated, config=config, shard_index=i,
+    slices = [encode.encode_shard(dataset=dataset, validated=validated, config=config, shard_index=i,
                                               shards=shards, run_root=str(tmp_path / f"runs-{name}"))
               for i in reversed(shards)]  # ParallelFor gives no order
     cache = _artifact(dsl.Dataset, tmp_path, name)
-    encode.merge_cache.python_func(slice_uris=slices, config=config, cache=cache)
+    encode.merge_cache(slice_uris=slices, config=config, cache=cache)
     return Path(cache.path)
 
 
 def test_encode_shards_merge_into_the_cache_one_shard_writes(components, tmp_path, tiny_sd15_path):
     data, _ = components
-    import components.encode as encode
+    from t2iops._project.components import encode
 
     dataset = _artifact(dsl.Dataset, tmp_path, "dataset")
-    data.pull_dataset.python_func(source="synth", dvc_repo="", dvc_rev="", dvc_path="", dvc_remote="",
+    data.pull_dataset(source="synth", dvc_repo="", dvc_rev="", dvc_path="", dvc_remote="",
                                   config=TINY_PULL, dataset=dataset)
     validated = _artifact(dsl.Dataset, tmp_path, "validated")
-    data.validate_dataset.python_func(dataset=dataset, config=TINY_VALIDATE, validated=validated,
+    data.validate_dataset(dataset=dataset, config=TINY_VALIDATE, validated=validated,
                                       report=_artifact(dsl.Markdown, tmp_path, "report.md"))
     config = json.dumps({"model.base_model": tiny_sd15_path, "data.val_fraction": 0.0, "data.test_fraction": 0.0,
                          "encode.resolution": 32, "encode.shard_size": 2, "encode.batch_size": 2})
@@ -101,7 +99,7 @@ def test_encode_shards_merge_into_the_cache_one_shard_writes(components, tmp_pat
     assert [p.name for p in slice_dirs] == ["shard-0-of-2", "shard-1-of-2"]
     assert all(list(p.rglob("*.safetensors")) for p in slice_dirs)  # 6 rows in shards of 2: both slices encoded
     with pytest.raises(UsageError, match="encode_shards"):
-        encode.encode_shard.python_func(dataset=dataset, validated=validated, config=config, shard_index=1,
+        encode.encode_shard(dataset=dataset, validated=validated, config=config, shard_index=1,
                                         shards=[1, 2], run_root=str(tmp_path / "bad"))
 
 
@@ -121,7 +119,7 @@ def test_publish_component_writes_the_registry_version_last(components, tmp_path
     Path(evaluation.path).mkdir()
     Path(evaluation.path, "metrics.json").write_text(json.dumps({"gate": {"passed": True}}))
     dataset = dsl.Dataset(name="dataset", uri=str(tmp_path / "ds"), metadata={"source": "dvc", "rev": "v1"})
-    uri = publish.publish_model.python_func(onnx=onnx, evaluation=evaluation, dataset=dataset, config="{}",
+    uri = publish.publish_model(onnx=onnx, evaluation=evaluation, dataset=dataset, config="{}",
                                             registry_uri=str(tmp_path / "registry"), model_name="circles",
                                             model_version="", run_id="run-42", git_sha="0123abc" * 5)
     assert uri == str(tmp_path / "registry" / "circles" / "run-42")
@@ -132,7 +130,7 @@ def test_publish_component_writes_the_registry_version_last(components, tmp_path
     assert lineage["git_sha"] == "0123abc" * 5  # the code the model was built from
     assert json.loads((tmp_path / "registry" / "circles" / "latest.json").read_text())["version"] == "run-42"
     with pytest.raises(UsageError, match="already holds"):
-        publish.publish_model.python_func(onnx=onnx, evaluation=evaluation, dataset=dataset, config="{}",
+        publish.publish_model(onnx=onnx, evaluation=evaluation, dataset=dataset, config="{}",
                                           registry_uri=str(tmp_path / "registry"), model_name="circles",
                                           model_version="run-42", run_id="run-43")
 

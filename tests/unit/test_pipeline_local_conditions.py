@@ -3,7 +3,7 @@
 No __future__ annotations here: KFP reads the component signatures at definition time."""
 from kfp import dsl, local
 
-from t2iops.pipelines.local import ensure_local_conditions
+from t2iops.pipelines.kfp_workarounds import local_conditions_evaluated
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -27,7 +27,7 @@ def gated(threshold: int, folder: str) -> bool:
 
 
 def test_if_branch_runs_only_when_the_gate_passes(tmp_path):
-    ensure_local_conditions()
+    local_conditions_evaluated()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "root"))
     yes, no = tmp_path / "yes", tmp_path / "no"
     yes.mkdir(), no.mkdir()

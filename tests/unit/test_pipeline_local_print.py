@@ -13,7 +13,7 @@ import threading
 
 from kfp.local import logging_utils
 
-from t2iops.pipelines.local import process_state_kept
+from t2iops.pipelines.kfp_workarounds import process_state_kept
 
 
 def _overlapping_tasks() -> None:

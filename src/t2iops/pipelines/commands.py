@@ -175,18 +175,18 @@ def _schedule(args, cfg) -> int:
 
 
 def _run_local(args, cfg) -> int:
-    from .compile import load_pipeline_module, parse_cli_parameters
+    from .compile import build_pipeline, parse_cli_parameters, read_package
     from .local import run_local
+    from .settings import load_settings
 
     parameters = {}
-    if args.run_params:
-        from kfp import compiler
+    if args.run_params:  # typed by the compiled package's parameter types
         import tempfile
 
-        with tempfile.TemporaryDirectory() as tmp:
-            compiler.Compiler().compile(load_pipeline_module(args.settings, cfg=cfg).training_pipeline, f"{tmp}/p.yaml")
-            from .compile import read_package
+        from kfp import compiler
 
+        with tempfile.TemporaryDirectory() as tmp:
+            compiler.Compiler().compile(build_pipeline(cfg, load_settings(args.settings, image=args.image)), f"{tmp}/p.yaml")
             parameters = parse_cli_parameters(args.run_params, read_package(f"{tmp}/p.yaml"))
     outcome = run_local(args.work, cfg, parameters, s3=args.s3, base_model=args.base_model, smoke=args.smoke,
                         settings=args.settings, runner=args.runner, image=args.image)

@@ -1,78 +1,56 @@
-"""Load the training pipeline from the checkout, validate run parameters, compile to IR YAML.
+"""Build the training pipeline for a run specification, validate its run parameters, compile it
+to IR YAML.
 
-The pipeline (``pipelines/training.py``) and its components (``components/``) are read from the
-project checkout at compile time; the settings file, the image and the resolved run specification
-(params.yaml + --params/-S) are applied while they are imported: the specification becomes the
-defaults of the ``config_<stage>`` parameters, so the package runs what params.yaml says even
-when started from the KFP UI.
+The pipeline is :func:`build_pipeline` of ``pipelines/training.py`` (importable as
+``t2iops._project.pipelines.training`` from a checkout or an installed wheel): a plain function of
+the resolved run specification (params.yaml + --params/-S) and the cluster settings
+(pipelines/settings.yaml), whose result kfp compiles. The specification becomes the defaults of
+the ``config_<stage>`` parameters, so the package runs what params.yaml says even when started
+from the KFP UI.
 """
 from __future__ import annotations
 
-import contextlib
-import importlib
-import json
-import os
 import re
-import sys
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import yaml
 
 from ..errors import UsageError
-from .settings import IMAGE_ENV, RUN_SPEC_ENV, SETTINGS_ENV, find_project_root
-
-PIPELINE_MODULE = "pipelines.training"
-_OWN_PACKAGES = ("components", "pipelines")
+from .kfp_workarounds import quick_caller_names
+from .settings import PipelineSettings, find_project_root, load_settings
 
 
-@contextlib.contextmanager
-def _env(values: dict[str, Optional[str]]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in values}
-    for k, v in values.items():
-        if v is not None:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def build_pipeline(spec: Any, settings: PipelineSettings):
+    """The KFP pipeline for ``spec`` (a resolved Config) on the cluster ``settings`` describe."""
+    from t2iops._project.pipelines.training import build_pipeline as build
 
-
-def load_pipeline_module(settings: Optional[str | Path] = None, image: Optional[str] = None, cfg: Any = None):
-    """Import ``pipelines/training.py`` afresh with the given settings file, image and resolved
-    configuration (``cfg``; None: the project's params.yaml)."""
-    root = find_project_root()
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    for name in list(sys.modules):
-        if name.split(".")[0] in _OWN_PACKAGES:
-            del sys.modules[name]
-    overrides = {
-        SETTINGS_ENV: str(Path(settings).resolve()) if settings else None, IMAGE_ENV: image,
-        RUN_SPEC_ENV: json.dumps(cfg.to_dict()) if cfg is not None else None,
-    }
-    with _env(overrides), warnings.catch_warnings():
+    with quick_caller_names(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # kfp's note about its default base image
-        module = importlib.import_module(PIPELINE_MODULE)
-    return module
+        return build(spec, settings)
+
+
+def project_spec():
+    """The run specification of the project folder: its params.yaml (else the schema's defaults)."""
+    from ..config import load_config
+
+    params = find_project_root() / "params.yaml"
+    return load_config(params if params.exists() else None)
 
 
 def compile_pipeline(
     output: str | Path, settings: Optional[str | Path] = None, image: Optional[str] = None, cfg: Any = None,
 ) -> Path:
     """Write the pipeline's IR YAML to ``output`` after checking its default parameters; ``cfg``
-    (the resolved run specification) becomes the defaults of the ``config_<stage>`` parameters."""
+    (the resolved run specification; None: the project's params.yaml) becomes the defaults of the
+    ``config_<stage>`` parameters; ``settings`` is the settings file, ``image`` replaces its image."""
     from kfp import compiler
 
-    module = load_pipeline_module(settings, image, cfg)
+    pipeline = build_pipeline(cfg if cfg is not None else project_spec(), load_settings(settings, image=image))
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(module.training_pipeline, str(output))
+    compiler.Compiler().compile(pipeline, str(output))
     validate_arguments(read_package(output), {})
     return output
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -20,7 +19,9 @@ from typing import Any, Iterator, Optional
 
 from ..config import Config, load_config
 from ..errors import UsageError
+from .kfp_workarounds import local_conditions_evaluated, process_state_kept
 from .runtime import flatten_overrides, stage_parameters
+from .settings import PipelineSettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -51,40 +52,6 @@ class LocalOutcome:
     pipeline_root: Path
     run_root: str
     registry_uri: str
-
-
-def ensure_local_conditions() -> bool:
-    """kfp 2.16's local runner cannot evaluate the CEL condition KFP compiles for ``dsl.If``
-    (``inputs.parameter_values['...'] == true``: every branch is skipped). When the installed
-    kfp has that gap, translate those conditions to the Python its evaluator understands; a kfp
-    that evaluates them itself is left alone. Returns whether the translation was installed."""
-    from kfp.local import io
-    from kfp.local.orchestrator import enhanced_dag_orchestrator as edo
-
-    evaluator = edo.ConditionEvaluator
-    if getattr(evaluator, "_t2iops_translated", False):
-        return True
-    probe = io.IOStore()
-    probe.put_task_output("probe-task", "Output", True)
-    logging.disable(logging.WARNING)  # the probe's failure is expected on kfp 2.16: not news
-    try:
-        works = bool(evaluator.evaluate_condition("inputs.parameter_values['pipelinechannel--probe-task-Output'] == true", probe))
-    except Exception:
-        works = False
-    finally:
-        logging.disable(logging.NOTSET)
-    if works:
-        return False
-    original = evaluator.evaluate_condition
-
-    def evaluate_condition(condition: str, io_store) -> bool:
-        python = re.sub(r"inputs\.parameter_values\['(pipelinechannel--[^']+)'\]", r"\1", condition)
-        python = re.sub(r"\btrue\b", "True", re.sub(r"\bfalse\b", "False", python))
-        return original(python, io_store)
-
-    evaluator.evaluate_condition = staticmethod(evaluate_condition)
-    evaluator._t2iops_translated = True
-    return True
 
 
 def _free_port() -> int:
@@ -154,7 +121,7 @@ def run_local(
     'docker' (every step in the project image, ``image`` or the settings' ``image``)."""
     from kfp import local
 
-    from .compile import load_pipeline_module, read_package, validate_arguments
+    from .compile import build_pipeline, read_package, validate_arguments
 
     if s3 not in ("none", "moto") and not s3.startswith(("http://", "https://")):
         raise UsageError(f"--s3 must be 'none', 'moto' or an S3 endpoint URL (http://...), got {s3!r}")
@@ -168,7 +135,8 @@ def run_local(
     overrides["model.base_model"] = resolve_base_model(base_model, cfg, work)
     overrides["storage.cache_dir"] = str(work / "cache")
     parameters = dict(parameters or {})
-    ensure_local_conditions()
+    local_conditions_evaluated()
+    cluster = load_settings(settings, image=image)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         stack.enter_context(process_state_kept())
@@ -185,45 +153,22 @@ def run_local(
             resolved = stage_inputs_on_s3(resolved, parameters, overrides)
         for name, value in stage_parameters(resolved).items():
             parameters.setdefault(name, value)
-        module = load_pipeline_module(settings, image=image, cfg=resolved)
+        pipeline = build_pipeline(resolved, cluster)
         package = work / "pipeline.yaml"
         from kfp import compiler
 
-        compiler.Compiler().compile(module.training_pipeline, str(package))
+        compiler.Compiler().compile(pipeline, str(package))
         validate_arguments(read_package(package), parameters)
         root = work / "kfp-root"
-        local.init(runner=_runner(runner, work, module, root, resolved, parameters), pipeline_root=str(root), raise_on_error=True)
-        task = module.training_pipeline(**parameters)
+        local.init(runner=_runner(runner, work, cluster, root, resolved, parameters), pipeline_root=str(root), raise_on_error=True)
+        task = pipeline(**parameters)
         gate = bool(task.output)
         if s3 != "none" and gate:
             _mirror_registry(parameters["registry_uri"], work / "registry-copy", resolved)
     return LocalOutcome(gate, time.monotonic() - started, root, parameters["run_root"], parameters["registry_uri"])
 
 
-@contextlib.contextmanager
-def process_state_kept() -> Iterator[None]:
-    """kfp.local swaps process-wide state per task and puts back what it found: ``builtins.print``
-    (``logging_utils.indented_print``: four spaces before each line) and the root logger's handlers
-    and level (``local_logger_context``: one handler on the ``sys.stdout`` of that moment). Its DAG
-    orchestrator runs parallel tasks (the ParallelFor shards) in threads, so overlapping tasks put
-    back each other's state: after a run, every ``print`` of the process could start with four
-    spaces and every log record go to a stream that is closed by then (seen in the test suite: a
-    later CLI's JSON indented, "ValueError: I/O operation on closed file" from logging). Whatever
-    happened inside, the process's print and root logger come back as they were."""
-    import builtins
-
-    print_before = builtins.print
-    root = logging.getLogger()
-    handlers_before, level_before = root.handlers[:], root.level
-    try:
-        yield
-    finally:
-        builtins.print = print_before
-        root.handlers[:] = handlers_before
-        root.setLevel(level_before)
-
-
-def _runner(kind: str, work: Path, module, root: Path, cfg: Config, parameters: dict[str, Any]):
+def _runner(kind: str, work: Path, cluster: PipelineSettings, root: Path, cfg: Config, parameters: dict[str, Any]):
     """The kfp.local runner of ``kind``; a docker one after checking the daemon and the image."""
     from kfp import local
 
@@ -231,7 +176,7 @@ def _runner(kind: str, work: Path, module, root: Path, cfg: Config, parameters: 
         return local.SubprocessRunner(use_venv=False)
     from .containers import docker_runner, writable_by_image_user
 
-    image = module.SETTINGS.image  # the settings as the pipeline was built (T2IOPS_IMAGE / --image applied)
+    image = cluster.image  # the settings the pipeline was built with (--image / T2IOPS_IMAGE applied)
     runner = docker_runner(work, image, run_label=work.name)  # daemon and image checked before anything is made
     local_outputs = [Path(parameters[p]) for p in ("run_root", "registry_uri") if not str(parameters[p]).startswith("s3://")]
     writable_by_image_user(root, Path(cfg.storage.cache_dir), *local_outputs)

@@ -7,41 +7,12 @@ the GPU request/limit, the GPU pool's node selector and toleration, and a memory
 """
 from __future__ import annotations
 
-import inspect
-import sys
-
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
-from kfp.dsl import pipeline_task as _kfp_pipeline_task
 
 from .settings import PipelineSettings
 
 SHM_VOLUME = "dshm"
-
-
-class _CallerNamesOnly:
-    """``inspect`` for kfp's ``pipeline_task`` module, whose one use of it is
-    ``inspect.stack()[1][3]`` (the calling method's name, for an error message) in every
-    ``set_cpu_request`` / ``set_memory_limit`` / ... call. The real ``inspect.stack()`` reads the
-    source of every frame and maps each to its module by scanning ``sys.modules``: in a process
-    that has torch, diffusers and DeepSpeed loaded (4,500 modules; ``t2iops retrain``, notebooks,
-    tests) compiling the training pipeline took 9 s instead of 1 s for its ~70 such calls. This
-    returns the same ``(frame, filename, lineno, function, ...)`` entries without reading sources."""
-
-    def __getattr__(self, name):
-        return getattr(inspect, name)
-
-    @staticmethod
-    def stack(context: int = 1) -> list[tuple]:
-        frames, frame = [], sys._getframe(1)
-        while frame is not None:
-            frames.append((frame, frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name, None, None))
-            frame = frame.f_back
-        return frames
-
-
-if getattr(_kfp_pipeline_task, "inspect", None) is inspect:
-    _kfp_pipeline_task.inspect = _CallerNamesOnly()
 
 
 def configure_step(task: PipelineTask, step: str, settings: PipelineSettings, display_name: str | None = None) -> PipelineTask:

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import UsageError
 
 IMAGE_ENV = "T2IOPS_IMAGE"
-RUN_SPEC_ENV = "T2IOPS_RUN_SPEC"  # the resolved configuration (JSON) `pipeline compile` bakes in
 SETTINGS_ENV = "T2IOPS_PIPELINE_SETTINGS"
 PROJECT_ENV = "T2IOPS_PROJECT_DIR"
 PIPELINE_FILE = Path("pipelines") / "training.py"
@@ -158,9 +157,10 @@ def find_project_root(start: Optional[Path] = None) -> Path:
     )
 
 
-def load_settings(path: Optional[str | Path] = None) -> PipelineSettings:
+def load_settings(path: Optional[str | Path] = None, image: Optional[str] = None) -> PipelineSettings:
     """Read the settings file (default: $T2IOPS_PIPELINE_SETTINGS, else pipelines/settings.yaml of
-    the project); ``T2IOPS_IMAGE`` replaces ``image``. Errors name the file and the key."""
+    the project); ``image`` (e.g. --image), else ``T2IOPS_IMAGE``, replaces ``image``. Errors name
+    the file and the key."""
     if path is None:
         path = os.environ.get(SETTINGS_ENV) or find_project_root() / SETTINGS_FILE
     path = Path(path)
@@ -172,8 +172,8 @@ def load_settings(path: Optional[str | Path] = None) -> PipelineSettings:
         raise UsageError(f"pipeline settings file {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise UsageError(f"pipeline settings file {path} must hold a mapping")
-    if os.environ.get(IMAGE_ENV):
-        data["image"] = os.environ[IMAGE_ENV]
+    if image or os.environ.get(IMAGE_ENV):
+        data["image"] = image or os.environ[IMAGE_ENV]
     try:
         return PipelineSettings.model_validate(data)
     except ValidationError as err:
@@ -184,24 +184,10 @@ def load_settings(path: Optional[str | Path] = None) -> PipelineSettings:
         raise UsageError(f"invalid pipeline settings ({path}): {problems}") from None
 
 
-def run_spec():
-    """The run specification the pipeline's parameters default to: what `t2iops pipeline compile`
-    resolved (params.yaml + --params/-S, passed in $T2IOPS_RUN_SPEC), else the project's
-    params.yaml, else the embedded default. Read while pipelines/training.py is imported."""
-    import json
-
-    from ..config import config_from_dict, load_config
-
-    text = os.environ.get(RUN_SPEC_ENV)
-    if text:
-        return config_from_dict(json.loads(text), RUN_SPEC_ENV)
-    params = find_project_root() / "params.yaml"
-    return load_config(params if params.exists() else None)
-
-
 def default_data_source(cfg) -> str:
-    """The pipeline's data_source for a configuration: 'synth' for the embedded default
-    data.root (the synthetic circles the synth stage writes), else data.root itself."""
-    from ..config import DataConfig
+    """The pipeline's data_source for a configuration: 'synth' when data.root is the folder the
+    synth stage writes (the synthetic circles, which a cluster run synthesizes again), else
+    data.root itself."""
+    from ..config import SYNTH_ROOT
 
-    return "synth" if cfg.data.root == DataConfig.model_fields["root"].default else cfg.data.root
+    return "synth" if cfg.data.root == SYNTH_ROOT else cfg.data.root
