@@ -11,7 +11,6 @@ else the image path, else the row's position (Arrow tables with embedded image b
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from PIL import Image
 
 from .. import storage
 from ..errors import DataError
+from ..hashing import raw_digest
 from .formats import Record, Source, open_source
 from .images import MISSING_FILE, ImageProblem, ImageRef, decode_rgb, displayed_size
 
@@ -53,7 +53,7 @@ class RowError(DataError):
 def split_of(row_id: str, val_fraction: float, test_fraction: float) -> str:
     """``"train"``, ``"val"`` or ``"test"`` from a hash of the id alone: a row keeps its split
     when other rows are added or removed, on every machine and Python version."""
-    digest = hashlib.sha256(str(row_id).encode("utf-8")).digest()
+    digest = raw_digest(str(row_id).encode("utf-8"))
     u = int.from_bytes(digest[:8], "big") / 2**64
     if u < test_fraction:
         return "test"

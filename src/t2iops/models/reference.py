@@ -10,7 +10,6 @@ a stage never silently loads another model than the one its input was made with.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Iterable, Optional
 
 from .. import storage
 from ..errors import ModelError
-from ..hashing import digest
+from ..hashing import bytes_digest, digest, hasher
 from .locate import is_offline
 
 CONFIG_FILES = ("*.json", "*.txt", "*.model")
@@ -163,13 +162,14 @@ def folder_fingerprint(folder: Path, subfolders: Optional[Iterable[str]] = None)
             if path.suffix in WEIGHT_SUFFIXES:
                 entries.append((rel, "weights", _weights_fingerprint(path)))
             elif any(path.match(p) for p in CONFIG_FILES):
-                entries.append((rel, "config", hashlib.sha256(path.read_bytes()).hexdigest()))
+                entries.append((rel, "config", bytes_digest(path.read_bytes())))
     return digest(entries)
 
 
 def _weights_fingerprint(path: Path) -> str:
     size = path.stat().st_size
-    h = hashlib.sha256(str(size).encode())
+    h = hasher()
+    h.update(str(size).encode())
     with open(path, "rb") as f:
         h.update(f.read(_EDGE))
         if size > 2 * _EDGE:

@@ -11,7 +11,6 @@ Artifacts in the pipeline root hold the final results.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -24,6 +23,7 @@ from typing import Any
 from .. import storage
 from ..config import Config, StageConfig
 from ..errors import T2IError, UsageError
+from ..hashing import bytes_digest
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ RESULT_FILES = ("adapter/", "summary.json", "config.resolved.yaml")
 
 def step_key(*sources: str) -> str:
     """A short stable name for a step's durable prefix, from what identifies the step."""
-    return hashlib.sha256("\n".join(sources).encode()).hexdigest()[:16]
+    return bytes_digest("\n".join(sources).encode(), 16)
 
 
 def run_prefix(run_root: str, key: str, *parts: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..hashing import bytes_digest
 from .client import named_errors, s3_client, storage_settings
 from .objects import (Entry, download_entries, download_entry, get_object_bytes, list_objects, manifest_entries,
                       parse_manifest, published_view, resolve_key)
@@ -101,7 +101,7 @@ def _plan(client, bucket: str, key: str) -> tuple[str, list[Entry], bool, bytes]
     if manifest_body:
         manifest = parse_manifest(manifest_body, f"s3://{bucket}/{prefix}{MANIFEST}")
         entries = manifest_entries(prefix, manifest)
-        ident = "manifest:" + hashlib.sha256(manifest_body).hexdigest()
+        ident = "manifest:" + bytes_digest(manifest_body)
         return ident, entries, False, manifest_body
     entries = published_view(client, bucket, prefix)
     if entries:
@@ -126,7 +126,7 @@ def _materialize_s3(uri: str, cfg: Any, kind: str) -> Path:
         ident, entries, single, manifest_body = _plan(client, bucket, key)
     except FileNotFoundError:
         raise FileNotFoundError(f"nothing found at {uri}") from None
-    digest = hashlib.sha256(f"{uri}\n{ident}".encode()).hexdigest()[:20]
+    digest = bytes_digest(f"{uri}\n{ident}".encode(), 20)
     root = cache_root(cfg) / kind
     final = root / digest
     name = Path(key).name

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..hashing import bytes_digest, hasher
 from .client import named_errors, s3_client, storage_settings
 from .ranged import RangePlan, fetch_ranges
 from .transfer import run_parallel
@@ -210,7 +210,7 @@ def _stream_to(client, bucket: str, key: str, path: Path) -> tuple[str, int]:
 
 def write_hashing(chunks, path: Path) -> tuple[str, int]:
     """Write the byte ``chunks`` to ``path``, hashing them on the way: (sha256 hex, size)."""
-    h = hashlib.sha256()
+    h = hasher()
     size = 0
     with open(path, "wb") as fh:
         for chunk in chunks:
@@ -289,7 +289,7 @@ def read_bytes(uri: str | os.PathLike, cfg: Any = None) -> bytes:
         entry = resolve_key(client, bucket, key)
     data, _ = get_object_bytes(client, bucket, entry.key)
     if storage_settings(cfg)["verify"]:
-        check_integrity(bucket, entry, len(data), hashlib.sha256(data).hexdigest())
+        check_integrity(bucket, entry, len(data), bytes_digest(data))
     return data
 
 

@@ -16,7 +16,6 @@ become the output at ``dest``, all at once, with a manifest (file list, sizes, s
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ..hashing import file_digest
 from .client import error_code, named_errors, s3_client, storage_settings
 from .objects import (delete_keys, download_entry, fsync_dir, get_object_bytes, list_objects,
                       manifest_entries, parse_manifest, read_bytes, upload_files, write_hashing)
@@ -39,15 +39,9 @@ EXTRA_MANIFEST = "_manifest.extra.json"
 ORPHAN_AGE_S = 24 * 3600
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
+def sha256_file(path: str | Path) -> str:
+    """The sha256 hex digest a file list records for a file."""
+    return file_digest(path)
 
 
 def build_manifest(staging: Path, extra: Optional[dict]) -> dict:

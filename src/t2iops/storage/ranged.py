@@ -18,7 +18,6 @@ kept: it appears under its name only when size and sha256 match.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..hashing import file_digest
 from .client import error_code, named_errors, storage_settings
 from .transfer import bytes_reporter
 from .uris import IntegrityError, StorageError
@@ -80,11 +80,7 @@ def fetch_ranges(client, bucket: str, key: str, path: Path, size: int, plan: Ran
                     raise
     if not want_digest:
         return None, size
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(MB), b""):
-            h.update(chunk)
-    return h.hexdigest(), size
+    return file_digest(path), size
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> int:
