@@ -32,7 +32,7 @@ COMMAND_MODULES = [
     "t2iops.export.commands",
     "t2iops.pipelines.commands",
     "t2iops.evaluate.commands",
-    "t2iops.registry.commands",
+    "t2iops.retrain.commands",  # `retrain`, and `registry` with the pipeline settings' default location
 ]
 
 EPILOG = """exit codes: 0 ok, 1 stage failed, 2 usage or configuration error, 3 evaluation gate failed.

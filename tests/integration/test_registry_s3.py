@@ -10,7 +10,8 @@ import pytest
 from t2iops.cli import main
 from t2iops.config import load_config
 from t2iops.registry import pointer
-from t2iops.registry.pointer import move_champion, read_pointer
+from t2iops.registry.moves import move_champion
+from t2iops.registry.pointer import read_pointer
 
 MODEL = "t2i-adapter"
 

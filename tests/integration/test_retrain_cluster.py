@@ -13,7 +13,8 @@ from test_kfp_submit import KfpApi, _run_state
 
 from t2iops.cli import main
 from t2iops.pipelines.compile import compile_pipeline
-from t2iops.registry.pointer import move_champion, read_pointer
+from t2iops.registry.moves import move_champion
+from t2iops.registry.pointer import read_pointer
 
 SUCCEEDED = _run_state("SUCCEEDED", {"train": "SUCCEEDED", "merge + gate": "SUCCEEDED", "publish": "SUCCEEDED"})
 

@@ -15,7 +15,8 @@ from t2iops.cli import main
 from t2iops.config import load_config
 from t2iops.errors import UsageError
 from t2iops.registry import pointer
-from t2iops.registry.pointer import PromotionConflict, current_champion, history, move_champion, read_pointer
+from t2iops.registry.moves import move_champion
+from t2iops.registry.pointer import PromotionConflict, current_champion, history, read_pointer
 from t2iops.registry.versions import RegistryError
 
 MODEL = "t2i-adapter"

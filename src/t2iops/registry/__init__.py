@@ -14,8 +14,12 @@ Layout under ``<registry>/<model_name>/`` (S3 prefix or folder)::
   records, the pointer written last) through the conditional writes of :mod:`.store`.
 * :mod:`.integrity` verifies every file of a version against its manifest before it is champion.
 * :mod:`.retired` keeps versions that may never be champion again.
-* :mod:`.decision` applies the ``registry`` section of the configuration to two versions.
+* :mod:`.decision` applies the ``registry`` section of the configuration to two versions and
+  records the decision.
 * :mod:`.versions` reads what a version holds (manifest, metrics, lineage).
-* :mod:`.retrain` is ``t2iops retrain``: run the pipeline, compare, promote or keep.
 * :mod:`.commands` declares the CLI; :mod:`.actions` runs the registry commands.
+
+The registry is the model store and nothing more: it imports nothing from the pipelines that
+publish to it nor from :mod:`t2iops.retrain`, which runs the pipeline and then promotes through
+this package.
 """

@@ -14,16 +14,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import T2IError
+from ..errors import T2IError, UsageError
 from ..redact import redact_text
 
 
 def registry_uri(args) -> str:
+    """``--registry``, else the default location the commands were declared with (the CLI's is
+    ``defaults.registry_uri`` of the pipeline settings, read from ``--settings``). The registry
+    does not read the pipeline settings itself: it sits below the pipelines that publish to it."""
     if args.registry:
         return args.registry
-    from ..pipelines.settings import load_settings
-
-    return load_settings(args.settings).defaults.registry_uri
+    default_location = getattr(args, "default_location", None)
+    if default_location is None:
+        raise UsageError("no registry location: give --registry")
+    return default_location(args.settings)
 
 
 def _emit(args, document: dict[str, Any], text: str = "") -> None:
@@ -61,13 +65,14 @@ def handler(func: Callable) -> Callable:
 
 @handler
 def list_versions(args, cfg, registry: str, versions: list[str]) -> int:
-    from .pointer import _store, check_pointer
+    from .pointer import check_pointer
     from .retired import retired_versions
+    from .store import open_store
     from .versions import read_version
 
     pointer = check_pointer(registry, args.model_name, cfg)
     champion = pointer.head.version if pointer.head else None
-    retired = retired_versions(_store(registry, args.model_name, cfg))
+    retired = retired_versions(open_store(registry, args.model_name, cfg))
     rows, problems = [], []
     for version in versions:
         try:
@@ -95,9 +100,10 @@ def list_versions(args, cfg, registry: str, versions: list[str]) -> int:
 
 @handler
 def show(args, cfg, registry: str, versions: list[str]) -> int:
-    from .pointer import _store, champion, current_champion
+    from .pointer import champion, current_champion
     from .records import read_history
     from .retired import retirement
+    from .store import open_store
     from .versions import read_version
 
     name, out = args.version, {}
@@ -109,7 +115,7 @@ def show(args, cfg, registry: str, versions: list[str]) -> int:
         _warn(args, served.warnings)
     info = read_version(registry, args.model_name, name, cfg)
     head = current_champion(registry, args.model_name, cfg)
-    store = _store(registry, args.model_name, cfg)
+    store = open_store(registry, args.model_name, cfg)
     out = {**info.summary(), "champion": bool(head and head.version == name),
            "retired": retirement(store, name), **out, "metrics": info.metrics, "lineage": info.lineage}
     if args.history:
@@ -123,7 +129,6 @@ def show(args, cfg, registry: str, versions: list[str]) -> int:
 @handler
 def compare(args, cfg, registry: str, versions: list[str]) -> int:
     from . import decision as decisions
-    from .commands import record_decision
     from .pointer import current_champion
     from .versions import read_version
 
@@ -136,13 +141,13 @@ def compare(args, cfg, registry: str, versions: list[str]) -> int:
     verdict = decisions.decide(challenger, champion, cfg.registry, cfg.evaluate.condition_kind)
     decisions.write_decision(verdict, args.out)
     if args.record:
-        record_decision(registry, args.model_name, verdict, Path(args.out), cfg)
+        decisions.record_decision(registry, args.model_name, verdict, Path(args.out), cfg)
     _emit(args, verdict.to_dict(), decisions.render_markdown(verdict))
     return {decisions.PROMOTE: 0, decisions.KEEP: 4, decisions.GATE_FAILED: 3}[verdict.outcome]
 
 
 def _expected(args) -> Any:
-    from .pointer import ANY
+    from .moves import ANY
 
     if args.expect_champion is None:
         return ANY
@@ -151,7 +156,7 @@ def _expected(args) -> Any:
 
 @handler
 def promote(args, cfg, registry: str, versions: list[str]) -> int:
-    from .pointer import champion_move
+    from .moves import champion_move
     from .versions import RegistryError
 
     summary = None
@@ -171,7 +176,7 @@ def promote(args, cfg, registry: str, versions: list[str]) -> int:
 
 @handler
 def rollback(args, cfg, registry: str, versions: list[str]) -> int:
-    from .pointer import champion_move
+    from .moves import champion_move
 
     move = champion_move(registry, args.model_name, cfg, "rollback", expect_champion=_expected(args),
                          reason=args.reason)
@@ -181,14 +186,15 @@ def rollback(args, cfg, registry: str, versions: list[str]) -> int:
 
 @handler
 def retire(args, cfg, registry: str, versions: list[str]) -> int:
-    from .pointer import _store, actor, current_champion
+    from .pointer import actor, current_champion
     from .retired import retire as retire_version
+    from .store import open_store
     from .versions import RegistryError, check_name, model_root
 
     if check_name(args.version, "version") not in versions:
         raise RegistryError(f"version {args.version!r} is not published in {model_root(registry, args.model_name)}")
     head = current_champion(registry, args.model_name, cfg)
-    record, changed = retire_version(_store(registry, args.model_name, cfg), registry, args.model_name,
+    record, changed = retire_version(open_store(registry, args.model_name, cfg), registry, args.model_name,
                                      args.version, head.version if head else None, args.reason, actor())
     _emit(args, {"command": "retire", "version": args.version, "retired": True, "changed": changed, "record": record})
     return 0
@@ -210,13 +216,14 @@ def repair(args, cfg, registry: str, versions: list[str]) -> int:
 @handler
 def verify(args, cfg, registry: str, versions: list[str]) -> int:
     from .integrity import check_version
-    from .pointer import _store, champion, check_pointer
+    from .pointer import champion, check_pointer
     from .records import read_history
+    from .store import open_store
     from .versions import RegistryError
 
     pointer = check_pointer(registry, args.model_name, cfg)
     problems = [] if pointer.state in ("ok", "none") else list(pointer.problems)
-    problems += read_history(_store(registry, args.model_name, cfg)).problems  # every record, not only the newest
+    problems += read_history(open_store(registry, args.model_name, cfg)).problems  # every record, not only the newest
     champion_name = None
     try:
         served = champion(registry, args.model_name, cfg)

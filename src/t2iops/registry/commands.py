@@ -1,16 +1,19 @@
 """The parsers of ``t2iops registry list | show | compare | promote | rollback | retire | verify |
-repair`` and ``t2iops retrain``; what the registry commands do is in :mod:`.actions`."""
+repair``; what the commands do is in :mod:`.actions`.
+
+Where the registry is when ``--registry`` is not given is the caller's to say
+(``default_location``): the CLI takes ``defaults.registry_uri`` of the pipeline settings, which
+the registry cannot read itself without depending on the pipelines that publish to it.
+"""
 from __future__ import annotations
 
 import argparse
-import sys
-import time
-from pathlib import Path
-from typing import Any
+from typing import Callable, Optional
 
-from .. import storage
-from .actions import registry_uri
+from . import actions
 from .versions import DEFAULT_MODEL_NAME
+
+DefaultLocation = Callable[[Optional[str]], str]  # the --settings file (or None) -> the registry location
 
 REGISTRY_DESCRIPTION = """The model registry: the prefix (S3 or a folder) the pipeline's publish step writes.
 
@@ -37,47 +40,37 @@ location that is missing, a file or empty; 3 compare: the challenger failed its 
 (--expect-champion did not match): nothing changed; 6 verification failed: a file that does not
 match its manifest, a damaged manifest or history record (verify: any problem found)."""
 
-RETRAIN_DESCRIPTION = """Retrain and decide: compile the pipeline -> submit it (the run's parameters carry the
-resolved params, the data revision and model_version <UTC yyyymmdd-HHMMSS>-<git sha7>; the run
-name carries the git SHA) -> wait -> compare the published challenger with the champion
-(`registry` section of params.yaml) -> promote it or keep the champion.
 
---local runs the identical flow through kfp.local on this machine (as `t2iops pipeline run-local`).
---dry-run (pull requests) trains, evaluates and compares, and writes nothing to the registry: the
-run publishes its challenger to a scratch registry in its work area (<run_root>/dry-run-registry;
-with --local <work>/dry-run-registry), the champion is only read, nothing is promoted and the
-decision is not recorded there. Written to --out: decision.json, decision.md (append it to
-$GITHUB_STEP_SUMMARY), retrain.json and the compiled pipeline.yaml; the last stdout line is
-retrain.json on one line."""
-
-
-def _location(parser: argparse.ArgumentParser) -> None:
+def location_arguments(parser: argparse.ArgumentParser, default_location: Optional[DefaultLocation]) -> None:
+    """``--registry``, ``--model-name`` and ``--settings``: where the registry is, shared with
+    ``t2iops retrain``. Without --registry the location is ``default_location(--settings)``."""
     parser.add_argument("--registry", default=None,
                         help="registry prefix, s3://bucket/prefix or a folder (default: `defaults.registry_uri` "
                              "of the pipeline settings)")
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME, help=f"model name (default {DEFAULT_MODEL_NAME})")
     parser.add_argument("--settings", default=None, help="pipeline settings file (default: pipelines/settings.yaml)")
+    parser.set_defaults(default_location=default_location)
 
 
-def register(subparsers, common: argparse.ArgumentParser) -> None:
-    _register_registry(subparsers, common)
-    _register_retrain(subparsers, common)
-
-
-def _register_registry(subparsers, common: argparse.ArgumentParser) -> None:
-    # Long: one declaration per registry command, read top to bottom like the --help it makes
-    from . import actions
-
+def register(subparsers, common: argparse.ArgumentParser, default_location: Optional[DefaultLocation] = None) -> None:
+    """Declare ``t2iops registry`` and its commands, in the order ``--help`` lists them."""
     reg = subparsers.add_parser("registry", help="list, compare, promote, roll back, retire or verify published models",
                                 description=REGISTRY_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = reg.add_subparsers(dest="registry_command", metavar="<action>")
     sub.required = True
     location = argparse.ArgumentParser(add_help=False)
-    _location(location)
+    location_arguments(location, default_location)
     location.add_argument("--json", action="store_true",
                           help="one JSON document on stdout, a failure too ({\"ok\": false, \"error\": ...})")
     parents = [common, location]
+    _reading(sub, parents)
+    _compare(sub, parents)
+    _moves(sub, parents)
+    _upkeep(sub, parents)
 
+
+def _reading(sub, parents: list[argparse.ArgumentParser]) -> None:
+    """``list`` and ``show``: what is published and what is champion."""
     lst = sub.add_parser("list", parents=parents, help="published versions: the champion marked *, retired R",
                          description="Every published version with its gate and run. A version that cannot be read "
                          "(damaged manifest, tampered metrics) is listed as BROKEN with the reason and the others "
@@ -93,6 +86,9 @@ def _register_registry(subparsers, common: argparse.ArgumentParser) -> None:
     show.add_argument("--history", action="store_true", help="also the champion history (every promotion/rollback)")
     show.set_defaults(func=actions.show)
 
+
+def _compare(sub, parents: list[argparse.ArgumentParser]) -> None:
+    """``compare``: the decision rules applied to two versions; nothing moves."""
     comp = sub.add_parser(
         "compare", parents=parents, help="decide champion vs challenger; writes decision.json/.md",
         description="Apply the `registry` rules: the challenger must have passed its gate and beat the champion's "
@@ -106,6 +102,9 @@ def _register_registry(subparsers, common: argparse.ArgumentParser) -> None:
     comp.add_argument("--record", action="store_true", help="also store the decision under <model>/decisions/")
     comp.set_defaults(func=actions.compare)
 
+
+def _moves(sub, parents: list[argparse.ArgumentParser]) -> None:
+    """``promote``, ``rollback`` and ``retire``: the commands that change what may be champion."""
     expect = argparse.ArgumentParser(add_help=False)
     expect.add_argument("--expect-champion", default=None, metavar="VERSION|none",
                         help="compare-and-swap: act only while the champion is VERSION (`none`: no champion yet); "
@@ -136,6 +135,9 @@ def _register_registry(subparsers, common: argparse.ArgumentParser) -> None:
     ret.add_argument("--reason", default="", help="why (kept in the retirement record)")
     ret.set_defaults(func=actions.retire)
 
+
+def _upkeep(sub, parents: list[argparse.ArgumentParser]) -> None:
+    """``verify`` and ``repair``: checking the registry, and bringing the pointer up to the history."""
     ver = sub.add_parser("verify", parents=parents, help="check the pointer, the history and versions' files",
                          description="Check champion.json against the history, the history's records, and every file "
                          "of the champion (or of VERSION..., or --all) against its manifest. Changes nothing; exit 0 "
@@ -150,71 +152,3 @@ def _register_registry(subparsers, common: argparse.ArgumentParser) -> None:
                          "and whether it changed anything. The history itself is never rewritten: damaged records "
                          "are named and passed over.")
     rep.set_defaults(func=actions.repair)
-
-
-def _register_retrain(subparsers, common: argparse.ArgumentParser) -> None:
-    from .retrain import EXIT_CODES
-
-    ret = subparsers.add_parser("retrain", parents=[common], help="run the pipeline, compare, promote or keep",
-                                description=RETRAIN_DESCRIPTION, epilog=EXIT_CODES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    _location(ret)
-    where = ret.add_mutually_exclusive_group(required=True)
-    where.add_argument("--host", default=None, help="KFP API endpoint (token from $T2IOPS_KFP_TOKEN)")
-    where.add_argument("--local", action="store_true", help="run under kfp.local on this machine")
-    ret.add_argument("--image", default=None, help="container image of every step (default: settings or $T2IOPS_IMAGE)")
-    ret.add_argument("--package", default=None,
-                     help="compiled pipeline to submit, e.g. the CI artifact (default: compile the checkout now)")
-    ret.add_argument("--version", default=None, help="model version to publish (default <UTC yyyymmdd-HHMMSS>-<git sha7>)")
-    ret.add_argument("--data-rev", default=None,
-                     help="git revision of the DVC-tracked data (-> dvc_rev; default: HEAD when -p data_source=dvc)")
-    ret.add_argument("-p", "--param", dest="run_params", action="append", default=[], metavar="NAME=VALUE",
-                     help="pipeline parameter, e.g. -p data_source=dvc -p dvc_repo=https://... (repeatable)")
-    ret.add_argument("--dry-run", action="store_true", help="compare but never promote nor record the decision")
-    ret.add_argument("--out", default="retrain-out", help="folder for decision.json/.md, retrain.json (default retrain-out)")
-    cluster = ret.add_argument_group("cluster (--host)")
-    cluster.add_argument("--namespace", default=None, help="Kubeflow profile namespace")
-    cluster.add_argument("--experiment", default="t2iops", help="experiment name (default t2iops)")
-    cluster.add_argument("--service-account", default=None, help="Kubernetes service account of the run's pods")
-    cluster.add_argument("--no-cache", action="store_true", help="run every step even when a cached result exists")
-    cluster.add_argument("--timeout-hours", type=float, default=48.0, help="give up waiting after this long (default 48)")
-    cluster.add_argument("--poll-seconds", type=float, default=20.0, help="seconds between status checks (default 20)")
-    local = ret.add_argument_group("local (--local)")
-    local.add_argument("--work", default="runs/retrain-local", help="working folder (default runs/retrain-local)")
-    local.add_argument("--base-model", default="tiny-sd15",
-                       help="tiny-sd15 | tiny-sdxl | config (model.base_model) | a path (default tiny-sd15)")
-    size = local.add_mutually_exclusive_group()
-    size.add_argument("--smoke", dest="smoke", action="store_true", default=True,
-                      help="shrink every stage to a few samples and steps (default)")
-    size.add_argument("--full", dest="smoke", action="store_false", help="the configuration as given")
-    ret.set_defaults(func=_retrain)
-
-
-# ---------------------------------------------------------------------------------------
-def record_decision(registry: str, model_name: str, verdict, local_dir: Path, cfg: Any) -> str:
-    """Keep decision.json/.md under ``<model>/decisions/<UTC time>-<challenger>/`` (manifest last)."""
-    from .versions import model_root
-
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = storage.join(model_root(registry, model_name), "decisions", f"{stamp}-{verdict.challenger}")
-    with storage.publish(dest, cfg, extra={"stage": "registry-decision"}) as staging:
-        for name in ("decision.json", "decision.md"):
-            (staging / name).write_bytes((Path(local_dir) / name).read_bytes())
-    return dest
-
-
-def _retrain(args, cfg) -> int:
-    from .retrain import RetrainRequest, print_result, retrain
-
-    req = RetrainRequest(
-        registry=registry_uri(args), model_name=args.model_name, version=args.version, run_params=args.run_params,
-        data_rev=args.data_rev, dry_run=args.dry_run, out=args.out, settings=args.settings, image=args.image, package=args.package,
-        local=args.local, host=args.host, namespace=args.namespace, experiment=args.experiment,
-        service_account=args.service_account, no_cache=args.no_cache, timeout_hours=args.timeout_hours,
-        poll_seconds=args.poll_seconds, work=args.work, base_model=args.base_model, smoke=args.smoke,
-    )
-    result = retrain(req, cfg)
-    print_result(result, Path(args.out))
-    if result.exit_code:
-        print(f"t2iops retrain: {result.outcome}: {result.message}", file=sys.stderr)
-    return result.exit_code

@@ -9,6 +9,7 @@
 
 The outcome is ``promote``, ``keep`` (the champion stays) or ``gate_failed``, with every reason
 spelled out in ``decision.json`` and a champion-vs-challenger table in ``decision.md``.
+:func:`record_decision` keeps both files in the registry, beside the versions they judge.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .versions import VersionInfo
+from .. import storage
+from .versions import VersionInfo, model_root
 
 PROMOTE, KEEP, GATE_FAILED = "promote", "keep", "gate_failed"
 # Metrics that are not condition-fidelity metrics, and which way is better.
@@ -205,3 +207,14 @@ def write_decision(decision: Decision, out_dir: str | Path) -> tuple[Path, Path]
     json_path.write_text(json.dumps(decision.to_dict(), indent=2) + "\n")
     md_path.write_text(render_markdown(decision))
     return json_path, md_path
+
+
+def record_decision(registry: str, model_name: str, decision: Decision, local_dir: str | Path, cfg: Any) -> str:
+    """Keep decision.json/.md (as :func:`write_decision` wrote them to ``local_dir``) under
+    ``<model>/decisions/<UTC time>-<challenger>/``, the manifest last; returns that location."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = storage.join(model_root(registry, model_name), "decisions", f"{stamp}-{decision.challenger}")
+    with storage.publish(dest, cfg, extra={"stage": "registry-decision"}) as staging:
+        for name in ("decision.json", "decision.md"):
+            (staging / name).write_bytes((Path(local_dir) / name).read_bytes())
+    return dest

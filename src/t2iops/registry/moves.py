@@ -13,8 +13,10 @@ from typing import Any, Optional
 from .. import storage
 from ..errors import UsageError
 from .integrity import VersionCheck, verify_version
+from .pointer import actor, sync_pointer
 from .records import MAX_ATTEMPTS, STACK_LIMIT, ChampionRecord, PromotionConflict, history_name, read_history
 from .retired import refuse_if_retired, retired_versions
+from .store import open_store
 from .versions import check_name, model_root
 
 ANY = object()  # "no expectation" for expect_champion
@@ -64,11 +66,9 @@ def champion_move(
     ``expect_champion``: a version name or None (no champion yet): refuse with
     :class:`PromotionConflict` when the champion is something else (compare-and-swap). A version
     that fails verification is a :class:`RegistryIntegrityError` naming the file; nothing moves."""
-    from .pointer import _store, _sync_pointer, actor
-
     if action not in ("promote", "rollback"):
         raise UsageError(f"unknown champion action {action!r}")
-    store, root = _store(registry_uri, model_name, cfg), model_root(registry_uri, model_name)
+    store, root = open_store(registry_uri, model_name, cfg), model_root(registry_uri, model_name)
     checks: dict[str, VersionCheck] = {}
     if action == "promote":
         check_name(version or "", "version")
@@ -84,7 +84,7 @@ def champion_move(
                 f"the champion is {current or 'none'}, not {expect_champion or 'none'} as expected: "
                 "someone else moved it; nothing was changed"
             )
-        repaired = _sync_pointer(store, root, cfg) or repaired  # a dead writer's move, or a bad pointer
+        repaired = sync_pointer(store, root, cfg) or repaired  # a dead writer's move, or a bad pointer
         if action == "promote" and current == version:
             return Move(head, False, repaired)
         stack, skipped = _next_stack(store, root, action, version, head)
@@ -98,7 +98,7 @@ def champion_move(
             actor=actor(), decision=decision, manifest_sha256=checks[target].manifest_sha256,
         )
         if store.create(history_name(record.generation), record.to_bytes()):
-            _sync_pointer(store, root, cfg, floor=record.generation)
+            sync_pointer(store, root, cfg, floor=record.generation)
             return Move(record, True, repaired, skipped, checks[target])
     raise PromotionConflict(f"the champion history of {root} stayed contended for {MAX_ATTEMPTS} attempts; "
                             "nothing was changed: run the command again")

@@ -42,7 +42,7 @@ from .versions import RegistryError, RegistryIntegrityError, model_root
 
 __all__ = ["POINTER", "HISTORY", "STACK_LIMIT", "ChampionRecord", "PromotionConflict", "PointerCheck", "Served",
            "history", "current_champion", "read_pointer", "check_pointer", "champion", "repair_pointer",
-           "move_champion", "champion_move", "Move", "ANY"]
+           "sync_pointer", "actor"]
 
 _store = open_store  # the conditional store of one model
 _history_name = history_name
@@ -207,7 +207,7 @@ def champion(registry_uri: str, model_name: str, cfg: Any = None) -> Served:
 
 # ---------------------------------------------------------------------------------------
 # Bringing the pointer up to the history
-def _sync_pointer(store, root: str, cfg: Any, floor: Optional[int] = None) -> Optional[PointerCheck]:
+def sync_pointer(store, root: str, cfg: Any, floor: Optional[int] = None) -> Optional[PointerCheck]:
     """Make the pointer the copy of the newest sound record unless it already is a sound copy
     of generation ``floor`` or later (default: the newest). Returns the check of the pointer it
     replaced, None when it changed nothing."""
@@ -244,7 +244,7 @@ def repair_pointer(registry_uri: str, model_name: str, cfg: Any = None) -> Repai
     writer died between its two writes, or the pointer is bad); says what it found."""
     store, root = _store(registry_uri, model_name, cfg), model_root(registry_uri, model_name)
     before = _inspect(store, root, cfg)
-    replaced = _sync_pointer(store, root, cfg)
+    replaced = sync_pointer(store, root, cfg)
     after = read_history(store, newest_only=True).head
     return Repair(replaced or before, after, replaced is not None)
 
@@ -255,6 +255,4 @@ def actor() -> str:
         who = who or getpass.getuser()
     return f"{who}@{socket.gethostname()}"
 
-
-from .moves import ANY, Move, champion_move, move_champion  # noqa: E402  (moves build on this module)
 

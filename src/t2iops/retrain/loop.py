@@ -1,4 +1,4 @@
-"""``t2iops retrain``: compile -> submit -> wait -> compare -> promote or keep.
+"""The retraining loop: compile -> submit -> wait -> compare -> promote or keep.
 
 The same flow on a cluster (``kfp.Client``) and on this machine (``--local``: kfp.local through
 :func:`t2iops.pipelines.local.run_local`). The run publishes its model as version
@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..errors import GateFailed, UsageError
-from . import decision as decisions
-from . import pointer
-from .versions import DEFAULT_MODEL_NAME, RegistryIntegrityError, check_name, read_version
+from ..registry import decision as decisions
+from ..registry.moves import move_champion
+from ..registry.pointer import current_champion
+from ..registry.records import PromotionConflict
+from ..registry.versions import DEFAULT_MODEL_NAME, RegistryIntegrityError, check_name, read_version
 
 log = logging.getLogger(__name__)
 
@@ -230,10 +232,8 @@ def _decide_and_promote(req: RetrainRequest, cfg: Any, out: Path, version: str, 
                         data_rev: Optional[str], context: dict[str, Any], published_to: str) -> RetrainResult:
     """Compare the challenger (published to ``published_to``: the registry, or a dry run's scratch
     registry) with the champion; promote it unless this is a dry run."""
-    from .commands import record_decision
-
     challenger = read_version(published_to, req.model_name, version, cfg)
-    head = pointer.current_champion(req.registry, req.model_name, cfg)
+    head = current_champion(req.registry, req.model_name, cfg)
     champion = read_version(req.registry, req.model_name, head.version, cfg) if head else None
     verdict = decisions.decide(challenger, champion, cfg.registry, cfg.evaluate.condition_kind, context)
     decisions.write_decision(verdict, out)
@@ -246,15 +246,15 @@ def _decide_and_promote(req: RetrainRequest, cfg: Any, out: Path, version: str, 
         result.outcome, result.exit_code = "would_promote", EXIT_PROMOTED
     elif verdict.outcome == decisions.PROMOTE:
         try:
-            pointer.move_champion(req.registry, req.model_name, cfg, "promote", version, expect_champion=before,
-                                  reason=f"retrain {run_id}: " + "; ".join(verdict.reasons), decision=verdict.summary())
+            move_champion(req.registry, req.model_name, cfg, "promote", version, expect_champion=before,
+                          reason=f"retrain {run_id}: " + "; ".join(verdict.reasons), decision=verdict.summary())
             result.outcome, result.exit_code, result.champion_after = "promoted", EXIT_PROMOTED, version
-        except pointer.PromotionConflict as exc:
+        except PromotionConflict as exc:
             result.outcome, result.exit_code, result.message = "conflict", EXIT_CONFLICT, str(exc)
         except RegistryIntegrityError as exc:
             result.outcome, result.exit_code, result.message = "unverified", EXIT_UNVERIFIED, str(exc)
     if not req.dry_run:
-        record_decision(req.registry, req.model_name, verdict, out, cfg)
+        decisions.record_decision(req.registry, req.model_name, verdict, out, cfg)
     result.message = result.message or "; ".join(verdict.reasons)
     if req.dry_run:
         result.message += f" (dry run: nothing written to the registry; the challenger is at {challenger.uri})"
