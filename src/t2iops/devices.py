@@ -26,12 +26,6 @@ def torch_dtype(name: Any):
     return value
 
 
-def dtype_name(dtype: Any) -> str:
-    """The config name (fp32/fp16/bf16) of a torch dtype or name."""
-    wanted = str(torch_dtype(dtype)).replace("torch.", "")
-    return next(k for k, v in DTYPE_NAMES.items() if v == wanted and k != "no")
-
-
 def default_device(local_rank: int = 0):
     """The accelerator when there is one (``cuda:<local_rank>``), else the CPU."""
     import torch

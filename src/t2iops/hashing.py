@@ -1,4 +1,4 @@
-"""The one digest helper: sha256 of JSON-able values, of bytes, of byte streams and of files.
+"""The one digest helper: sha256 of JSON-able values, of bytes and of files.
 
 Every hash the project computes goes through here (``tests/unit/test_layers.py`` keeps
 ``hashlib`` out of every other module): content hashes (cache keys, settings fingerprints, file
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 FILE_CHUNK = 1 << 20  # bytes read at a time when hashing a file
 
@@ -27,14 +27,6 @@ def bytes_digest(data: bytes, length: int = 64) -> str:
     return hashlib.sha256(data).hexdigest()[:length]
 
 
-def stream_digest(chunks: Iterable[bytes], length: int = 64) -> str:
-    """:func:`bytes_digest` of the chunks joined, without holding them all in memory."""
-    h = hashlib.sha256()
-    for chunk in chunks:
-        h.update(chunk)
-    return h.hexdigest()[:length]
-
-
 def hasher():
     """A fresh sha256 object, for bytes hashed as they stream past (a download written to disk)."""
     return hashlib.sha256()
@@ -48,5 +40,8 @@ def raw_digest(data: bytes) -> bytes:
 
 def file_digest(path: str | Path) -> str:
     """The full sha256 hex digest of a file's bytes, read a chunk at a time."""
+    h = hasher()
     with open(path, "rb") as fh:
-        return stream_digest(iter(lambda: fh.read(FILE_CHUNK), b""))
+        for chunk in iter(lambda: fh.read(FILE_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -15,7 +15,7 @@ import yaml
 
 from kustomize_lite import render
 from t2iops.pipelines.settings import PipelineSettings, load_settings
-from t2iops.pipelines.trainjob import build_manifest, spec_from_settings
+from t2iops.pipelines.trainjob import job_object, spec_from_settings
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -94,7 +94,7 @@ def test_secret_templates_are_valid_and_hold_no_values(template):
 def _trainjob(settings: PipelineSettings) -> dict:
     spec = spec_from_settings(settings, run_id="0b5e-run", namespace="t2iops", nodes=2, gpus_per_node=8,
                               cache_uri="s3://b/runs/enc", out_uri="s3://b/runs/0b5e/train", config_yaml="train: {}\n")
-    return build_manifest("trainjob", spec)
+    return job_object("trainjob", spec)
 
 
 def test_trainjobs_match_the_trainer_api(tmp_path):

@@ -11,7 +11,7 @@ import torch
 from t2iops.config import load_config
 from t2iops.export.onnx_export import export_fp32
 from t2iops.export.ort_adapter import OrtT2IAdapter
-from t2iops.export.parity import pipeline_parity
+from t2iops.export.parity import ImageSettings, load_check_base, pipeline_parity
 from t2iops.export.stage import export_adapter
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,8 @@ def test_onnx_residuals_give_the_same_image(family, adapter_type, tiny_sd15_path
     onnx_path = export_fp32(adapter, tmp_path / "adapter.onnx", opset=17, sample_size=64)
     onnx_adapter = OrtT2IAdapter(onnx_path, adapter.total_downscale_factor, adapter.downscale_factor,
                                  providers=["CPUExecutionProvider"])
-    result = pipeline_parity(base, family, adapter, onnx_adapter, resolution=64, steps=2, seed=3, guidance_scale=5.0)
+    settings = ImageSettings(resolution=64, steps=2, seed=3, guidance_scale=5.0)
+    result = pipeline_parity(load_check_base(base, family), adapter, onnx_adapter, settings)
     assert result["image_shape"] == [1, 64, 64, 3]
     assert result["max_abs_pixel_difference"] <= IMAGE_TOLERANCE
     # The residuals really steer the image, so the check above could have failed.
@@ -54,8 +55,8 @@ def test_export_stage_runs_the_pipeline_check(tiny_sd15_path, tmp_path, monkeypa
         f"model.base_model={tiny_sd15_path}", "export.pipeline_check=required", "export.resolutions=[64]",
         f"export.pipeline_tolerance={IMAGE_TOLERANCE}",
     ])
-    manifest = export_adapter(str(tmp_path / "adapter"), str(tmp_path / "export"), cfg)
-    pipeline = manifest["validation"]["pipeline"]
+    spec = export_adapter(str(tmp_path / "adapter"), str(tmp_path / "export"), cfg)
+    pipeline = spec["validation"]["pipeline"]
     assert pipeline["status"] == "passed", pipeline
     assert pipeline["max_abs_pixel_difference"] <= IMAGE_TOLERANCE < pipeline["adapter_effect_max_abs"]
     assert "End-to-end pipeline" in (tmp_path / "export" / "README.md").read_text()

@@ -38,13 +38,13 @@ def test_export_s3_in_and_out(s3_bucket, tmp_path, monkeypatch):
     storage.write_bytes(f"s3://{bucket}/eval/metrics.json", (tmp_path / "metrics.json").read_bytes(), cfg)
 
     out = f"s3://{bucket}/exports/r1"
-    manifest = export_adapter(f"s3://{bucket}/runs/r1", out, cfg, metrics_uri=f"s3://{bucket}/eval/metrics.json")
+    spec = export_adapter(f"s3://{bucket}/runs/r1", out, cfg, metrics_uri=f"s3://{bucket}/eval/metrics.json")
 
     published = storage.read_manifest(out, cfg)  # written last by publish
     for name in ("adapter.onnx", "adapter_fp16.onnx", "export.json", "README.md", "adapter/config.json"):
         assert name in published["files"], name
     remote = json.loads(storage.read_text(storage.join(out, "export.json"), cfg))
-    assert remote == manifest
+    assert remote == spec
     assert remote["adapter"]["source"] == f"s3://{bucket}/runs/r1" and remote["adapter"]["type"] == "light_adapter"
     assert remote["base_model"]["id"] == "s3://models/base" and remote["base_model"]["revision"] == "r1"
     assert remote["metrics"] == {"fid": 3.0}

@@ -75,7 +75,7 @@ def test_refuses_sizes_that_are_not_multiples(adapter_and_graph):
         ort_adapter(torch.rand(1, 1, 64, 64))
 
 
-def test_from_export_reads_the_manifest(adapter_and_graph, tmp_path):
+def test_from_export_reads_the_serving_spec(adapter_and_graph, tmp_path):
     adapter, path = adapter_and_graph
     (tmp_path / "adapter.onnx").write_bytes(path.read_bytes())
     (tmp_path / "export.json").write_text(json.dumps({

@@ -1,4 +1,4 @@
-"""The export stage on local folders: outputs, manifest vs the real graph, provenance, failures."""
+"""The export stage on local folders: outputs, serving spec vs the real graph, provenance, failures."""
 from __future__ import annotations
 
 import hashlib
@@ -62,45 +62,45 @@ def test_export_of_a_training_output_writes_a_consistent_bundle(in_tmp):
     }))
     (in_tmp / "metrics.json").write_text(json.dumps({"fid": 12.5, "circle_iou": 0.4}))
     out = in_tmp / "export"
-    manifest = export_adapter(str(run), str(out), cfg_for(), metrics_uri=str(in_tmp / "metrics.json"), cwd=in_tmp)
+    spec = export_adapter(str(run), str(out), cfg_for(), metrics_uri=str(in_tmp / "metrics.json"), cwd=in_tmp)
 
     for name in ("adapter.onnx", "adapter_fp16.onnx", "export.json", "README.md", "config.resolved.yaml",
                  "_manifest.json", "adapter/config.json", "adapter/diffusion_pytorch_model.safetensors"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "export.json").read_text()) == manifest
+    assert json.loads((out / "export.json").read_text()) == spec
 
-    # The manifest describes the graph that is actually there.
+    # The serving spec describes the graph that is actually there.
     session = ort.InferenceSession(str(out / "adapter.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    assert [o["name"] for o in manifest["outputs"]] == names == ["adapter_res_0", "adapter_res_1"]
-    assert sorted(manifest["residual_shapes"]) == ["32", "64"]
-    for res, shapes in manifest["residual_shapes"].items():
+    assert [o["name"] for o in spec["outputs"]] == names == ["adapter_res_0", "adapter_res_1"]
+    assert sorted(spec["residual_shapes"]) == ["32", "64"]
+    for res, shapes in spec["residual_shapes"].items():
         r = int(res)
         outputs = session.run(None, {"condition": np.zeros((1, 3, r, r), np.float32)})
         assert shapes == {n: list(o.shape) for n, o in zip(names, outputs)}
-    assert manifest["residual_shapes"]["64"] == {"adapter_res_0": [1, 32, 8, 8], "adapter_res_1": [1, 64, 4, 4]}
-    assert manifest["input"]["height_width_multiple_of"] == 16 and manifest["input"]["channel_order"] == "RGB"
-    for record in (manifest["files"]["onnx_fp32"], manifest["files"]["onnx_fp16"]):
+    assert spec["residual_shapes"]["64"] == {"adapter_res_0": [1, 32, 8, 8], "adapter_res_1": [1, 64, 4, 4]}
+    assert spec["input"]["height_width_multiple_of"] == 16 and spec["input"]["channel_order"] == "RGB"
+    for record in (spec["files"]["onnx_fp32"], spec["files"]["onnx_fp16"]):
         assert record["sha256"] == sha256(out / record["path"])
-    assert manifest["files"]["onnx_fp16"]["io_dtype"] == "float32"
+    assert spec["files"]["onnx_fp16"]["io_dtype"] == "float32"
 
-    assert manifest["family"] == "sd15" and manifest["adapter"]["type"] == "full_adapter"
-    assert manifest["base_model"] == {"id": "org/base-model", "revision": "abc123", "commit": "f00d",
+    assert spec["family"] == "sd15" and spec["adapter"]["type"] == "full_adapter"
+    assert spec["base_model"] == {"id": "org/base-model", "revision": "abc123", "commit": "f00d",
                                       "variant": None, "vae": None, "dtype": "fp32", "config_hash": None,
                                       "source": "training run summary.json"}
-    data = manifest["training_data"]
+    data = spec["training_data"]
     assert data["dvc_md5"] == "0123abcd.dir" and data["dvc_stage"] == "synth" and "dvc_reason" not in data
     assert data["dataset_version"] == "d1g3st" and data["path"] == "data/circles"
-    assert manifest["git"]["commit"] is None and "not a git repository" in manifest["git"]["reason"]
-    assert manifest["metrics"] == {"fid": 12.5, "circle_iou": 0.4}
+    assert spec["git"]["commit"] is None and "not a git repository" in spec["git"]["reason"]
+    assert spec["metrics"] == {"fid": 12.5, "circle_iou": 0.4}
 
-    validation = manifest["validation"]
+    validation = spec["validation"]
     assert len(validation["parity"]) == 12 and all(c["passed"] for c in validation["parity"])
     assert {(c["batch"], c["height"], c["width"]) for c in validation["parity"]} == {(1, 32, 32), (1, 64, 64), (2, 32, 48)}
     assert validation["fp32_max_relative_error"] <= 1e-4 and validation["fp16_max_relative_error"] <= 1e-2
     assert validation["pipeline"]["status"] == "skipped" and "pipeline_check=skip" in validation["pipeline"]["reason"]
-    assert manifest["tensorrt"]["audit"]["fp32"]["ready"]
-    assert manifest["tensorrt"]["profiles"][0]["trtexec"].endswith("--fp16 --saveEngine=adapter_all_fp16.plan")
+    assert spec["tensorrt"]["audit"]["fp32"]["ready"]
+    assert spec["tensorrt"]["profiles"][0]["trtexec"].endswith("--fp16 --saveEngine=adapter_all_fp16.plan")
 
     card = (out / "README.md").read_text()
     assert "down_intrablock_additional_residuals" in card and "T2IAdapter.from_pretrained" in card
@@ -115,12 +115,12 @@ def test_sdxl_adapter_family_and_git_commit(in_tmp):
     subprocess.run(["git", "add", "file.txt"], cwd=in_tmp, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "init"], cwd=in_tmp, check=True)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=in_tmp, capture_output=True, text=True).stdout.strip()
-    manifest = export_adapter(str(in_tmp / "xl"), str(in_tmp / "out"), cfg_for("export.fp16=false"), cwd=in_tmp)
-    assert manifest["family"] == "sdxl" and manifest["adapter"]["total_downscale_factor"] == 32
-    assert manifest["git"] == {"commit": head, "dirty": False}
-    assert not (in_tmp / "out" / "adapter_fp16.onnx").exists() and "onnx_fp16" not in manifest["files"]
-    assert len(manifest["outputs"]) == 4
-    data = manifest["training_data"]
+    spec = export_adapter(str(in_tmp / "xl"), str(in_tmp / "out"), cfg_for("export.fp16=false"), cwd=in_tmp)
+    assert spec["family"] == "sdxl" and spec["adapter"]["total_downscale_factor"] == 32
+    assert spec["git"] == {"commit": head, "dirty": False}
+    assert not (in_tmp / "out" / "adapter_fp16.onnx").exists() and "onnx_fp16" not in spec["files"]
+    assert len(spec["outputs"]) == 4
+    data = spec["training_data"]
     assert data["dvc_md5"] is None and "no dvc.lock" in data["dvc_reason"]
     assert data["dataset_version"] is None and "not a training output" in data["dataset_version_reason"]
 
@@ -205,7 +205,7 @@ def test_cli_export_and_exit_codes(in_tmp, capsys):
 
 
 def test_data_version_reasons(tmp_path):
-    from t2iops.export.manifest import data_version
+    from t2iops.export.serving_spec import data_version
     from t2iops.export.source import AdapterSource
 
     cfg = cfg_for("data.root=./data/circles/")

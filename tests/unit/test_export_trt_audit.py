@@ -10,6 +10,7 @@ from onnx import helper
 
 from t2iops.export.onnx_export import export_fp32
 from t2iops.export.trt_readiness import (
+    EngineReference,
     audit_graph,
     build_and_compare,
     load_supported_ops,
@@ -100,7 +101,7 @@ def test_profiles_and_trtexec_command():
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
 def test_engine_step_says_why_it_was_skipped(graph_path):
-    result = build_and_compare(graph_path, shape_profiles([64], 2)[0], adapter=None, shapes=[], tolerance=1e-2)
+    result = build_and_compare(graph_path, shape_profiles([64], 2)[0], EngineReference())
     assert result["status"] == "skipped" and "tensorrt" in result["reason"]
     report = readiness_report(graph_path, None, [64], 2)
     assert report["engine_check"]["status"] == "skipped"

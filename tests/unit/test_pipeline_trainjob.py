@@ -1,4 +1,4 @@
-"""Multi-node training manifests (structure of TrainJob / PyTorchJob as the CRDs define them)
+"""Multi-node training job objects (structure of TrainJob / PyTorchJob as the CRDs define them)
 and the launcher, driven through the real kubernetes client against a small API server on
 127.0.0.1 that records requests and plays the job's status."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from t2iops.errors import UsageError
 from t2iops.pipelines.settings import PipelineSettings
 from t2iops.pipelines.trainjob import (
-    DistributedTrainingFailed, build_manifest, job_name, launch_and_wait, spec_from_settings,
+    DistributedTrainingFailed, job_object, job_name, launch_and_wait, spec_from_settings,
 )
 
 
@@ -27,8 +27,8 @@ def _container_env(env):
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in env}
 
 
-def test_trainjob_manifest_shape():
-    m = build_manifest("trainjob", _spec())
+def test_trainjob_object_shape():
+    m = job_object("trainjob", _spec())
     assert m["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and m["kind"] == "TrainJob"
     assert m["metadata"] == {"name": "t2iops-train-5f0c6a1e77aa4c1b9d38", "namespace": "team-a",
                              "labels": {"app.kubernetes.io/part-of": "t2iops", "t2iops.io/run-id": "5f0c6a1e-77aa-4c1b-9d38-1234567890ab"}}
@@ -59,8 +59,8 @@ def test_trainjob_manifest_shape():
     json.dumps(m)  # plain data, ready for the API
 
 
-def test_pytorchjob_manifest_shape():
-    m = build_manifest("pytorchjob", _spec(nodes=3, gpus=8))
+def test_pytorchjob_object_shape():
+    m = job_object("pytorchjob", _spec(nodes=3, gpus=8))
     assert m["apiVersion"] == "kubeflow.org/v1" and m["kind"] == "PyTorchJob"
     spec = m["spec"]
     assert spec["nprocPerNode"] == "8"
@@ -75,7 +75,7 @@ def test_pytorchjob_manifest_shape():
         assert "torchrun --nnodes 3 --nproc_per_node 8" in container["command"][2]
         assert container["volumeMounts"] == [{"name": "dshm", "mountPath": "/dev/shm"}]
         assert pod["nodeSelector"] == {"t2iops.io/pool": "gpu"} and pod["tolerations"][0]["effect"] == "NoSchedule"
-    single = build_manifest("pytorchjob", _spec(nodes=1, gpus=2))["spec"]["pytorchReplicaSpecs"]
+    single = job_object("pytorchjob", _spec(nodes=1, gpus=2))["spec"]["pytorchReplicaSpecs"]
     assert set(single) == {"Master"}
 
 
@@ -85,7 +85,7 @@ def test_bad_specs_are_refused_with_the_reason():
     with pytest.raises(UsageError, match="train_nodes"):
         _spec(nodes=0)
     with pytest.raises(UsageError, match="trainjob' or 'pytorchjob"):
-        build_manifest("mpijob", _spec())
+        job_object("mpijob", _spec())
     assert len(job_name("x" * 200)) <= 63
 
 
@@ -134,31 +134,31 @@ def _status(*conditions):
 
 
 def test_launcher_creates_the_job_and_waits_for_completion():
-    manifest = build_manifest("trainjob", _spec())
-    api = K8sApi([("POST", 201, manifest), ("GET", 200, {}), ("GET", 200, _status("Created")), ("GET", 200, _status("Complete"))])
-    final = launch_and_wait(manifest, api=api.client(), poll_seconds=0, sleep=lambda s: None)
+    job = job_object("trainjob", _spec())
+    api = K8sApi([("POST", 201, job), ("GET", 200, {}), ("GET", 200, _status("Created")), ("GET", 200, _status("Complete"))])
+    final = launch_and_wait(job, api=api.client(), poll_seconds=0, sleep=lambda s: None)
     assert final["status"]["conditions"][0]["type"] == "Complete"
     method, path, body = api.requests[0]
     assert (method, path) == ("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team-a/trainjobs")
-    assert body == manifest
+    assert body == job
     assert all(p == "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team-a/trainjobs/t2iops-train-5f0c6a1e77aa4c1b9d38"
                for _, p, _ in api.requests[1:])
     api.server.shutdown()
 
 
 def test_launcher_replaces_a_failed_job_on_retry_and_reports_failure():
-    manifest = build_manifest("pytorchjob", _spec())
+    job = job_object("pytorchjob", _spec())
     conflict = {"kind": "Status", "code": 409, "reason": "AlreadyExists"}
     api = K8sApi([
         ("POST", 409, conflict), ("GET", 200, _status("Failed")),         # the previous attempt failed
         ("DELETE", 200, {}), ("GET", 404, {"kind": "Status", "code": 404}),  # gone
-        ("POST", 201, manifest), ("GET", 200, _status("Running")), ("GET", 200, _status("Succeeded")),
+        ("POST", 201, job), ("GET", 200, _status("Running")), ("GET", 200, _status("Succeeded")),
     ])
-    launch_and_wait(manifest, api=api.client(), poll_seconds=0, sleep=lambda s: None)
+    launch_and_wait(job, api=api.client(), poll_seconds=0, sleep=lambda s: None)
     assert [m for m, _, _ in api.requests] == ["POST", "GET", "DELETE", "GET", "POST", "GET", "GET"]
     api.server.shutdown()
 
-    api = K8sApi([("POST", 201, manifest), ("GET", 200, _status("Running", "Failed"))])
+    api = K8sApi([("POST", 201, job), ("GET", 200, _status("Running", "Failed"))])
     with pytest.raises(DistributedTrainingFailed, match="Failed here"):
-        launch_and_wait(manifest, api=api.client(), poll_seconds=0, sleep=lambda s: None)
+        launch_and_wait(job, api=api.client(), poll_seconds=0, sleep=lambda s: None)
     api.server.shutdown()

@@ -10,11 +10,12 @@ diffusers example gives every sample the same values; we do not).
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass
 
 from PIL import Image
+
+from ..hashing import raw_digest
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,7 @@ class CropPlan:
 
 def sample_seed(seed: int, sample_id: str) -> int:
     """A per-sample seed that depends only on the id (not on row order or Python's hash salt)."""
-    digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big")
+    return int.from_bytes(raw_digest(f"{seed}:{sample_id}".encode())[:8], "big")
 
 
 def plan_crop(width: int, height: int, resolution: int, random_crop: bool, seed: int) -> CropPlan:

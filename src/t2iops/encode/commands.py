@@ -51,8 +51,7 @@ def _encode(args: argparse.Namespace, cfg) -> int:
         raise UsageError(f"encode needs {', '.join(missing)} (or use `t2iops encode merge`)")
     data = args.data or cfg.data.root
     if args.shard:
-        from ..evaluate.stage import parse_shard
-        from .sharded import encode_shard
+        from .sharded import encode_shard, parse_shard
 
         index, count = parse_shard(args.shard)
         info = encode_shard(data, args.validated, args.out, cfg, (index, count))

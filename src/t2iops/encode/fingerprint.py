@@ -7,12 +7,11 @@ weights fingerprints), resolved here once per encode and saved in the cache inde
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..hashing import digest
+from ..hashing import bytes_digest, digest
 from ..models.locate import is_offline
 from ..models.reference import folder_fingerprint, local_model_dir, resolve_reference
 
@@ -27,8 +26,8 @@ def row_fingerprint(row) -> dict:
         "id": row.id,
         "split": row.split,
         "text": row.text,
-        "image": hashlib.sha256(row.image_ref.read_bytes()).hexdigest(),
-        "condition": hashlib.sha256(row.condition_ref.read_bytes()).hexdigest(),
+        "image": bytes_digest(row.image_ref.read_bytes()),
+        "condition": bytes_digest(row.condition_ref.read_bytes()),
     }
 
 

@@ -23,6 +23,17 @@ from .encode import cached_reference, encode_latents, encode_text, finish_index,
 SLICE = "slice.json"
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n) with 0 <= i < n: the ``--shard`` of every sharded command."""
+    try:
+        index, count = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r} must look like i/n, e.g. 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise UsageError(f"--shard {text!r}: need 0 <= i < n")
+    return index, count
+
+
 def slice_range(total: int, block: int, index: int, count: int) -> tuple[int, int]:
     """Rows ``[start, end)`` of slice ``index`` of ``count``: whole blocks, spread evenly."""
     blocks = math.ceil(total / block) if total else 0

@@ -68,7 +68,8 @@ def _evaluate(args: argparse.Namespace, cfg) -> int:
     if missing:
         raise UsageError(f"evaluate needs {', '.join(missing)} (or use `t2iops evaluate merge`)")
     data = args.data or cfg.data.root
-    from .stage import evaluate, evaluate_shard, parse_shard
+    from ..encode.sharded import parse_shard
+    from .stage import evaluate, evaluate_shard
 
     if args.shard:
         index, count = parse_shard(args.shard)

@@ -39,6 +39,9 @@ EXTRACTOR_SETTINGS = {
     "antialias": False,
     "resize": "TF1.x-compatible bilinear to 299x299",
 }
+# KID's polynomial kernel (x.y * gamma + coef) ** degree, torchmetrics' defaults; gamma = 1 / d.
+KID_DEGREE = 3
+KID_COEF = 1.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -278,32 +281,25 @@ def fids_against(real: FeatureStats, fakes: dict[str, FeatureStats]) -> dict[str
 
 
 def kernel_inception_distance(
-    real: np.ndarray,
-    fake: np.ndarray,
-    subsets: int = 100,
-    subset_size: int = 1000,
-    degree: int = 3,
-    gamma: Optional[float] = None,
-    coef: float = 1.0,
-    seed: int = 0,
+    real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0,
 ) -> tuple[float, float, int]:
-    """KID as torchmetrics computes it (unbiased polynomial-kernel MMD^2 over random subsets),
-    with a seeded generator so a merged run repeats the single-process value. The subset size is
-    capped at the smaller set. Returns (mean, std, subset size used)."""
+    """KID as torchmetrics computes it (unbiased polynomial-kernel MMD^2 over random subsets, its
+    default kernel), with a seeded generator so a merged run repeats the single-process value. The
+    subset size is capped at the smaller set. Returns (mean, std, subset size used)."""
     real = np.asarray(real, np.float64)
     fake = np.asarray(fake, np.float64)
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         raise ValueError(f"KID needs at least 2 real and 2 generated images, have {len(real)} and {len(fake)}")
-    gamma = 1.0 / real.shape[1] if gamma is None else gamma
+    gamma = 1.0 / real.shape[1]
     rng = np.random.default_rng(seed)
     scores = []
     for _ in range(subsets):
         x = real[rng.permutation(len(real))[:m]]
         y = fake[rng.permutation(len(fake))[:m]]
-        k_xx = (x @ x.T * gamma + coef) ** degree
-        k_yy = (y @ y.T * gamma + coef) ** degree
-        k_xy = (x @ y.T * gamma + coef) ** degree
+        k_xx = (x @ x.T * gamma + KID_COEF) ** KID_DEGREE
+        k_yy = (y @ y.T * gamma + KID_COEF) ** KID_DEGREE
+        k_xy = (x @ y.T * gamma + KID_COEF) ** KID_DEGREE
         value = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
         scores.append(value - 2.0 * k_xy.sum() / m**2)
     scores_arr = np.asarray(scores)

@@ -16,13 +16,13 @@ training loss, see :mod:`.training_curve`), ``config.resolved.yaml``.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import re
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from .. import storage
 from ..errors import DataError, GateFailed, ModelError, UsageError
-from ..hashing import digest
+from ..hashing import bytes_digest, digest, file_digest, hasher
 from ..progress import progress
 from .fid import EXTRACTOR_SETTINGS, FeatureStats
 from .training_curve import TRAINING_CURVE, read_training_curve
@@ -46,17 +46,6 @@ STEM_CHARS = 48  # of a row id in an image file name
 
 def adapter_variant(scale: float) -> str:
     return f"adapter@{scale:g}"
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n) with 0 <= i < n."""
-    try:
-        index, count = (int(p) for p in text.split("/"))
-    except ValueError:
-        raise UsageError(f"--shard {text!r} must look like i/n, e.g. 0/4") from None
-    if count < 1 or not 0 <= index < count:
-        raise UsageError(f"--shard {text!r}: need 0 <= i < n")
-    return index, count
 
 
 def evaluation_rows(data: str, validated: str, cfg: Any) -> list:
@@ -90,15 +79,46 @@ def _to_tensor(images: np.ndarray):
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
-_digest = digest
-
-
 def _adapter_digest(adapter: Any) -> str:
-    h = hashlib.sha256()
+    """The adapter's weights, by name, as fp32 bytes: a fingerprint of what is evaluated."""
+    h = hasher()
     for name, tensor in sorted(adapter.state_dict().items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().float().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ShardSlice:
+    """Shard ``index`` of ``count``: the samples ``[lo, hi)`` of the ``total`` evaluation rows."""
+
+    index: int
+    count: int
+    lo: int
+    hi: int
+    total: int
+
+
+@dataclass(frozen=True)
+class ShardRun:
+    """A shard's settings and loaded models, set up once: every batch is generated and scored
+    with them, and shard.json records them so the merge can check that the shards agree. The
+    scorers: ``clip`` is None without ``evaluate.clip_model``; ``inception`` is None when FID/KID
+    are off or unavailable, and ``fid_missing`` says why."""
+
+    ev: Any  # the evaluate.* settings
+    adapter: str  # as given: a training output or an adapter folder
+    adapter_digest: str
+    ref: Any  # the base model's BaseModelRef, as the training run recorded it
+    family: str
+    resolution: int
+    device: str
+    variants: list
+    generators: Any
+    fidelity: list  # the condition-fidelity metrics of evaluate.condition_kind
+    clip: Any
+    inception: Any
+    fid_missing: Optional[str]
 
 
 # ---------------------------------------------------------------------------------------
@@ -127,15 +147,15 @@ def real_statistics(rows: list, lo: int, hi: int, resolution: int, inception: An
     exactly as the generated images' are. Each batch's features are cached by content: the
     rows' ids and image pixels, the split, the resolution and the Inception weights, so a new
     dataset version misses the cache and shards reuse what a single run computed."""
-    weights = storage.sha256_file(inception.weights_path)
+    weights = file_digest(inception.weights_path)
     bs = cfg.evaluate.batch_size
     stats = FeatureStats()
     for start in progress(range(lo, hi, bs), desc="inception (real images)", unit="batch"):
         batch = rows[start:min(start + bs, hi)]
         images = np.stack([np.asarray(_load_real(r, resolution)) for r in batch])
-        key = _digest({
+        key = digest({
             "ids": [r.id for r in batch],
-            "pixels": [hashlib.sha256(im.tobytes()).hexdigest() for im in images],
+            "pixels": [bytes_digest(im.tobytes()) for im in images],
             "split": cfg.evaluate.split,
             "resolution": resolution,
             "weights": weights,
@@ -167,28 +187,68 @@ def sample_file_name(index: int, row_id: Any) -> str:
     two ids sanitize alike, and the hash of the full id tells such ids apart to a reader."""
     text = str(row_id)
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_-")[:STEM_CHARS] or "id"
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-    return f"{index:06d}_{stem}_{digest}.png"
+    return f"{index:06d}_{stem}_{bytes_digest(text.encode('utf-8'), 8)}.png"
 
 
 def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, shard: tuple[int, int] = (0, 1)) -> dict:
     """Evaluate shard ``i`` of ``n`` and publish its partial results to ``out``."""
-    from ..devices import default_device, inference_dtype
-    from ..models.family import check_adapter_fits
-    from ..models.resolve import load_adapter, load_base_model
     from .condition_fidelity import load_estimator_spec, metrics_for
-    from .sampling import build_generators
-    from .training_curve import training_run_reference
 
     ev = cfg.evaluate
     index, count = shard
     load_estimator_spec(ev.condition_kind, ev.estimator)
     fidelity = metrics_for(ev.condition_kind)
     rows = evaluation_rows(data, validated, cfg)
-    lo, hi = shard_range(len(rows), ev.batch_size, index, count)
+    part = ShardSlice(index, count, *shard_range(len(rows), ev.batch_size, index, count), total=len(rows))
+    run = _load_run(adapter, fidelity, cfg)
+    fingerprint = digest({
+        "evaluate": {k: v for k, v in ev.model_dump(mode="json").items() if k != "gate"},
+        "model": cfg.model.model_dump(mode="json"),
+        "base_model": run.ref.to_dict(),
+        "resolution": run.resolution,
+        "adapter": run.adapter_digest,
+        "rows": [r.id for r in rows],
+        "fid": run.fid_missing is None,
+    })
+    inception = run.inception
+    stats = {v: FeatureStats() for v in run.variants}
+    samples: list[dict] = []
+    with storage.publish(out, cfg, extra={"stage": "evaluate-shard", "shard": f"{index}/{count}"}) as staging:
+        for v in run.variants:
+            (staging / "images" / v).mkdir(parents=True)
+        (staging / "conditions").mkdir()
+        (staging / REAL).mkdir()
+        for start in progress(range(part.lo, part.hi, ev.batch_size), desc=f"sampling shard {index}/{count}", unit="batch"):
+            batch = rows[start:min(start + ev.batch_size, part.hi)]
+            samples.extend(_sample_batch(batch, start, run, stats, staging))
+
+        (staging / "stats").mkdir()
+        if inception is not None:
+            real_statistics(rows, part.lo, part.hi, run.resolution, inception, cfg).save(staging / "stats" / "real.npz")
+            for v, st in stats.items():
+                st.save(staging / "stats" / f"{v}.npz")
+        with open(staging / SAMPLES, "w") as fh:
+            for rec in samples:
+                fh.write(json.dumps(rec) + "\n")
+        (staging / TRAINING_CURVE).write_text(json.dumps(read_training_curve(adapter, cfg.storage)))
+        info = _shard_info(run, part, fingerprint)
+        (staging / SHARD_INFO).write_text(json.dumps(info, indent=2))
+        cfg.write(staging)
+    log.info("shard %d/%d: samples %d..%d -> %s", index, count, part.lo, part.hi, out)
+    return info
+
+
+def _load_run(adapter: str, fidelity: list, cfg: Any) -> ShardRun:
+    """Load the base model, the adapter and the scorers a shard needs."""
+    from ..devices import default_device, inference_dtype
+    from ..models.family import check_adapter_fits
+    from ..models.resolve import load_adapter, load_base_model
+    from .sampling import build_generators
+    from .training_curve import training_run_reference
+
+    ev = cfg.evaluate
     resolution = eval_resolution(cfg)
     device = default_device().type
-
     ref = training_run_reference(adapter, cfg.model, cfg.storage)
     dtype = inference_dtype(ref.dtype, device)
     base = load_base_model(ref, cfg.storage, dtype=dtype, local_files_only=cfg.model.local_files_only)
@@ -202,76 +262,43 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
         from .clip_score import ClipScorer
 
         clip = ClipScorer(ev.clip_model, cfg, device)
-    fingerprint = _digest({
-        "evaluate": {k: v for k, v in ev.model_dump(mode="json").items() if k != "gate"},
-        "model": cfg.model.model_dump(mode="json"),
-        "base_model": ref.to_dict(),
-        "resolution": resolution,
-        "adapter": _adapter_digest(net),
-        "rows": [r.id for r in rows],
-        "fid": fid_missing is None,
-    })
-    scorers = {"fidelity": fidelity, "clip": clip, "inception": inception}
-    stats = {v: FeatureStats() for v in variants}
-    samples: list[dict] = []
-    with storage.publish(out, cfg, extra={"stage": "evaluate-shard", "shard": f"{index}/{count}"}) as staging:
-        for v in variants:
-            (staging / "images" / v).mkdir(parents=True)
-        (staging / "conditions").mkdir()
-        (staging / REAL).mkdir()
-        for start in progress(range(lo, hi, ev.batch_size), desc=f"sampling shard {index}/{count}", unit="batch"):
-            batch = rows[start:min(start + ev.batch_size, hi)]
-            samples.extend(_sample_batch(batch, start, generators, scorers, stats, resolution, staging, ev))
-
-        (staging / "stats").mkdir()
-        if inception is not None:
-            real_statistics(rows, lo, hi, resolution, inception, cfg).save(staging / "stats" / "real.npz")
-            for v, st in stats.items():
-                st.save(staging / "stats" / f"{v}.npz")
-        with open(staging / SAMPLES, "w") as fh:
-            for rec in samples:
-                fh.write(json.dumps(rec) + "\n")
-        (staging / TRAINING_CURVE).write_text(json.dumps(read_training_curve(adapter, cfg.storage)))
-        info = _shard_info(shard, (lo, hi), len(rows), fingerprint, base, ref, adapter, resolution, device, variants,
-                           fidelity, fid_missing, inception, clip, ev)
-        (staging / SHARD_INFO).write_text(json.dumps(info, indent=2))
-        cfg.write(staging)
-    log.info("shard %d/%d: samples %d..%d -> %s", index, count, lo, hi, out)
-    return info
+    return ShardRun(
+        ev=ev, adapter=adapter, adapter_digest=_adapter_digest(net), ref=ref, family=base.family,
+        resolution=resolution, device=device, variants=variants, generators=generators, fidelity=fidelity,
+        clip=clip, inception=inception, fid_missing=fid_missing,
+    )
 
 
-def _shard_info(shard: tuple[int, int], span: tuple[int, int], total: int, fingerprint: str, base: Any, ref: Any,
-                adapter: str, resolution: int, device: str, variants: list, fidelity: list, fid_missing: Optional[str],
-                inception: Any, clip: Any, ev: Any) -> dict:
+def _shard_info(run: ShardRun, part: ShardSlice, fingerprint: str) -> dict:
     """``shard.json``: what a shard evaluated, with what, so the merge can check shards agree."""
     return {
-        "shard": shard[0],
-        "num_shards": shard[1],
-        "range": list(span),
-        "num_samples_total": total,
+        "shard": part.index,
+        "num_shards": part.count,
+        "range": [part.lo, part.hi],
+        "num_samples_total": part.total,
         "fingerprint": fingerprint,
-        "family": base.family,
-        "base_model": ref.path,
-        "base_model_ref": ref.to_dict(),
-        "adapter": str(adapter),
-        "resolution": resolution,
-        "device": device,
-        "variants": variants,
-        "conditioning_scales": list(ev.conditioning_scales),
+        "family": run.family,
+        "base_model": run.ref.path,
+        "base_model_ref": run.ref.to_dict(),
+        "adapter": str(run.adapter),
+        "resolution": run.resolution,
+        "device": run.device,
+        "variants": run.variants,
+        "conditioning_scales": list(run.ev.conditioning_scales),
         "fidelity": [{"name": m.name, "higher_is_better": m.higher_is_better, "description": m.description}
-                     for m in fidelity],
-        "fid_missing": fid_missing,
-        "feature_extractor": EXTRACTOR_SETTINGS if inception is not None else None,
-        "clip_backbone": clip.backbone if clip is not None else None,
+                     for m in run.fidelity],
+        "fid_missing": run.fid_missing,
+        "feature_extractor": EXTRACTOR_SETTINGS if run.inception is not None else None,
+        "clip_backbone": run.clip.backbone if run.clip is not None else None,
     }
 
 
-def _sample_batch(batch: list, start: int, generators: Any, scorers: dict, stats: dict, resolution: int,
-                  staging: Path, ev: Any) -> list[dict]:
+def _sample_batch(batch: list, start: int, run: ShardRun, stats: dict, staging: Path) -> list[dict]:
     """Generate one batch without and with the adapter (each scale), score every image against
     its condition (and the real image, the ceiling), save them; returns the per-sample records."""
     from .sampling import generate, square_resize
 
+    ev, resolution, generators = run.ev, run.resolution, run.generators
     ids = list(range(start, start + len(batch)))
     seeds = [ev.seed + i for i in ids]
     prompts = [r.text for r in batch]
@@ -291,10 +318,10 @@ def _sample_batch(batch: list, start: int, generators: Any, scorers: dict, stats
     records = [{"index": i, "id": r.id, "file": sample_file_name(i, r.id), "seed": sd, "prompt": p}
                for i, r, sd, p in zip(ids, batch, seeds, prompts)]
     reals = np.stack([np.asarray(_load_real(r, resolution)) for r in batch])
-    clip, inception = scorers["clip"], scorers["inception"]
+    clip, inception = run.clip, run.inception
     for v, imgs in [*images.items(), (REAL, reals)]:
         img_t = _to_tensor(imgs)
-        for metric in scorers["fidelity"]:
+        for metric in run.fidelity:
             for rec, value in zip(records, metric.compute(img_t, cond_t, metas)):
                 rec[f"{metric.name}/{v}"] = float(value)
         if clip is not None:

@@ -33,7 +33,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     export = subparsers.add_parser(
         "export",
         parents=[common],
-        help="export an adapter to ONNX (fp32 + fp16), validate it, write the serving manifest",
+        help="export an adapter to ONNX (fp32 + fp16), validate it, write the serving spec",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -52,16 +52,16 @@ def _export(args: argparse.Namespace, cfg) -> int:
 
     if args.parity_sizes:
         cfg.export.parity_resolutions = args.parity_sizes
-    manifest = export_adapter(args.adapter, args.out, cfg, metrics_uri=args.metrics)
-    validation = manifest["validation"]
+    spec = export_adapter(args.adapter, args.out, cfg, metrics_uri=args.metrics)
+    validation = spec["validation"]
     summary = {
         "out": args.out,
-        "family": manifest["family"],
+        "family": spec["family"],
         "fp32_max_relative_error": validation["fp32_max_relative_error"],
         "fp16_max_relative_error": validation["fp16_max_relative_error"],
         "pipeline_check": validation["pipeline"]["status"],
-        "tensorrt_ready": manifest["tensorrt"]["audit"]["fp32"]["ready"],
-        "tensorrt_engine": manifest["tensorrt"]["engine_check"]["status"],
+        "tensorrt_ready": spec["tensorrt"]["audit"]["fp32"]["ready"],
+        "tensorrt_engine": spec["tensorrt"]["engine_check"]["status"],
     }
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0

@@ -11,10 +11,8 @@ be shorter but orders channels differently, so the first convolution would read 
 from __future__ import annotations
 
 import logging
-import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from ..errors import ModelError
 
@@ -137,18 +135,6 @@ def check_graph(onnx_path: Path) -> None:
         onnx.checker.check_model(str(onnx_path), full_check=True)
     except Exception as exc:
         raise ModelError(f"{Path(onnx_path).name}: onnx.checker failed: {exc}") from None
-
-
-def copy_model(src: Path, dest_dir: Path, name: Optional[str] = None) -> Path:
-    """Copy an .onnx file (and its external data, keeping the relative location) into ``dest_dir``."""
-    dest = Path(dest_dir) / (name or Path(src).name)
-    shutil.copy2(src, dest)
-    data = Path(src).parent / external_data_name(Path(src))
-    if data.exists():
-        if name is not None and name != Path(src).name:
-            raise ModelError("renaming a model with external data would break its data location")
-        shutil.copy2(data, dest.parent / data.name)
-    return dest
 
 
 # ---------------------------------------------------------------------------------------

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
-
-EXPORT_MANIFEST = "export.json"
+from .serving_spec import SERVING_SPEC_FILE
 
 
 class InvalidConditionSize(UsageError, ValueError):
@@ -118,12 +117,12 @@ class OrtT2IAdapter(torch.nn.Module):
     ) -> "OrtT2IAdapter":
         """Load ``adapter.onnx`` (or ``adapter_fp16.onnx``) from a ``t2iops export`` folder."""
         export_dir = Path(export_dir)
-        manifest = json.loads((export_dir / EXPORT_MANIFEST).read_text())
-        name = manifest["files"]["onnx_fp16" if fp16 else "onnx_fp32"]["path"]
+        spec = json.loads((export_dir / SERVING_SPEC_FILE).read_text())
+        name = spec["files"]["onnx_fp16" if fp16 else "onnx_fp32"]["path"]
         return cls(
             export_dir / name,
-            total_downscale_factor=manifest["adapter"]["total_downscale_factor"],
-            downscale_factor=manifest["adapter"]["downscale_factor"],
+            total_downscale_factor=spec["adapter"]["total_downscale_factor"],
+            downscale_factor=spec["adapter"]["downscale_factor"],
             providers=providers,
             threads=threads,
         )

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -129,26 +128,25 @@ def check_parity(
 
 # ---------------------------------------------------------------------------------------
 # End to end: the same generator, same seed, PyTorch residuals vs onnxruntime residuals.
-def pipeline_parity(
-    base_model: Any,
-    family: str,
-    torch_adapter,
-    onnx_adapter,
-    resolution: int,
-    steps: int = 2,
-    seed: int = 0,
-    prompt: str = "red circle with blue background",
-    guidance_scale: float = 5.0,
-    synth_cfg: Any = None,
-    local_files_only: bool = True,
-    storage_cfg: Any = None,
-) -> dict:
-    """Generate one image with each adapter and return the max abs pixel difference ([0, 1]
-    scale). Both runs share the scheduler state, the seed, the prompt and the condition.
-    ``base_model``: the training run's :class:`~t2iops.models.reference.BaseModelRef` (or a
-    folder), loaded through the one loader in fp32 (the check runs on the CPU)."""
+@dataclass(frozen=True)
+class ImageSettings:
+    """The one image the end-to-end check generates with each adapter. Its condition is a circle
+    outline drawn from ``seed`` (with ``synth_cfg``, the synthetic dataset's own renderer)."""
+
+    resolution: int
+    steps: int = 2
+    seed: int = 0
+    prompt: str = "red circle with blue background"
+    guidance_scale: float = 5.0
+    synth_cfg: Any = None
+
+
+def load_check_base(base_model: Any, family: str, storage_cfg: Any = None, local_files_only: bool = True):
+    """The base model the end-to-end check generates with. ``base_model``: the training run's
+    :class:`~t2iops.models.reference.BaseModelRef` (or a folder), loaded through the one loader
+    in fp32 (the check runs on the CPU); a base model of another family than the adapter's is
+    refused."""
     import torch
-    from PIL import Image
 
     from ..errors import ModelError
     from ..models.reference import BaseModelRef
@@ -159,14 +157,26 @@ def pipeline_parity(
                            components=("unet", "vae", "text_encoders", "scheduler"))
     if base.family != family:
         raise ModelError(f"the adapter is for {family} but the base model {ref.path} is {base.family}")
+    return base
+
+
+def pipeline_parity(base: Any, torch_adapter, onnx_adapter, settings: ImageSettings) -> dict:
+    """Generate one image with each adapter and return the max abs pixel difference ([0, 1]
+    scale). Both runs share the scheduler state, the seed, the prompt and the condition.
+    ``base``: from :func:`load_check_base`."""
+    import torch
+    from PIL import Image
+
+    resolution, steps, seed = settings.resolution, settings.steps, settings.seed
+    guidance_scale = settings.guidance_scale
     pipe = base.generator(torch_adapter)
-    condition = circle_condition(resolution, resolution, seed, synth_cfg)
+    condition = circle_condition(resolution, resolution, seed, settings.synth_cfg)
     image = Image.fromarray((condition.transpose(1, 2, 0) * 255).round().astype(np.uint8))
 
     def generate(scale: float = 1.0) -> np.ndarray:
         generator = torch.Generator("cpu").manual_seed(seed)
         result = pipe(
-            prompt=prompt,
+            prompt=settings.prompt,
             image=image,
             height=resolution,
             width=resolution,

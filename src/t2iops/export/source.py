@@ -3,7 +3,7 @@
 ``t2iops export --adapter A`` accepts either a diffusers adapter folder (``config.json`` +
 weights) or a training output folder holding one under ``adapter/``, locally or on S3. The
 training output's ``config.resolved.yaml`` and ``summary.json`` (when present) tell us the base
-model, its revision and the data the adapter was trained on; the export manifest repeats them
+model, its revision and the data the adapter was trained on; the serving spec repeats them
 so that a served adapter can be traced back to its run.
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ def base_model_reference(source: AdapterSource, cfg: Any) -> tuple[BaseModelRef,
 
 
 def base_model_record(ref: BaseModelRef, where: str) -> dict:
-    """The serving manifest's ``base_model``: the reference, its path as ``id``, and its origin."""
+    """The serving spec's ``base_model``: the reference, its path as ``id``, and its origin."""
     fields = ref.to_dict()
     return {"id": fields.pop("path"), **fields, "source": where}
 
@@ -146,7 +146,7 @@ def _read_optional(path: Path, parse, notes: list[str]) -> Optional[dict]:
     try:
         data = parse(path.read_text())
     except Exception as exc:
-        # The export can go on without it; the manifest says why the fields it feeds are empty.
+        # The export can go on without it; the serving spec says why the fields it feeds are empty.
         notes.append(f"{path.name} is unreadable: {exc}")
         logger.warning("ignoring %s: %s", path, exc)
         return None

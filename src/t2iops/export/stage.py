@@ -13,18 +13,20 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from .. import __version__, storage
 from ..config import Config
 from ..errors import ModelError, T2IError
-from . import manifest as mf
+from . import serving_spec as ss
+from .model_card import model_card
 from .onnx_export import INPUT_NAME, check_graph, convert_fp16, export_fp32, model_files
 from .ort_adapter import OrtT2IAdapter, check_condition_size, make_session
-from .parity import check_parity, parity_shapes, pipeline_parity
-from .source import base_model_record, base_model_reference, load_torch_adapter, locate_adapter
-from .trt_readiness import readiness_report
+from .parity import ImageSettings, check_parity, load_check_base, parity_shapes, pipeline_parity
+from .source import AdapterSource, base_model_record, base_model_reference, load_torch_adapter, locate_adapter
+from .trt_readiness import EngineReference, readiness_report
 
 logger = logging.getLogger(__name__)
 
@@ -36,88 +38,137 @@ class ExportCheckFailed(T2IError):
     """The exported graph does not reproduce the PyTorch adapter (nothing was published)."""
 
 
+@dataclass(frozen=True)
+class ExportInputs:
+    """What an export starts from: the adapter (its folder and run records, and the loaded
+    PyTorch module), its base model and the evaluation metrics, gathered before any graph is
+    written so that a bad input fails fast."""
+
+    source: AdapterSource
+    adapter: Any  # the PyTorch T2IAdapter
+    ref: Any  # the base model's BaseModelRef
+    base: dict  # the serving spec's base_model record
+    metrics: Optional[dict]
+    cwd: Optional[Path]  # where dvc.lock and the git checkout are looked up
+    started: float
+
+
+@dataclass(frozen=True)
+class Graphs:
+    """The written ONNX graphs (no fp16 one with export.fp16=false) and a CPU onnxruntime
+    session on each, by precision: ``{"fp32": session, "fp16": session}``."""
+
+    fp32_path: Path
+    fp16_path: Optional[Path]
+    sessions: dict
+
+
+@dataclass(frozen=True)
+class CheckResults:
+    """What the export's checks measured: the onnxruntime parity cases, the end-to-end pipeline
+    check and the TensorRT readiness report."""
+
+    parity: list
+    pipeline: dict
+    tensorrt: dict
+
+
 def export_adapter(
     adapter_uri: str, out: str, cfg: Config, metrics_uri: Optional[str] = None, cwd: Optional[Path] = None,
     run: Optional[dict] = None,
 ) -> dict:
-    """Export, validate and publish. Returns the manifest written to ``out/export.json``.
+    """Export, validate and publish. Returns the serving spec written to ``out/export.json``.
     ``run``: in a pipeline step, ``{"git_sha": ..., "pulled": <the pull step's record>}``, the
     provenance the model card states instead of the working directory's git and dvc.lock."""
+    inputs = _gather_inputs(adapter_uri, metrics_uri, cwd, cfg)
+    with storage.publish(out, cfg) as staging:
+        graphs = _write_graphs(inputs.adapter, staging, cfg)
+        checks = _run_checks(inputs, graphs, cfg)
+        shutil.copytree(inputs.source.adapter_dir, staging / "adapter", ignore=shutil.ignore_patterns(".*"))
+        spec = _serving_spec(inputs, graphs, checks, staging, cfg)
+        if run is not None:
+            spec = ss.pipeline_provenance(spec, run.get("git_sha", ""), run.get("pulled") or {})
+        ss.write_serving_spec(staging, spec)
+        (staging / "README.md").write_text(model_card(spec))
+        cfg.write(staging)
+    logger.info("exported %s -> %s (fp32 worst relative error %.2e)", adapter_uri, out, spec["validation"]["fp32_max_relative_error"])
+    return spec
+
+
+def _gather_inputs(adapter_uri: str, metrics_uri: Optional[str], cwd: Optional[Path], cfg: Config) -> ExportInputs:
+    """Locate and load the adapter, name its base model, check the configured sizes fit it and
+    read the metrics: everything that can fail before the heavy work."""
     ecfg = cfg.export
     source = locate_adapter(adapter_uri, cfg)
     ref, where = base_model_reference(source, cfg)  # a model.* setting naming another model fails here
     base = base_model_record(ref, where)
     adapter = load_torch_adapter(source)
     multiple = adapter.total_downscale_factor
-    parity_sizes = ecfg.parity_resolutions or ecfg.resolutions
     for r in ecfg.resolutions:
         check_condition_size(r, r, multiple, what=f"export.resolutions entry {r}")
-    for r in parity_sizes:
+    for r in ecfg.parity_resolutions or ecfg.resolutions:
         check_condition_size(r, r, multiple, what=f"parity size {r}")
-    metrics = mf.read_metrics(metrics_uri, cfg)  # before the heavy work: a bad path fails fast
-    started = time.time()
-
-    with storage.publish(out, cfg) as staging:
-        # -- 1. the graphs -------------------------------------------------------------
-        fp32_path = export_fp32(adapter, staging / FP32_NAME, ecfg.opset, sample_size=min(ecfg.resolutions))
-        check_graph(fp32_path)
-        fp16_path = None
-        if ecfg.fp16:
-            fp16_path = convert_fp16(fp32_path, staging / FP16_NAME)
-            check_graph(fp16_path)
-        sessions = {"fp32": make_session(fp32_path, ["CPUExecutionProvider"])}
-        if fp16_path is not None:
-            sessions["fp16"] = make_session(fp16_path, ["CPUExecutionProvider"])
-
-        # -- 2. parity gate ------------------------------------------------------------
-        shapes = parity_shapes(parity_sizes, ecfg.max_batch, multiple)
-        tolerances = {"fp32": ecfg.fp32_tolerance, "fp16": ecfg.fp16_tolerance}
-        cases = check_parity(adapter, sessions, tolerances, shapes, seed=cfg.seed, synth_cfg=cfg.data.synth)
-        failed = [c for c in cases if not c.passed]
-        if failed:
-            worst = max(failed, key=lambda c: c.relative_error)
-            raise ExportCheckFailed(
-                f"{len(failed)} of {len(cases)} parity cases failed; worst: {worst.model} on a {worst.condition} "
-                f"condition {worst.batch}x3x{worst.height}x{worst.width}, relative error {worst.relative_error:.3g} "
-                f"> tolerance {worst.tolerance:.3g} (export.{worst.model}_tolerance); nothing was published"
-            )
-        pipeline = _pipeline_check(source, adapter, fp32_path, ref, cfg)
-
-        # -- 3. TensorRT readiness -------------------------------------------------------
-        tensorrt = readiness_report(
-            fp32_path, fp16_path, ecfg.resolutions, ecfg.max_batch, adapter=adapter, shapes=shapes,
-            tolerance=ecfg.fp16_tolerance,
-        )
-        trt_problems = [p for a in tensorrt["audit"].values() for p in a["problems"]]
-        if trt_problems:
-            logger.warning("TensorRT audit: %d problem(s), first: %s", len(trt_problems), trt_problems[0])
-        if ecfg.require_tensorrt_ready and (trt_problems or tensorrt["engine_check"]["status"] == "failed"):
-            raise ExportCheckFailed(
-                f"TensorRT readiness failed (export.require_tensorrt_ready=true): "
-                f"{trt_problems[0] if trt_problems else tensorrt['engine_check']}"
-            )
-
-        # -- 4. manifest, model card, diffusers weights --------------------------------
-        shutil.copytree(source.adapter_dir, staging / "adapter", ignore=shutil.ignore_patterns(".*"))
-        manifest = _export_manifest(source, adapter, sessions, staging, fp32_path, fp16_path, base, metrics, cases,
-                                    pipeline, tensorrt, cfg, cwd, started)
-        if run is not None:
-            manifest = mf.pipeline_provenance(manifest, run.get("git_sha", ""), run.get("pulled") or {})
-        mf.write_manifest(staging, manifest)
-        (staging / "README.md").write_text(mf.model_card(manifest))
-        cfg.write(staging)
-    logger.info("exported %s -> %s (fp32 worst relative error %.2e)", adapter_uri, out, manifest["validation"]["fp32_max_relative_error"])
-    return manifest
+    metrics = ss.read_metrics(metrics_uri, cfg)
+    return ExportInputs(source=source, adapter=adapter, ref=ref, base=base, metrics=metrics, cwd=cwd,
+                        started=time.time())
 
 
-def _export_manifest(source, adapter, sessions: dict, staging: Path, fp32_path: Path, fp16_path: Optional[Path],
-                     base: dict, metrics: Any, cases: list, pipeline: dict, tensorrt: dict, cfg: Config,
-                     cwd: Optional[Path], started: float) -> dict:
-    """``export.json``: the serving manifest (graphs, I/O contract, base model, data, checks)."""
+def _write_graphs(adapter: Any, staging: Path, cfg: Config) -> Graphs:
+    """``adapter.onnx`` and, with export.fp16, ``adapter_fp16.onnx``, each checked by onnx.checker."""
     ecfg = cfg.export
+    fp32_path = export_fp32(adapter, staging / FP32_NAME, ecfg.opset, sample_size=min(ecfg.resolutions))
+    check_graph(fp32_path)
+    fp16_path = None
+    if ecfg.fp16:
+        fp16_path = convert_fp16(fp32_path, staging / FP16_NAME)
+        check_graph(fp16_path)
+    sessions = {"fp32": make_session(fp32_path, ["CPUExecutionProvider"])}
+    if fp16_path is not None:
+        sessions["fp16"] = make_session(fp16_path, ["CPUExecutionProvider"])
+    return Graphs(fp32_path=fp32_path, fp16_path=fp16_path, sessions=sessions)
+
+
+def _run_checks(inputs: ExportInputs, graphs: Graphs, cfg: Config) -> CheckResults:
+    """The gate: onnxruntime vs PyTorch parity, the end-to-end pipeline check, TensorRT
+    readiness. Raises :class:`ExportCheckFailed` on a failed check, before anything is published."""
+    ecfg = cfg.export
+    adapter = inputs.adapter
+    shapes = parity_shapes(ecfg.parity_resolutions or ecfg.resolutions, ecfg.max_batch, adapter.total_downscale_factor)
+    tolerances = {"fp32": ecfg.fp32_tolerance, "fp16": ecfg.fp16_tolerance}
+    cases = check_parity(adapter, graphs.sessions, tolerances, shapes, seed=cfg.seed, synth_cfg=cfg.data.synth)
+    failed = [c for c in cases if not c.passed]
+    if failed:
+        worst = max(failed, key=lambda c: c.relative_error)
+        raise ExportCheckFailed(
+            f"{len(failed)} of {len(cases)} parity cases failed; worst: {worst.model} on a {worst.condition} "
+            f"condition {worst.batch}x3x{worst.height}x{worst.width}, relative error {worst.relative_error:.3g} "
+            f"> tolerance {worst.tolerance:.3g} (export.{worst.model}_tolerance); nothing was published"
+        )
+    pipeline = _pipeline_check(inputs, graphs.fp32_path, cfg)
+
+    tensorrt = readiness_report(
+        graphs.fp32_path, graphs.fp16_path, ecfg.resolutions, ecfg.max_batch,
+        EngineReference(adapter=adapter, shapes=shapes, tolerance=ecfg.fp16_tolerance),
+    )
+    trt_problems = [p for a in tensorrt["audit"].values() for p in a["problems"]]
+    if trt_problems:
+        logger.warning("TensorRT audit: %d problem(s), first: %s", len(trt_problems), trt_problems[0])
+    if ecfg.require_tensorrt_ready and (trt_problems or tensorrt["engine_check"]["status"] == "failed"):
+        raise ExportCheckFailed(
+            f"TensorRT readiness failed (export.require_tensorrt_ready=true): "
+            f"{trt_problems[0] if trt_problems else tensorrt['engine_check']}"
+        )
+    return CheckResults(parity=cases, pipeline=pipeline, tensorrt=tensorrt)
+
+
+def _serving_spec(inputs: ExportInputs, graphs: Graphs, checks: CheckResults, staging: Path, cfg: Config) -> dict:
+    """``export.json``: the serving spec (graphs, I/O contract, base model, data, checks)."""
+    ecfg = cfg.export
+    source, adapter = inputs.source, inputs.adapter
     multiple = adapter.total_downscale_factor
-    manifest = {
-        "schema_version": mf.SCHEMA_VERSION,
+    cases = checks.parity
+    return {
+        "schema_version": ss.SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "t2iops_version": __version__,
         "family": source.family,
@@ -144,33 +195,32 @@ def _export_manifest(source, adapter, sessions: dict, staging: Path, fp32_path: 
         },
         "outputs": [
             {"name": o.name, "unet_argument": f"down_intrablock_additional_residuals[{i}]"}
-            for i, o in enumerate(sessions["fp32"].get_outputs())
+            for i, o in enumerate(graphs.sessions["fp32"].get_outputs())
         ],
-        "residual_shapes": _residual_shapes(sessions["fp32"], ecfg.resolutions),
+        "residual_shapes": _residual_shapes(graphs.sessions["fp32"], ecfg.resolutions),
         "usage": {
             "adapter_conditioning_scale": recommended_scale(cfg),
             "adapter_conditioning_factor": cfg.evaluate.conditioning_factor,
             "source": "evaluate.conditioning_scales[0] and evaluate.conditioning_factor",
             "classifier_free_guidance": "concatenate each residual twice along the batch (uncond, cond)",
         },
-        "files": _file_records(staging, fp32_path, fp16_path),
-        "base_model": base,
-        "training_data": mf.data_version(source, cfg, cwd),
-        "git": mf.git_commit(cwd),
-        "metrics": metrics,
+        "files": _file_records(staging, graphs),
+        "base_model": inputs.base,
+        "training_data": ss.data_version(source, cfg, inputs.cwd),
+        "git": ss.git_commit(inputs.cwd),
+        "metrics": inputs.metrics,
         "validation": {
             "fp32_tolerance": ecfg.fp32_tolerance,
             "fp16_tolerance": ecfg.fp16_tolerance,
             "fp32_max_relative_error": _worst(cases, "fp32"),
             "fp16_max_relative_error": _worst(cases, "fp16"),
             "parity": [c.as_dict() for c in cases],
-            "pipeline": pipeline,
+            "pipeline": checks.pipeline,
         },
-        "tensorrt": tensorrt,
+        "tensorrt": checks.tensorrt,
         "notes": source.notes,
-        "export_seconds": round(time.time() - started, 2),
+        "export_seconds": round(time.time() - inputs.started, 2),
     }
-    return manifest
 
 
 def recommended_scale(cfg: Config) -> float:
@@ -194,24 +244,27 @@ def _residual_shapes(session, resolutions: list[int]) -> dict:
     return shapes
 
 
-def _file_records(staging: Path, fp32_path: Path, fp16_path: Optional[Path]) -> dict:
+def _file_records(staging: Path, graphs: Graphs) -> dict:
+    """Path, size and sha256 of every file a server loads: the graphs (with their external
+    data) and the diffusers weights."""
     records = {}
-    for key, path in (("onnx_fp32", fp32_path), ("onnx_fp16", fp16_path)):
+    for key, path in (("onnx_fp32", graphs.fp32_path), ("onnx_fp16", graphs.fp16_path)):
         if path is None:
             continue
         files = model_files(path)
-        records[key] = mf.file_record(files[0], staging)
-        records[key]["external_data"] = mf.file_record(files[1], staging) if len(files) > 1 else None
+        records[key] = ss.file_record(files[0], staging)
+        records[key]["external_data"] = ss.file_record(files[1], staging) if len(files) > 1 else None
         if key == "onnx_fp16":
             records[key].update(io_dtype="float32", compute_dtype="float16")
     for weights in sorted((staging / "adapter").glob("*")):
-        records[f"adapter/{weights.name}"] = mf.file_record(weights, staging)
+        records[f"adapter/{weights.name}"] = ss.file_record(weights, staging)
     return records
 
 
-def _pipeline_check(source, torch_adapter, fp32_path: Path, ref, cfg: Config) -> dict:
+def _pipeline_check(inputs: ExportInputs, fp32_path: Path, cfg: Config) -> dict:
     """End-to-end: same generator, same seed, PyTorch vs ONNX residuals. Returns a status dict
     (skipped with a reason in ``auto`` mode when the base model is not at hand)."""
+    source, torch_adapter, ref = inputs.source, inputs.adapter, inputs.ref
     ecfg = cfg.export
     mode = ecfg.pipeline_check
     result: dict[str, Any] = {"mode": mode, "tolerance": ecfg.pipeline_tolerance, "base_model": ref.path}
@@ -242,12 +295,11 @@ def _pipeline_check(source, torch_adapter, fp32_path: Path, ref, cfg: Config) ->
     onnx_adapter = OrtT2IAdapter(fp32_path, torch_adapter.total_downscale_factor, torch_adapter.downscale_factor,
                                  providers=["CPUExecutionProvider"])
     try:
-        measured = pipeline_parity(
-            ref, source.family, torch_adapter, onnx_adapter, resolution=min(ecfg.resolutions),
-            steps=ecfg.pipeline_steps, seed=cfg.seed, guidance_scale=cfg.evaluate.guidance_scale,
-            synth_cfg=cfg.data.synth, local_files_only=cfg.model.local_files_only or mode != "required",
-            storage_cfg=cfg.storage,
-        )
+        base = load_check_base(ref, source.family, cfg.storage,
+                               local_files_only=cfg.model.local_files_only or mode != "required")
+        settings = ImageSettings(resolution=min(ecfg.resolutions), steps=ecfg.pipeline_steps, seed=cfg.seed,
+                                 guidance_scale=cfg.evaluate.guidance_scale, synth_cfg=cfg.data.synth)
+        measured = pipeline_parity(base, torch_adapter, onnx_adapter, settings)
     except T2IError:
         raise
     except Exception as exc:  # the base model failed to load or the adapter does not fit it

@@ -4,13 +4,14 @@ The audit compares every node with ``trt10_supported_ops.txt`` (the operators th
 ONNX parser imports, with its source in the file's header) and checks the restrictions we can
 see in a graph: pooling rank and dilations, and ``axes`` inputs that must be build-time
 constants. When a ``tensorrt`` Python package and a CUDA device are present, the engine is
-built for the profile and its outputs compared with PyTorch's; otherwise the manifest says
+built for the profile and its outputs compared with PyTorch's; otherwise the serving spec says
 that step was skipped and why.
 """
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +25,17 @@ AXES_INPUT = {"Squeeze": 1, "Unsqueeze": 1, "Slice": 3, "Pad": 3, **{
                      "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare")
 }}
 DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class EngineReference:
+    """What a built engine's outputs are compared with: the PyTorch ``adapter`` on random
+    conditions of each ``(batch, height, width)`` in ``shapes`` the profile covers, passing
+    within ``tolerance`` relative error."""
+
+    adapter: Any = None
+    shapes: list = field(default_factory=list)
+    tolerance: float = 1e-2
 
 
 @lru_cache(maxsize=4)
@@ -128,9 +140,7 @@ def trtexec_command(onnx_name: str, profile: dict, input_name: str = "condition"
     )
 
 
-def build_and_compare(
-    onnx_path: Path, profile: dict, adapter, shapes: list[tuple[int, int, int]], tolerance: float, seed: int = 0
-) -> dict:
+def build_and_compare(onnx_path: Path, profile: dict, reference: EngineReference, seed: int = 0) -> dict:
     """Build an fp16 TensorRT engine for ``profile`` and compare its outputs with the PyTorch
     adapter's (relative error, as the ONNX parity check). Returns a status dict; never raises
     for a missing TensorRT/CUDA (the export is still valid), only reports."""
@@ -165,16 +175,17 @@ def build_and_compare(
 
     from .parity import make_conditions, relative_error
 
+    adapter, tolerance = reference.adapter, reference.tolerance
     results = []
     stream = torch.cuda.Stream()
-    for batch, height, width in shapes:
+    for batch, height, width in reference.shapes:
         if batch > profile["max"][0] or not (profile["min"][2] <= height <= profile["max"][2]) or not (
             profile["min"][3] <= width <= profile["max"][3]
         ):
             continue
         x = make_conditions("random", batch, height, width, seed)
         with torch.no_grad():
-            reference = [r.numpy() for r in adapter(torch.from_numpy(x))]
+            expected = [r.numpy() for r in adapter(torch.from_numpy(x))]
         x_gpu = torch.from_numpy(x).cuda()
         context.set_input_shape("condition", tuple(x.shape))
         context.set_tensor_address("condition", x_gpu.data_ptr())
@@ -185,7 +196,7 @@ def build_and_compare(
         context.execute_async_v3(stream.cuda_stream)
         stream.synchronize()
         got = [buffers[n].cpu().numpy() for n in sorted(outputs, key=lambda n: int(n.rsplit("_", 1)[1]))]
-        err, scale, rel = relative_error(reference, got)
+        err, scale, rel = relative_error(expected, got)
         results.append({"batch": batch, "height": height, "width": width, "relative_error": rel,
                         "max_abs_error": err, "passed": bool(rel <= tolerance)})
     return {
@@ -199,9 +210,9 @@ def build_and_compare(
 
 def readiness_report(
     onnx_path: Path, fp16_path: Optional[Path], resolutions: list[int], max_batch: int,
-    adapter: Any = None, shapes: Optional[list] = None, tolerance: float = 1e-2,
+    reference: Optional[EngineReference] = None,
 ) -> dict:
-    """Everything the manifest says about TensorRT: audit of each graph, profiles with their
+    """Everything the serving spec says about TensorRT: audit of each graph, profiles with their
     trtexec lines, and the engine build (or why it was skipped)."""
     audit = {"fp32": audit_graph(onnx_path)}
     if fp16_path is not None:
@@ -214,5 +225,5 @@ def readiness_report(
     if not audit["fp32"]["ready"]:
         engine = {"status": "skipped", "reason": "the operator audit found problems; see audit.fp32.problems"}
     else:
-        engine = build_and_compare(Path(onnx_path), profiles[0], adapter, shapes or [], tolerance)
+        engine = build_and_compare(Path(onnx_path), profiles[0], reference or EngineReference())
     return {"audit": audit, "profiles": profiles, "engine_check": engine}

@@ -1,4 +1,5 @@
-"""Small Markdown summaries shown in the KFP UI beside the artifacts (Markdown artifacts)."""
+"""The dataset validation's Markdown summary, shown in the KFP UI beside the artifacts (a Markdown
+artifact)."""
 from __future__ import annotations
 
 from typing import Any
@@ -17,19 +18,3 @@ def validation_markdown(report: dict[str, Any]) -> str:
     for row in report.get("bad_rows", [])[:20]:
         lines.append(f"  - `{row.get('where')}`: {row.get('message')}")
     return "\n".join(lines) + "\n"
-
-
-def metrics_markdown(title: str, metrics: dict[str, Any]) -> str:
-    """A two-column table of the scalar entries of ``metrics`` (nested keys dotted)."""
-    rows = []
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for k, v in value.items():
-                walk(f"{prefix}.{k}" if prefix else str(k), v)
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            rows.append((prefix, value))
-
-    walk("", metrics)
-    body = "\n".join(f"| {k} | {v} |" for k, v in rows)
-    return f"# {title}\n\n| key | value |\n| --- | --- |\n{body}\n"

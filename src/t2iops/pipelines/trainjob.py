@@ -1,4 +1,4 @@
-"""Multi-node training: the Kubernetes manifest, and a launcher that creates it and waits.
+"""Multi-node training: the Kubernetes job object, and a launcher that creates it and waits.
 
 Two job kinds, both N nodes x M GPUs, both running ``t2iops train`` from the project image on the
 GPU node pool, with the S3 secret as environment, a memory-backed /dev/shm, and the training
@@ -163,7 +163,7 @@ def rank_command(spec: DistributedTrainSpec) -> list[str]:
     return ["bash", "-c", rank_script]
 
 
-def trainjob_manifest(spec: DistributedTrainSpec) -> dict[str, Any]:
+def trainjob_object(spec: DistributedTrainSpec) -> dict[str, Any]:
     """A TrainJob on the MPI-based DeepSpeed runtime: ``mpirun`` starts nodes x GPUs ranks."""
     world = spec.nodes * spec.gpus_per_node
     exports = " ".join(f"-x {name}" for name in ["T2IOPS_CONFIG_YAML", *sorted(spec.secret_env)])
@@ -205,7 +205,7 @@ def trainjob_manifest(spec: DistributedTrainSpec) -> dict[str, Any]:
     }
 
 
-def pytorchjob_manifest(spec: DistributedTrainSpec) -> dict[str, Any]:
+def pytorchjob_object(spec: DistributedTrainSpec) -> dict[str, Any]:
     """A PyTorchJob: one Master + (nodes - 1) Workers, ``torchrun`` with M processes each."""
     script = (
         "set -eu; " + _WRITE_PARAMS + "; "
@@ -249,11 +249,12 @@ def pytorchjob_manifest(spec: DistributedTrainSpec) -> dict[str, Any]:
     }
 
 
-def build_manifest(kind: str, spec: DistributedTrainSpec) -> dict[str, Any]:
+def job_object(kind: str, spec: DistributedTrainSpec) -> dict[str, Any]:
+    """The job to create for ``train_launcher.kind``: a TrainJob or a PyTorchJob object."""
     if kind == "trainjob":
-        return trainjob_manifest(spec)
+        return trainjob_object(spec)
     if kind == "pytorchjob":
-        return pytorchjob_manifest(spec)
+        return pytorchjob_object(spec)
     raise UsageError(f"train launcher kind must be 'trainjob' or 'pytorchjob', got {kind!r}")
 
 
@@ -266,9 +267,9 @@ def current_namespace(default: str = "kubeflow") -> str:
         return default
 
 
-def job_state(manifest_or_object: dict[str, Any]) -> Optional[str]:
+def job_state(job: dict[str, Any]) -> Optional[str]:
     """'succeeded' / 'failed' from the object's status conditions, else None (still running)."""
-    conditions = (manifest_or_object.get("status") or {}).get("conditions") or []
+    conditions = (job.get("status") or {}).get("conditions") or []
     on = {c.get("type") for c in conditions if str(c.get("status")) == "True"}
     if on & {"Complete", "Succeeded"}:
         return "succeeded"
@@ -277,8 +278,8 @@ def job_state(manifest_or_object: dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _api_of(manifest: dict[str, Any]) -> tuple[str, str, str]:
-    kind = manifest["kind"]
+def _api_of(job: dict[str, Any]) -> tuple[str, str, str]:
+    kind = job["kind"]
     for group, version, plural, k in (TRAINJOB_API, PYTORCHJOB_API):
         if k == kind:
             return group, version, plural
@@ -298,7 +299,7 @@ def custom_objects_api(api_client=None):
 
 
 def launch_and_wait(
-    manifest: dict[str, Any], *, poll_seconds: float = 30, timeout_s: float = 72 * 3600,
+    job: dict[str, Any], *, poll_seconds: float = 30, timeout_s: float = 72 * 3600,
     api=None, sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
     """Create the job (or adopt this run's existing one), poll until it ends; returns the final
@@ -306,11 +307,11 @@ def launch_and_wait(
     from kubernetes.client.exceptions import ApiException
 
     api = api or custom_objects_api()
-    group, version, plural = _api_of(manifest)
-    ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
-    where = f"{manifest['kind']} {ns}/{name}"
+    group, version, plural = _api_of(job)
+    ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+    where = f"{job['kind']} {ns}/{name}"
     try:
-        api.create_namespaced_custom_object(group, version, ns, plural, manifest)
+        api.create_namespaced_custom_object(group, version, ns, plural, job)
         log.info("created %s", where)
     except ApiException as exc:
         if exc.status != 409:
@@ -321,7 +322,7 @@ def launch_and_wait(
             log.warning("%s failed before; replacing it (training resumes from the last checkpoint)", where)
             api.delete_namespaced_custom_object(group, version, ns, plural, name, propagation_policy="Foreground")
             _wait_deleted(api, group, version, ns, plural, name, poll_seconds, sleep)
-            api.create_namespaced_custom_object(group, version, ns, plural, manifest)
+            api.create_namespaced_custom_object(group, version, ns, plural, job)
         else:
             log.info("%s exists (a retried step): waiting for it", where)
     deadline = time.monotonic() + timeout_s
