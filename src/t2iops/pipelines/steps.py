@@ -98,7 +98,7 @@ def train_distributed(
     """Launch the multi-node job (TrainJob / PyTorchJob per the compiled settings), await it,
     then fetch its result into the Model artifact."""
     from .settings import PipelineSettings
-    from .trainjob import build_manifest, current_namespace, launch_and_wait, spec_from_settings
+    from .trainjob import current_namespace, job_object, launch_and_wait, spec_from_settings
 
     settings = PipelineSettings.model_validate_json(settings_json)
     launcher = settings.train_launcher
@@ -107,8 +107,8 @@ def train_distributed(
         settings, run_id=run_key, namespace=launcher.namespace or current_namespace(), nodes=nodes,
         gpus_per_node=gpus_per_node, cache_uri=cache_uri, out_uri=out, config_yaml=cfg.to_yaml(),
     )
-    manifest = build_manifest(launcher.kind, spec)
-    launch_and_wait(manifest, poll_seconds=launcher.poll_seconds, timeout_s=launcher.timeout_hours * 3600)
+    job = job_object(launcher.kind, spec)
+    launch_and_wait(job, poll_seconds=launcher.poll_seconds, timeout_s=launcher.timeout_hours * 3600)
     return copy_training_result(out, model_dir, cfg)
 
 
