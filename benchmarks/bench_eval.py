@@ -21,17 +21,23 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+# In-process runs: the toy preset (CPU-sized, fp32) with guidance 5, one conditioning scale and no
+# gate, the settings the figures in benchmarks/RESULTS.md were measured with.
+MEASURED_WITH = [
+    "evaluate.guidance_scale=5.0", "evaluate.conditioning_scales=[1.0]", "evaluate.gate.min_circle_iou=null",
+]
+
 
 def setup(work: Path, samples: int, steps: int, batch: int, fid: str) -> list[str]:
     """Tiny SD1.5, synthetic data with >= ``samples`` test rows, validation, an untrained
     adapter, random Inception weights. Returns the -S overrides that point at them."""
-    from t2iops.config import load_config
     from t2iops.data.synth import synthesize
     from t2iops.data.validate import validate
     from t2iops.evaluate.fid import save_random_inception_weights
     from t2iops.models.family import build_adapter
     from t2iops.models.resolve import load_base_model
     from t2iops.models.tiny import build_tiny_model
+    from t2iops.presets import preset_config
 
     overrides = [
         f"model.base_model={work / 'tiny-sd15'}", f"data.synth.count={int(samples * 2.2)}",
@@ -40,7 +46,7 @@ def setup(work: Path, samples: int, steps: int, batch: int, fid: str) -> list[st
         f"evaluate.inception_weights={work / 'pt_inception_random.pth'}", "evaluate.kid_subsets=10",
         f"evaluate.fid={fid}",
     ]
-    cfg = load_config(None, overrides)
+    cfg = preset_config("toy", [*MEASURED_WITH, *overrides])
     if not (work / "tiny-sd15").exists():
         build_tiny_model("sd15", work / "tiny-sd15")
     if not (work / "data").exists():
@@ -71,11 +77,11 @@ def bench_inception(work: Path, batch: int, images: int = 64) -> float:
 def bench_sampling(overrides: list[str], work: Path, batch: int, batches: int = 2) -> dict:
     from PIL import Image
 
-    from t2iops.config import load_config
     from t2iops.evaluate.sampling import build_generators, generate
     from t2iops.models.resolve import load_adapter, load_base_model
+    from t2iops.presets import preset_config
 
-    cfg = load_config(None, overrides)
+    cfg = preset_config("toy", [*MEASURED_WITH, *overrides])
     pipes = build_generators(load_base_model(cfg.model), load_adapter(str(work / "O"), cfg.model), "default", "cpu")
     prompts, conds = ["red circle with blue background"] * batch, [Image.new("RGB", (64, 64))] * batch
     generate(pipes, prompts[:1], [0], 64, cfg.evaluate, conds[:1], 1.0)  # warm-up

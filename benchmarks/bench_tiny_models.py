@@ -82,7 +82,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tiny-") as tmp:
         for family in ("sd15", "sdxl"):
             path = build_tiny_model(family, f"{tmp}/{family}")
-            base = load_base_model(ModelConfig(base_model=str(path)), components=("unet", "text_encoders"))
+            base = load_base_model(ModelConfig(base_model=str(path), dtype="fp32"), components=("unet", "text_encoders"))
             params = sum(p.numel() for p in base.unet.parameters())
             for px in (32, 64):
                 timings = {}

@@ -25,7 +25,8 @@ BUDGET_S = 15 * 60
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="models/toy-base", help="where the trained model is published")
-    parser.add_argument("--params", default=None, help="params.yaml (default: none, the embedded defaults)")
+    parser.add_argument("--params", default=None,
+                        help="params.yaml (default: none: the schema's defaults, whose toy_base.* the toy preset shares)")
     parser.add_argument("-S", dest="overrides", action="append", default=[], help="config override key=value")
     args = parser.parse_args(argv)
 

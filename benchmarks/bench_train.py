@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from diffusers import DDPMScheduler
 
-    from t2iops.config import load_config
+    from t2iops.presets import preset_config
     from t2iops.data.dataset import load_rows, load_validated_ids
     from t2iops.data.synth import synthesize
     from t2iops.data.validate import validate
@@ -59,10 +59,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     model = build_tiny_model("sdxl", work / "tiny-sdxl")
-    cfg = load_config(overrides=[
+    cfg = preset_config("toy", [  # CPU-sized; cubic timesteps as when the figures were measured
         f"model.base_model={model}", f"data.synth.count={args.batch * 8}", f"data.synth.resolution={args.resolution}",
         "data.val_fraction=0", "data.test_fraction=0", f"encode.resolution={args.resolution}",
-        f"train.batch_size={args.batch}", "train.num_workers=0"])
+        f"train.batch_size={args.batch}", "train.num_workers=0", "train.timestep_sampling=cubic"])
     synthesize(str(work / "data"), cfg)
     validate(str(work / "data"), str(work / "validated"), cfg)
     t0 = time.perf_counter()

@@ -46,7 +46,7 @@ def worker(args) -> None:
     from t2iops.train.optimization import DeepSpeedOptimization, PlainOptimization
 
     torch.set_num_threads(1)
-    t = TrainConfig(zero_stage=args.stage, batch_size=2, mixed_precision=args.precision)
+    t = TrainConfig(zero_stage=args.stage, batch_size=2, grad_accum=1, mixed_precision=args.precision)
     dist = init_distributed(use_deepspeed=args.path == "deepspeed")
     torch.manual_seed(0)
     adapter = T2IAdapter(in_channels=3, channels=args.channels, num_res_blocks=2, downscale_factor=16,

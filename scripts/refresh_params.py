@@ -3,7 +3,9 @@
 DVC tracks parameters by key, so params.yaml and each preset (a complete params file usable with
 `dvc repro --params` / `dvc exp run`) must hold every key a stage names. Run this after adding a
 key to t2iops.config: tests fail while a params file lags behind the schema. Current values are
-kept, and so are each file's leading comment block and the inline `# ...` comments on its keys.
+kept, and so are each file's leading comment block and the inline `# ...` comments on its keys. A new
+key is written with the schema's default, which is a real SDXL value: check that it suits each
+preset (the toy preset runs on a CPU) and that params.yaml still equals presets/toy.yaml.
 """
 from __future__ import annotations
 

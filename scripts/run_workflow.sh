@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (or refresh) .venv, then run the whole workflow on the embedded default with DVC:
+# Set up (or refresh) .venv, then run the whole workflow on the toy preset (params.yaml) with DVC:
 # synthetic circles -> validate -> toy base -> encode -> train -> evaluate -> export.
 # `dvc repro` only re-runs stages whose inputs or params changed; a second run is a no-op.
 # Extra arguments go to `dvc repro` (e.g. a stage name, or --force).

@@ -1,9 +1,9 @@
 """``t2iops <stage>``: thin argument parsing around the stage functions.
 
 Every stage reads the same typed configuration: ``--params params.yaml`` (default: ./params.yaml
-when it exists, else the embedded default) plus ``-S key.path=value`` overrides, exactly like
-``dvc exp run -S``. Exit codes: 0 ok; 1 the stage failed; 2 usage/configuration error (nothing
-was done); 3 the evaluation gate failed. Failures print one line on stderr.
+when it exists, else the schema's defaults, a real SDXL run) plus ``-S key.path=value`` overrides,
+exactly like ``dvc exp run -S``. Exit codes: 0 ok; 1 the stage failed; 2 usage/configuration error
+(nothing was done); 3 the evaluation gate failed. Failures print one line on stderr.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import Config, load_config, stage_config
+from .config import SDXL_BASE_MODEL, Config, load_config, stage_config
 from .errors import T2IError
 from .process import collect_once_at_exit
 from .redact import install_logging_redaction, redact_text
@@ -36,8 +36,10 @@ COMMAND_MODULES = [
 ]
 
 EPILOG = """exit codes: 0 ok, 1 stage failed, 2 usage or configuration error, 3 evaluation gate failed.
-Configuration: --params FILE (default ./params.yaml when present) and -S key.path=value overrides,
-e.g. -S train.lr=1e-5 -S data.synth.count=200. Run `t2iops config show` to see every key."""
+Configuration: --params FILE (default ./params.yaml when present, else the schema's defaults: a real
+SDXL run) and -S key.path=value overrides, e.g. -S train.lr=1e-5 -S data.synth.count=200. Run
+`t2iops config show --sources` to see every key and where its value came from, `t2iops config presets`
+for ready-made params files."""
 
 
 def common_parser() -> argparse.ArgumentParser:
@@ -46,7 +48,8 @@ def common_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--params",
         default=None,
-        help="YAML file with any subset of the configuration (default: ./params.yaml if it exists)",
+        help="YAML file with any subset of the configuration (default: ./params.yaml if it exists, else "
+        "the schema's defaults, a real SDXL run)",
     )
     g.add_argument(
         "-S",
@@ -61,11 +64,30 @@ def common_parser() -> argparse.ArgumentParser:
     return common
 
 
+def params_from_args(args: argparse.Namespace) -> Optional[str]:
+    """The params file a command reads: --params, else ./params.yaml when it exists, else None
+    (every key not set with -S takes the schema's default)."""
+    if args.params is None and Path("params.yaml").exists():
+        return "params.yaml"
+    return args.params
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
-    params = args.params
-    if params is None and Path("params.yaml").exists():
-        params = "params.yaml"
-    return load_config(params, args.overrides)
+    """The resolved configuration of a command. Outside a project folder (no ./params.yaml and no
+    --params) a command that reads it says so once on stderr, after the configuration validated
+    (a configuration error stays one line): the schema's defaults are a real SDXL run, which is
+    rarely what someone trying the tool in an empty folder meant."""
+    params = params_from_args(args)
+    cfg = load_config(params, args.overrides)
+    if params is None and getattr(args, "config_notice", True):
+        from .presets import preset_path
+
+        sys.stderr.write(
+            "t2iops: no ./params.yaml here and no --params: using the schema's defaults, a real SDXL run "
+            f"({SDXL_BASE_MODEL}, 1024 px, fp16). For the offline toy demo: --params {preset_path('toy')} "
+            "(`t2iops config presets` lists every preset).\n"
+        )
+    return cfg
 
 
 def stage_config_from_args(args: argparse.Namespace):
@@ -77,7 +99,20 @@ def stage_config_from_args(args: argparse.Namespace):
 
 
 def _config_show(args: argparse.Namespace, cfg: Config) -> int:
-    sys.stdout.write(cfg.to_yaml())
+    if args.sources:
+        from .config import config_sources, yaml_with_sources
+
+        sys.stdout.write(yaml_with_sources(cfg, config_sources(params_from_args(args), args.overrides)))
+    else:
+        sys.stdout.write(cfg.to_yaml())
+    return 0
+
+
+def _config_presets(args: argparse.Namespace, cfg: Config) -> int:
+    from .presets import preset_names, preset_path, preset_summary
+
+    for name in preset_names():
+        sys.stdout.write(f"{name}\n  {preset_summary(name)}\n  --params {preset_path(name)}\n")
     return 0
 
 
@@ -106,9 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     show = cfgsub.add_parser(
         "show", parents=[common], help="print the resolved configuration (params + overrides) as YAML"
     )
+    show.add_argument(
+        "--sources", action="store_true",
+        help="end each value's line with where it came from: the params file, the -S that set it, or "
+        "'schema default' (the output stays a valid params file)",
+    )
     show.set_defaults(func=_config_show)
+    presets = cfgsub.add_parser(
+        "presets", parents=[common], help="list the ready-made configurations and the --params that picks each"
+    )
+    presets.set_defaults(func=_config_presets, config_notice=False)
     schema = cfgsub.add_parser("schema", parents=[common], help="print the JSON schema of the configuration")
-    schema.set_defaults(func=_config_schema)
+    schema.set_defaults(func=_config_schema, config_notice=False)
 
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub, common)

@@ -25,6 +25,7 @@ from t2iops.config import load_config  # noqa: E402
 from t2iops.storage import download_dir  # noqa: E402
 from t2iops.pipelines.settings import PipelineSettings  # noqa: E402
 from t2iops.pipelines.trainjob import MASTER_PORT, rank_command, spec_from_settings  # noqa: E402
+from t2iops.presets import preset_config  # noqa: E402
 
 pytest.importorskip("deepspeed")
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.distributed]
@@ -90,7 +91,7 @@ def s3(pods):
 
 
 def launch(pods, endpoint: str, model: str, attempt: int):
-    cfg = load_config(overrides=overrides(model, "train.zero_stage=2", *STEPS))
+    cfg = preset_config("toy", overrides(model, "train.zero_stage=2", *STEPS))
     spec = spec_from_settings(PipelineSettings(s3_secret=None), run_id="run", namespace="pods", nodes=2, gpus_per_node=1,
                               cache_uri=f"s3://{BUCKET}/cache", out_uri=f"s3://{BUCKET}/run/train",
                               config_yaml=cfg.to_yaml())

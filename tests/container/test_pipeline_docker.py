@@ -19,12 +19,16 @@ from t2iops.config import load_config
 from t2iops.data.synth import synthesize
 from t2iops.pipelines.containers import RUN_LABEL
 from t2iops.pipelines.local import LOCAL_BUCKET, SMOKE_OVERRIDES, run_local
+from t2iops.presets import preset_config
 
 # One worker runs the module, so the subprocess reference run is made once.
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.s3, pytest.mark.xdist_group("pipeline-docker")]
 
 # The smoke sizes, with enough training steps and checkpoints to kill a run mid-way.
-OVERRIDES = {**SMOKE_OVERRIDES, "train.max_steps": 30, "train.checkpoint_every": 5}
+OVERRIDES = {**SMOKE_OVERRIDES, "train.max_steps": 30, "train.checkpoint_every": 5,
+             # over the toy preset: cubic timesteps, guidance 5, one conditioning scale, no gate
+             "train.timestep_sampling": "cubic", "evaluate.guidance_scale": 5.0, "evaluate.conditioning_scales": [1.0],
+             "evaluate.gate.min_circle_iou": None}
 # Files of a published version that differ between two runs by design: provenance (run paths,
 # the S3 server's port, times, the step's working directory).
 PROVENANCE = {"lineage.json", "export.json", "README.md", "config.resolved.yaml"}
@@ -42,7 +46,7 @@ def run(work: Path, endpoint: str, inputs, runner: str, image: str | None = None
     params = {"data_source": str(data), "git_sha": "c0ffee" * 6 + "abcd",
               "run_root": f"s3://{LOCAL_BUCKET}/{prefix or work.name}/runs",
               "registry_uri": f"s3://{LOCAL_BUCKET}/{prefix or work.name}/registry"}
-    return run_local(work, load_config(None, OVERRIDES), params, s3=endpoint, base_model=base, smoke=False,
+    return run_local(work, preset_config("toy", OVERRIDES), params, s3=endpoint, base_model=base, smoke=False,
                      runner=runner, image=image)
 
 

@@ -8,15 +8,17 @@ import json
 
 import pytest
 
-from t2iops.config import load_config
 from t2iops.pipelines.local import run_local
+from t2iops.presets import preset_config
 
 
 @pytest.mark.slow
 @pytest.mark.s3
 def test_pipeline_runs_end_to_end_under_kfp_local(tmp_path):
     sha = "5eed" * 10
-    outcome = run_local(tmp_path / "work", load_config(None), s3="moto", base_model="tiny-sd15", smoke=True,
+    cfg = preset_config("toy", ["train.timestep_sampling=cubic", "evaluate.guidance_scale=5.0",
+                                "evaluate.conditioning_scales=[1.0]", "evaluate.gate.min_circle_iou=null"])
+    outcome = run_local(tmp_path / "work", cfg, s3="moto", base_model="tiny-sd15", smoke=True,
                         parameters={"encode_shards": [0, 1], "git_sha": sha})
     assert outcome.gate_passed is True
     assert outcome.registry_uri == "s3://t2iops-local/registry"

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2iops.config import load_config
 from t2iops.evaluate.fid import save_random_inception_weights
 from t2iops.evaluate.stage import evaluate, evaluate_shard, merge_shards
+from t2iops.presets import preset_config
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +28,9 @@ NUM_SAMPLES = 4
 
 
 def _cfg(work: Path, base: str, *extra: str):
-    return load_config(None, [
+    return preset_config("toy", [  # CPU-sized, with cubic timesteps, guidance 5, one scale, no gate
+        "train.timestep_sampling=cubic", "evaluate.guidance_scale=5.0", "evaluate.conditioning_scales=[1.0]",
+        "evaluate.gate.min_circle_iou=null",
         f"model.base_model={base}",
         "data.synth.count=48", "data.val_fraction=0.1", "data.test_fraction=0.3",
         "encode.resolution=64", "encode.batch_size=8",

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2iops.config import load_config
 from t2iops.evaluate.stage import evaluate
 from t2iops.evaluate.training_curve import DVCLIVE_LOSS, read_training_curve
+from t2iops.presets import preset_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,7 +28,9 @@ SCALES = "[1.0,0.0,0.5]"  # the first is the headline; the sweep is shown sorted
 
 
 def _cfg(work: Path, base: str, *extra: str):
-    return load_config(None, [
+    return preset_config("toy", [  # CPU-sized, with cubic timesteps, guidance 5, one scale, no gate
+        "train.timestep_sampling=cubic", "evaluate.guidance_scale=5.0", "evaluate.conditioning_scales=[1.0]",
+        "evaluate.gate.min_circle_iou=null",
         f"model.base_model={base}", "data.synth.count=12", "data.synth.resolution=64",
         "data.val_fraction=0", "data.test_fraction=0.5",
         "encode.resolution=64", "encode.batch_size=12",

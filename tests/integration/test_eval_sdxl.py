@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from t2iops.config import load_config
 from t2iops.evaluate.stage import evaluate
+from t2iops.presets import preset_config
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,8 @@ def test_sdxl_with_conditioning_factor_and_scale_sweep(tiny_sdxl_path, tmp_path)
     from t2iops.models.family import build_adapter
     from t2iops.models.resolve import load_base_model
 
-    cfg = load_config(None, [
+    cfg = preset_config("toy", [  # CPU-sized (64 px), with guidance 5 and no gate
+        "evaluate.guidance_scale=5.0", "evaluate.gate.min_circle_iou=null",
         f"model.base_model={tiny_sdxl_path}", "data.synth.count=16", "data.test_fraction=0.5",
         "evaluate.num_samples=2", "evaluate.batch_size=2", "evaluate.num_inference_steps=2",
         "evaluate.conditioning_scales=[1.0, 0.5]", "evaluate.conditioning_factor=0.5",
@@ -57,8 +58,9 @@ def test_scale_zero_is_the_plain_generator_bit_for_bit(tiny_sdxl_path, tmp_path)
     from t2iops.models.family import build_adapter
     from t2iops.models.resolve import load_base_model
 
-    cfg = load_config(None, [f"model.base_model={tiny_sdxl_path}", "evaluate.num_inference_steps=3",
-                             "evaluate.conditioning_factor=0.5", f"storage.cache_dir={tmp_path / 'cache'}"])
+    cfg = preset_config("toy", [f"model.base_model={tiny_sdxl_path}", "evaluate.num_inference_steps=3",
+                                "evaluate.guidance_scale=5.0", "evaluate.conditioning_factor=0.5",
+                                f"storage.cache_dir={tmp_path / 'cache'}"])
     base = load_base_model(cfg.model)
     adapter = build_adapter(base, cfg.model)
     generators = build_generators(base, adapter, "default", "cpu")

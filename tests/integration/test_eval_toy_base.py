@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2iops.config import load_config
 from t2iops.evaluate.fid import save_random_inception_weights
+from t2iops.presets import preset_config
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +46,9 @@ def test_toy_base_adapter_evaluates_with_every_output(tmp_path):
         f"evaluate.inception_weights={weights}", "evaluate.kid_subsets=3", "evaluate.grid_rows=2",
         "evaluate.gate.min_circle_iou=0.0",
         f"storage.cache_dir={tmp_path / 'cache'}",
+        "train.timestep_sampling=cubic", "evaluate.guidance_scale=5.0", "evaluate.conditioning_scales=[1.0]",
     ]
-    cfg = load_config(None, overrides)
+    cfg = preset_config("toy", overrides)
     train_toy_base(str(base), cfg)
     synthesize(str(tmp_path / "data"), cfg)
     validate(str(tmp_path / "data"), str(tmp_path / "validated"), cfg)

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from t2iops.config import load_config
 from t2iops.pipelines.settings import PipelineSettings
 from t2iops.pipelines.trainjob import MASTER_PORT, rank_command, spec_from_settings, trainjob_manifest
+from t2iops.presets import preset_config
 
 # The 2-rank test's data, overrides, one-process reference run and tolerance.
 from test_train_distributed import cache, overrides, plain_run, weights  # noqa: F401
@@ -147,7 +147,7 @@ def download(nodes, endpoint, prefix: str, folder: Path) -> None:
 def launch(nodes, endpoint, run: str, model: str, scratch: Path, *extra: str, attempt: int) -> list[subprocess.Popen]:
     """Start one rank per node, each with what mpirun would export to it and its own scratch and
     download cache (DeepSpeed's compiled CPU ops stay shared: HOME, TORCH_EXTENSIONS_DIR)."""
-    cfg = load_config(overrides=overrides(model, "train.zero_stage=2", *STEPS, *extra))
+    cfg = preset_config("toy", overrides(model, "train.zero_stage=2", *STEPS, *extra))
     spec = spec_from_settings(PipelineSettings(s3_secret=None), run_id=run, namespace="netns", nodes=2, gpus_per_node=1,
                               cache_uri=f"s3://{BUCKET}/cache", out_uri=f"s3://{BUCKET}/{run}/train",
                               config_yaml=cfg.to_yaml())

@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from t2iops.config import load_config
 from t2iops.data.synth import synthesize
 from t2iops.data.validate import validate
 from t2iops.encode import encode_dataset
+from t2iops.presets import preset_config, preset_path
 from t2iops.train import train
 
 pytest.importorskip("deepspeed")
@@ -27,13 +27,13 @@ def overrides(model, *extra):
     return [f"model.base_model={model}", "data.synth.count=20", "data.val_fraction=0.0", "data.test_fraction=0.0",
             "encode.resolution=64", "encode.batch_size=10", "train.batch_size=4", "train.grad_accum=2",
             "train.max_steps=4", "train.checkpoint_every=2", "train.keep_last=3", "train.lr=1e-3", "train.log_every=1",
-            "train.caption_dropout=0.2", *extra]
+            "train.caption_dropout=0.2", "train.timestep_sampling=cubic", *extra]  # over the toy preset
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_sdxl_path):
     root = tmp_path_factory.mktemp("dist")
-    cfg = load_config(overrides=overrides(tiny_sdxl_path))
+    cfg = preset_config("toy", overrides(tiny_sdxl_path))
     synthesize(str(root / "data"), cfg)
     validate(str(root / "data"), str(root / "validated"), cfg)
     encode_dataset(str(root / "data"), str(root / "validated"), str(root / "cache"), cfg)
@@ -48,7 +48,7 @@ def _port() -> int:
 
 def torchrun(cache, out, model, *extra, resume=None, cwd=None):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_port()),
-           "-m", "t2iops.cli", "train", "--cache", str(cache), "--out", str(out)]
+           "-m", "t2iops.cli", "train", "--cache", str(cache), "--out", str(out), "--params", str(preset_path("toy"))]
     if resume:
         cmd += ["--resume", resume]
     for o in overrides(model, *extra):
@@ -67,7 +67,7 @@ def plain_run(cache, out, model, *extra):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        train(str(cache), str(out), load_config(overrides=overrides(model, *extra)))
+        train(str(cache), str(out), preset_config("toy", overrides(model, *extra)))
     finally:
         torch.set_num_threads(threads)
     return json.loads((out / "summary.json").read_text())
@@ -137,7 +137,8 @@ def test_zero2_with_optimizer_offload_in_one_process(tmp_path, cache, plain, tin
     """DeepSpeed with world size 1 (no launcher) and the optimizer state offloaded to the CPU."""
     plain, plain_out = plain
     out = tmp_path / "offload"
-    cmd = [sys.executable, "-m", "t2iops.cli", "train", "--cache", str(cache), "--out", str(out)]
+    cmd = [sys.executable, "-m", "t2iops.cli", "train", "--cache", str(cache), "--out", str(out),
+           "--params", str(preset_path("toy"))]
     for o in overrides(tiny_sdxl_path, "train.zero_stage=2", "train.offload_optimizer=true"):
         cmd += ["-S", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}

@@ -18,6 +18,7 @@ from t2iops.config import load_config
 from t2iops.data.synth import synthesize
 from t2iops.data.validate import validate
 from t2iops.encode import encode_dataset
+from t2iops.presets import preset_config, preset_path
 from t2iops.train import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,11 +30,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def base_overrides(model):
     return [f"model.base_model={model}", "data.synth.count=24", "data.val_fraction=0.2", "data.test_fraction=0.0",
             "encode.resolution=64", "encode.shard_size=8", "encode.batch_size=8", "train.batch_size=2",
-            "train.log_every=1", "train.num_workers=0"]
+            "train.log_every=1", "train.num_workers=0",
+            "train.timestep_sampling=cubic", "evaluate.guidance_scale=5.0"]  # over the toy preset
 
 
 def make_cache(root: Path, model: str, *extra) -> str:
-    cfg = load_config(overrides=base_overrides(model) + list(extra))
+    cfg = preset_config("toy", base_overrides(model) + list(extra))
     synthesize(str(root / "data"), cfg)
     validate(str(root / "data"), str(root / "validated"), cfg)
     encode_dataset(str(root / "data"), str(root / "validated"), str(root / "cache"), cfg)
@@ -51,7 +53,7 @@ def sd15_cache(tmp_path_factory, tiny_sd15_path):
 
 
 def cfg_for(model, *extra):
-    return load_config(overrides=base_overrides(model) + list(extra))
+    return preset_config("toy", base_overrides(model) + list(extra))
 
 
 def adapter_weights(folder) -> dict:
@@ -120,7 +122,8 @@ def test_resume_after_a_kill_is_bit_equal_to_an_uninterrupted_run(tmp_path, tiny
     train(sdxl_cache, str(tmp_path / "straight"), cfg)
 
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "t2iops.cli", "train", "--cache", sdxl_cache, "--out", str(out)]
+    cmd = [sys.executable, "-m", "t2iops.cli", "train", "--cache", sdxl_cache, "--out", str(out),
+           "--params", str(preset_path("toy"))]
     for o in base_overrides(tiny_sdxl_path) + overrides:
         cmd += ["-S", o]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

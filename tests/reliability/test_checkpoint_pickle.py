@@ -19,11 +19,11 @@ import torch
 
 from t2iops import storage
 from t2iops.cli import main
-from t2iops.config import load_config
 from t2iops.data.synth import synthesize
 from t2iops.data.validate import validate
 from t2iops.encode import encode_dataset
 from t2iops.errors import T2IError
+from t2iops.presets import preset_config, preset_path
 from t2iops.train import train
 from t2iops.train.distributed import shutdown
 
@@ -33,13 +33,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def overrides(model, *extra):
     return [f"model.base_model={model}", "data.synth.count=12", "data.val_fraction=0.0", "data.test_fraction=0.0",
             "encode.resolution=64", "encode.shard_size=8", "encode.batch_size=8", "train.batch_size=2",
-            "train.num_workers=0", "train.max_steps=1", "train.checkpoint_every=1", "train.log_every=1", *extra]
+            "train.num_workers=0", "train.max_steps=1", "train.checkpoint_every=1", "train.log_every=1",
+            "train.timestep_sampling=cubic", *extra]  # over the toy preset
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, tiny_sdxl_path):
     root = tmp_path_factory.mktemp("pickle")
-    cfg = load_config(overrides=overrides(tiny_sdxl_path))
+    cfg = preset_config("toy", overrides(tiny_sdxl_path))
     synthesize(str(root / "data"), cfg)
     validate(str(root / "data"), str(root / "validated"), cfg)
     encode_dataset(str(root / "data"), str(root / "validated"), str(root / "cache"), cfg)
@@ -91,13 +92,14 @@ def resume(cache, out, model, *extra, capsys):
     codes as the CLI does."""
     extra = overrides(model, "train.max_steps=2", *extra)
     if not any("zero_stage" in o for o in extra):
-        args = ["train", "--cache", str(cache), "--out", str(out), "--resume", "latest"]
+        args = ["train", "--cache", str(cache), "--out", str(out), "--resume", "latest",
+                "--params", str(preset_path("toy"))]
         for o in extra:
             args += ["-S", o]
         rc = main(args)
         return rc, capsys.readouterr().err
     try:
-        train(str(cache), str(out), load_config(overrides=extra), resume="latest")
+        train(str(cache), str(out), preset_config("toy", extra), resume="latest")
     except T2IError as exc:
         return exc.exit_code, str(exc)
     return 0, ""
@@ -121,7 +123,7 @@ def test_a_planted_pickle_is_refused_on_one_process(request, tmp_path, cache, ti
             monkeypatch.delenv(k, raising=False)  # train() sets them for its one-process group
         request.addfinalizer(shutdown)
     run = tmp_path / "run"
-    train(str(cache), str(run), load_config(overrides=overrides(tiny_sdxl_path, *path_args)))
+    train(str(cache), str(run), preset_config("toy", overrides(tiny_sdxl_path, *path_args)))
     files = read_files(run / "checkpoints" / "step-000001", ranks=1, zero=bool(path_args))
     keep = tmp_path / "originals"
     keep.mkdir()
@@ -158,7 +160,7 @@ def _port() -> int:
 
 def _torchrun(cache, out, model, resume=None, *extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_port()),
-           "-m", "t2iops.cli", "train", "--cache", str(cache), "--out", str(out)]
+           "-m", "t2iops.cli", "train", "--cache", str(cache), "--out", str(out), "--params", str(preset_path("toy"))]
     cmd += ["--resume", resume] if resume else []
     for o in overrides(model, "train.zero_stage=2", "train.batch_size=4", *extra):
         cmd += ["-S", o]

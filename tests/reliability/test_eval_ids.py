@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from t2iops.config import load_config
 from t2iops.evaluate.stage import evaluate, sample_file_name
+from t2iops.presets import preset_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,14 +30,15 @@ def adapter(tiny_sd15_path, tmp_path_factory):
     from t2iops.models.family import build_adapter
     from t2iops.models.resolve import load_base_model
 
-    cfg = load_config(None, [f"model.base_model={tiny_sd15_path}"])
+    cfg = preset_config("toy", [f"model.base_model={tiny_sd15_path}"])
     folder = tmp_path_factory.mktemp("adapter")
     build_adapter(load_base_model(cfg.model, cfg.storage), cfg.model).save_pretrained(folder)
     return folder
 
 
 def _cfg(tmp: Path, base: str, count: int, *extra: str):
-    return load_config(None, [
+    return preset_config("toy", [  # CPU-sized, with guidance 5, one scale, no gate
+        "evaluate.guidance_scale=5.0", "evaluate.conditioning_scales=[1.0]", "evaluate.gate.min_circle_iou=null",
         f"model.base_model={base}", f"data.synth.count={count}", "data.synth.resolution=64",
         "data.val_fraction=0", "data.test_fraction=0", "evaluate.split=train",
         f"evaluate.num_samples={count}", f"evaluate.batch_size={count}", "evaluate.num_inference_steps=1",

@@ -40,9 +40,9 @@ def write_dataset(root, captions=None):
 
 
 def _cfg(model, *extra):
-    return load_config(overrides=[f"model.base_model={model}", "data.val_fraction=0.0", "data.test_fraction=0.0",
-                                  "encode.resolution=64", "encode.shard_size=4", "encode.batch_size=4",
-                                  "encode.storage_dtype=fp32", *extra])
+    return load_config(overrides=[f"model.base_model={model}", "model.dtype=fp32", "data.val_fraction=0.0",
+                                  "data.test_fraction=0.0", "encode.resolution=64", "encode.shard_size=4",
+                                  "encode.batch_size=4", "encode.storage_dtype=fp32", *extra])
 
 
 def _prepared(tmp_path, model, *extra):

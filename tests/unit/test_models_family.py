@@ -34,12 +34,12 @@ SDXL_UNET = {
 
 @pytest.fixture(scope="module")
 def sd15(tiny_sd15_path):
-    return load_base_model(ModelConfig(base_model=tiny_sd15_path), components=("unet", "text_encoders"))
+    return load_base_model(ModelConfig(base_model=tiny_sd15_path, dtype="fp32"), components=("unet", "text_encoders"))
 
 
 @pytest.fixture(scope="module")
 def sdxl(tiny_sdxl_path):
-    return load_base_model(ModelConfig(base_model=tiny_sdxl_path), components=("unet", "text_encoders"))
+    return load_base_model(ModelConfig(base_model=tiny_sdxl_path, dtype="fp32"), components=("unet", "text_encoders"))
 
 
 def test_family_detection_on_tiny_models(sd15, sdxl):

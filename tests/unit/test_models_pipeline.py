@@ -26,7 +26,8 @@ def test_adapter_pipeline_from_pretrained_runs_two_steps(request, family):
     import diffusers
 
     path = request.getfixturevalue(f"tiny_{family}_path")
-    base = load_base_model(ModelConfig(base_model=path), components=("unet", "vae", "text_encoders", "scheduler"))
+    base = load_base_model(ModelConfig(base_model=path, dtype="fp32"),
+                           components=("unet", "vae", "text_encoders", "scheduler"))
     adapter = build_adapter(base, ModelConfig(num_res_blocks=1))
     cls = getattr(diffusers, base.generator_class_name)
     pipe = cls.from_pretrained(path, adapter=adapter)
@@ -59,7 +60,8 @@ def test_adapter_pipeline_from_pretrained_runs_two_steps(request, family):
 
 
 def test_generator_built_from_loaded_components(tiny_sd15_path):
-    base = load_base_model(ModelConfig(base_model=tiny_sd15_path), components=("unet", "vae", "text_encoders", "scheduler"))
+    base = load_base_model(ModelConfig(base_model=tiny_sd15_path, dtype="fp32"),
+                           components=("unet", "vae", "text_encoders", "scheduler"))
     adapter = build_adapter(base, ModelConfig(adapter_type="light_adapter", num_res_blocks=1))
     pipe = base.generator(adapter)
     images = pipe(

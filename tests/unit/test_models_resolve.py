@@ -15,7 +15,8 @@ def test_local_folder_loads_every_component(tiny_sd15_path):
     from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    base = load_base_model(ModelConfig(base_model=tiny_sd15_path), components=("unet", "vae", "text_encoders", "scheduler"))
+    base = load_base_model(ModelConfig(base_model=tiny_sd15_path, dtype="fp32"),
+                           components=("unet", "vae", "text_encoders", "scheduler"))
     assert base.family == "sd15" and base.path == tiny_sd15_path and base.source == tiny_sd15_path
     assert isinstance(base.unet, UNet2DConditionModel) and isinstance(base.vae, AutoencoderKL)
     assert isinstance(base.text_encoders[0], CLIPTextModel) and isinstance(base.scheduler, PNDMScheduler)
@@ -57,7 +58,7 @@ def test_vae_override_from_a_folder_is_used_and_silences_the_warning(tiny_sdxl_p
     torch.testing.assert_close(base.vae.encoder.conv_in.weight.float(), fixed.encoder.conv_in.weight.half().float())
     assert not torch.equal(base.vae.encoder.conv_in.weight.float(), own.encoder.conv_in.weight.half().float())
     # A whole diffusers model folder works as a VAE source too (its vae/ subfolder).
-    again = load_base_model(ModelConfig(base_model=tiny_sdxl_path, vae=tiny_sdxl_path), components=("vae",))
+    again = load_base_model(ModelConfig(base_model=tiny_sdxl_path, dtype="fp32", vae=tiny_sdxl_path), components=("vae",))
     torch.testing.assert_close(again.vae.encoder.conv_in.weight, own.encoder.conv_in.weight)
 
 

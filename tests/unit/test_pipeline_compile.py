@@ -209,7 +209,7 @@ def _defaults(spec: dict) -> dict:
 def test_compile_bakes_the_run_spec_in_and_each_step_gets_only_its_sections(compiled, tmp_path):
     _, _, spec, _ = compiled
     defaults = _defaults(spec)
-    # params.yaml's values, not config.py's: num_samples 64 and the circle-IoU gate.
+    # params.yaml's values, not the schema's defaults: the circle-IoU gate.
     evaluate = json.loads(defaults["config_evaluate"])
     assert evaluate["evaluate"]["num_samples"] == 64 and evaluate["evaluate"]["gate"]["min_circle_iou"] == 0.7
     for stage in ("pull", "validate", "encode", "train", "evaluate", "export", "publish"):

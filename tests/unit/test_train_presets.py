@@ -37,11 +37,15 @@ def test_diffusers_preset_matches_its_recipe():
     assert cfg.model.vae is None and not cfg.encode.random_flip
 
 
-def test_toy_preset_is_the_embedded_default():
+def test_schema_defaults_are_the_diffusers_recipe():
+    """Without a params file a run is the diffusers SDXL recipe (seeds and the adapter's shape
+    aside: the schema keeps seed 0 and derives the adapter from the base model's UNet)."""
     from t2iops.config import Config
 
-    cfg = load_config(preset_path("toy"))
-    assert cfg.train == Config().train and cfg.encode == Config().encode and cfg.model == Config().model
+    recipe = load_config(preset_path("sdxl-fill50k-diffusers"), ["train.seed=0", "model.adapter_type=auto",
+                                                                   "model.adapter_channels=null"])
+    assert (Config().train, Config().encode, Config().model, Config().export) == (
+        recipe.train, recipe.encode, recipe.model, recipe.export)
 
 
 def test_unknown_preset():

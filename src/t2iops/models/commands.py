@@ -56,7 +56,9 @@ def _tiny(args, cfg) -> int:
     seed = cfg.seed if args.seed is None else args.seed
     with storage.publish(args.out, cfg, extra={"kind": "tiny-base-model", "family": args.family}) as staging:
         build_tiny_model(args.family, staging, seed=seed)
-        base = load_base_model(ModelConfig(base_model=str(staging)), components=("unet", "vae", "text_encoders", "scheduler"))
+        # Loaded back in fp32 whatever model.dtype says: a check of the folder, on the CPU.
+        base = load_base_model(ModelConfig(base_model=str(staging), dtype="fp32"),
+                               components=("unet", "vae", "text_encoders", "scheduler"))
         if base.family != args.family:
             raise RuntimeError(f"built a {args.family} model but it loads as {base.family}")
         check_adapter_fits(build_adapter(base, cfg.model), base, resolution=TINY_RESOLUTION)

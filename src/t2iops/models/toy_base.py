@@ -1,8 +1,8 @@
 """``t2iops toy-base``: train the offline toy SDXL base model from scratch on synthetic circles.
 
-The embedded default needs a base model that exists without a network: a small model with
-SDXL's architecture (see :mod:`t2iops.models.toy_components`) that has learned to draw "a red
-circle on a blue background" at 64 px. One readable run, top to bottom:
+The toy preset (the checkout's params.yaml) needs a base model that exists without a network:
+a small model with SDXL's architecture (see :mod:`t2iops.models.toy_components`) that has
+learned to draw "a red circle on a blue background" at 64 px. One readable run, top to bottom:
 
 1. render ``toy_base.num_samples`` circles images with the dataset's own ``render_sample``;
 2. train the VAE (MSE + a small KL term) and measure its latents' spread (``scaling_factor``);

@@ -33,8 +33,14 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
 
 
 def _toy_base(args, cfg) -> int:
+    from ..config import SDXL_BASE_MODEL, TOY_BASE_MODEL
+    from ..errors import UsageError
     from .toy_base import train_toy_base
 
+    if args.out is None and cfg.model.base_model == SDXL_BASE_MODEL:
+        # The schema's default base is a hub id: a folder of that name would shadow it afterwards.
+        raise UsageError(f"model.base_model is the hub id {SDXL_BASE_MODEL}, not a folder to write the toy base "
+                         f"to: give --out (e.g. --out {TOY_BASE_MODEL}) or the toy preset's --params")
     out = args.out or cfg.model.base_model
     report = train_toy_base(out, cfg)
     summary = {k: report[k] for k in ("colour_accuracy", "circle_accuracy", "background_accuracy", "steps", "parameters")}

@@ -21,23 +21,24 @@ CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOK
                   "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
 
 
+@functools.lru_cache(maxsize=1)
+def _storage_defaults() -> dict:
+    from ..config import StorageConfig  # the schema is the one place storage defaults live
+
+    return StorageConfig().model_dump()
+
+
 def storage_settings(cfg: Any) -> dict:
-    """Accept a StorageConfig, a full Config or None."""
+    """Accept a StorageConfig, a full Config (or a stage's view of one) or None: the settings as a
+    dict, with the schema's defaults for None and for any setting ``cfg`` lacks."""
     storage = getattr(cfg, "storage", cfg) if cfg is not None else None
-    return {
-        "endpoint_url": getattr(storage, "endpoint_url", None),
-        "region": getattr(storage, "region", None),
-        "max_attempts": getattr(storage, "max_attempts", 8),
-        "cache_dir": getattr(storage, "cache_dir", None),
-        "connect_timeout": float(getattr(storage, "connect_timeout", 5.0)),
-        "read_timeout": float(getattr(storage, "read_timeout", 20.0)),
-        "retry_deadline": float(getattr(storage, "retry_deadline", 45.0)),
-        "verify": bool(getattr(storage, "verify", True)),
-        "max_concurrency": int(getattr(storage, "max_concurrency", 16)),
-        "multipart_threshold_mb": float(getattr(storage, "multipart_threshold_mb", 64)),
-        "multipart_chunk_mb": float(getattr(storage, "multipart_chunk_mb", 16)),
-        "part_concurrency": int(getattr(storage, "part_concurrency", 8)),
-    }
+    s = {name: getattr(storage, name, default) for name, default in _storage_defaults().items()}
+    for name in ("connect_timeout", "read_timeout", "retry_deadline", "multipart_threshold_mb", "multipart_chunk_mb"):
+        s[name] = float(s[name])
+    for name in ("max_concurrency", "part_concurrency"):
+        s[name] = int(s[name])
+    s["verify"] = bool(s["verify"])
+    return s
 
 
 def s3_client(cfg: Any = None):

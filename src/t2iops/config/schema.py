@@ -1,9 +1,26 @@
-"""One typed configuration for every stage.
+"""The configuration's schema: every section, every key, its type, range and default.
 
-The same schema is read by the CLI (``--params params.yaml -S train.lr=1e-5``), by
-``dvc.yaml`` (which tracks ``params.yaml``) and by the KFP components (which receive the
-overrides as pipeline parameters). Validation happens before any work starts: an unknown key,
-a wrong type or an out-of-range value raises :class:`ConfigError` naming the key.
+The defaults are a real SDXL run, so that a value nobody set is one a real training would use:
+the base model is ``stabilityai/stable-diffusion-xl-base-1.0`` and the model, encode, train and
+export sections hold the fill50k recipe of diffusers' ``train_t2i_adapter_sdxl.py`` example
+(``presets/sdxl-fill50k-diffusers.yaml`` writes it out, with its sources): fp16 weights, 1024 px, AdamW at 1e-5, batch 1 with 4 accumulation steps (4 samples
+per optimizer step), fp16 mixed precision, 15,000 steps, a checkpoint every 500 (the last 3
+kept), validation every 100 steps on 2 samples of 30 sampler steps, guidance 5.0 and cubic
+timesteps. Two choices differ from that preset on purpose: ``model.adapter_type`` stays ``auto``
+(``full_adapter_xl`` on an SDXL base, with channels derived from its UNet: the preset's 320, 640,
+1280, 1280), so that ``-S model.base_model=`` an SD1.5 model still gets a fitting adapter; and
+the seeds stay 0 (the recipe's 42 is its example command line, not a property of SDXL).
+
+What the recipe does not fix stays generic: ``data.*`` describes no particular dataset (fill50k
+is one dataset among many; its preset names it), and ``data.root`` defaults to ``data``, the
+folder of a project's own dataset, because no dataset is a sensible default to train SDXL on.
+The synthetic circles are written to :data:`SYNTH_ROOT` and the offline toy base model to
+:data:`TOY_BASE_MODEL`; the toy preset (``presets/toy.yaml``, the same values as the checkout's
+``params.yaml``) points ``data.root`` and ``model.base_model`` at them, with the small CPU
+settings the demo's figures were measured with.
+
+Loading (YAML, ``-S`` overrides, error messages) lives in :mod:`t2iops.config.loading`; what
+each stage may read in :mod:`t2iops.config.stages`.
 """
 from __future__ import annotations
 
@@ -12,13 +29,17 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import UsageError
-
-
-class ConfigError(UsageError, ValueError):
-    """A configuration problem, with the offending key in the message."""
+SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+# The folder `t2iops data synth` writes the synthetic circles to in a project (dvc.yaml's synth
+# stage); a data.root equal to it means "the synthetic dataset" (a KFP run synthesizes it again).
+SYNTH_ROOT = "data/circles"
+# The folder `t2iops toy-base` writes the offline toy base model to in a project (dvc.yaml's
+# toy_base stage): a folder on this machine, in no image.
+TOY_BASE_MODEL = "models/toy-base"
+# The default data.root: a project's own dataset folder.
+DATA_ROOT = "data"
 
 
 class _Section(BaseModel):
@@ -55,6 +76,9 @@ class StorageConfig(_Section):
 
 
 class SynthConfig(_Section):
+    """The synthetic circles `t2iops data synth` writes (a fill50k-style dataset: a filled circle
+    as the image, its outline as the condition), for a run that needs no dataset to download."""
+
     count: int = Field(1000, ge=1, le=10_000_000, description="number of samples")
     resolution: int = Field(64, ge=16, le=4096, description="image side in pixels")
     seed: int = Field(0, ge=0)
@@ -70,7 +94,10 @@ class SynthConfig(_Section):
 
 
 class DataConfig(_Section):
-    root: str = Field("data/circles", description="dataset folder, s3:// prefix, HF dataset id or save_to_disk folder")
+    root: str = Field(
+        DATA_ROOT, description=f"dataset folder, s3:// prefix, HF dataset id or save_to_disk folder ({SYNTH_ROOT}: "
+        "the synthetic circles `t2iops data synth` writes)"
+    )
     image_column: str = "image"
     conditioning_image_column: str = "conditioning_image"
     caption_column: str = "text"
@@ -101,13 +128,16 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     base_model: str = Field(
-        "models/toy-base", description="hub id, local diffusers folder or s3:// prefix"
+        SDXL_BASE_MODEL, description=f"hub id, local diffusers folder or s3:// prefix ({TOY_BASE_MODEL}: the offline "
+        "toy base `t2iops toy-base` builds)"
     )
     revision: Optional[str] = None
     variant: Optional[str] = Field(None, description="weights variant, e.g. fp16")
     vae: Optional[str] = Field(None, description="VAE override (hub id, folder or s3://), e.g. madebyollin/sdxl-vae-fp16-fix")
-    dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
-    adapter_type: Literal["auto", "full_adapter", "light_adapter", "full_adapter_xl"] = "auto"
+    dtype: Literal["fp32", "fp16", "bf16"] = Field("fp16", description="dtype of the frozen base model's weights")
+    adapter_type: Literal["auto", "full_adapter", "light_adapter", "full_adapter_xl"] = Field(
+        "auto", description="auto: full_adapter_xl for an SDXL base, full_adapter for SD1.5"
+    )
     adapter_channels: Optional[list[int]] = Field(None, description="default: derived from the UNet")
     num_res_blocks: int = Field(2, ge=1, le=8)
     pretrained_adapter: Optional[str] = Field(None, description="start from this adapter (folder, hub id, s3://)")
@@ -115,6 +145,9 @@ class ModelConfig(_Section):
 
 
 class ToyBaseConfig(_Section):
+    """How `t2iops toy-base` trains the offline toy base model: small, CPU, from scratch, with
+    SDXL's architecture. Only that command reads this section."""
+
     resolution: int = Field(64, ge=16, le=512)
     vae_steps: int = Field(1200, ge=1)
     unet_steps: int = Field(1000, ge=1)
@@ -139,7 +172,7 @@ class ToyBaseConfig(_Section):
 
 
 class EncodeConfig(_Section):
-    resolution: int = Field(64, ge=16, le=4096)
+    resolution: int = Field(1024, ge=16, le=4096, description="training image side in pixels (SDXL's native 1024)")
     random_crop: bool = False
     random_flip: bool = False
     batch_size: int = Field(16, ge=1)
@@ -157,15 +190,15 @@ class EncodeConfig(_Section):
 
 
 class TrainConfig(_Section):
-    lr: float = Field(1e-3, gt=0, le=1.0, description="AdamW learning rate; 1e-3 suits the toy default, the "
-                      "SDXL/SD1.5 presets use 1e-5")
+    lr: float = Field(1e-5, gt=0, le=1.0, description="AdamW learning rate; 1e-5 is the diffusers SDXL recipe's "
+                      "(the toy preset's adapter for its small base learns at 1e-3)")
     weight_decay: float = Field(1e-2, ge=0)
     adam_beta1: float = Field(0.9, ge=0, lt=1)
     adam_beta2: float = Field(0.999, ge=0, lt=1)
     adam_eps: float = Field(1e-8, gt=0)
-    batch_size: int = Field(8, ge=1, description="global batch per optimizer micro-step across all ranks")
-    grad_accum: int = Field(1, ge=1)
-    max_steps: int = Field(1000, ge=1, description="optimizer steps")
+    batch_size: int = Field(1, ge=1, description="global batch per optimizer micro-step across all ranks")
+    grad_accum: int = Field(4, ge=1, description="micro-steps per optimizer step")
+    max_steps: int = Field(15000, ge=1, description="optimizer steps")
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     timestep_sampling: Literal["cubic", "uniform"] = "cubic"
@@ -174,12 +207,12 @@ class TrainConfig(_Section):
     conditioning_scale: float = Field(1.0, ge=0)
     caption_dropout: float = Field(0.0, ge=0, le=1)
     gradient_checkpointing: bool = False
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    mixed_precision: Literal["no", "fp16", "bf16"] = "fp16"
     max_grad_norm: Optional[float] = Field(1.0, gt=0)
     ema_decay: Optional[float] = Field(None, gt=0, lt=1)
-    checkpoint_every: int = Field(100, ge=1)
-    keep_last: int = Field(2, ge=1)
-    validate_every: int = Field(0, ge=0, description="0 disables validation during training")
+    checkpoint_every: int = Field(500, ge=1, description="optimizer steps between checkpoints")
+    keep_last: int = Field(3, ge=1, description="checkpoints kept")
+    validate_every: int = Field(100, ge=0, description="optimizer steps between validations; 0 disables them")
     max_bad_steps: int = Field(5, ge=1, description="consecutive non-finite losses before aborting")
     zero_stage: Literal[0, 1, 2, 3] = 0
     offload_optimizer: bool = False
@@ -195,8 +228,8 @@ class TrainConfig(_Section):
                                   "are evicted beyond it")
     stream_prefetch: int = Field(8, ge=0, description="micro-batches whose shards are fetched ahead")
     log_every: int = Field(10, ge=1, description="optimizer steps between metric log lines")
-    validation_samples: int = Field(4, ge=1, le=64, description="val-split samples drawn during validation")
-    validation_inference_steps: int = Field(20, ge=1, le=1000)
+    validation_samples: int = Field(2, ge=1, le=64, description="val-split samples drawn during validation")
+    validation_inference_steps: int = Field(30, ge=1, le=1000, description="sampler steps of each validation image")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
@@ -245,7 +278,7 @@ class EvaluateConfig(_Section):
 
 class ExportConfig(_Section):
     opset: int = Field(17, ge=13, le=23)
-    resolutions: list[int] = Field(default_factory=lambda: [64], description="profile sizes (square)")
+    resolutions: list[int] = Field(default_factory=lambda: [1024], description="profile sizes (square)")
     max_batch: int = Field(4, ge=1)
     fp16: bool = True
     fp32_tolerance: float = Field(1e-4, gt=0)
@@ -292,6 +325,14 @@ class RegistryConfig(_Section):
     )
 
 
+# ---------------------------------------------------------------------------------------
+def _get_path(data: dict, dotted: str) -> Any:
+    cur: Any = data
+    for part in dotted.split("."):
+        cur = cur[part]
+    return cur
+
+
 class _Serialised:
     """What a full configuration and a stage's view share: YAML, the file written next to a
     stage's outputs, and a stable hash for cache keys, all from ``to_dict()``."""
@@ -317,7 +358,8 @@ class _Serialised:
 
 
 class Config(_Serialised, _Section):
-    """The whole configuration. ``params.yaml`` holds any subset of it."""
+    """The whole configuration. ``params.yaml`` holds any subset of it; a key it leaves out
+    takes the default above (a real SDXL run)."""
 
     seed: int = Field(0, ge=0)
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -335,238 +377,12 @@ class Config(_Serialised, _Section):
         return self.model_dump(mode="json")
 
 
-
-# ---------------------------------------------------------------------------------------
-def _get_path(data: dict, dotted: str) -> Any:
-    cur: Any = data
-    for part in dotted.split("."):
-        cur = cur[part]
-    return cur
-
-
-def _format_error(err: ValidationError, origin: str) -> str:
-    lines = []
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        kind = e["type"]
-        msg = e["msg"]
-        if kind == "extra_forbidden":
-            parent = e["loc"][:-1]
-            allowed = _allowed_keys(parent)
-            msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
-        elif kind == "literal_error" and "expected" in e.get("ctx", {}):
-            msg = f"invalid value {e.get('input')!r}; allowed values: {e['ctx']['expected']}"
-        elif "input" in e and kind != "missing":
-            msg = f"{msg} (got {e['input']!r})"
-        lines.append(f"{key}: {msg}")
-    return f"invalid configuration ({origin}): " + "; ".join(lines)
-
-
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: type[BaseModel] = Config
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
-            return sorted(model.model_fields)
-        model = field.annotation
-    return sorted(model.model_fields)
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``train.lr=1e-5`` -> (["train", "lr"], 1e-5). Values are parsed as YAML scalars/lists."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like key.path=value")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override {item!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from None
-    return key.split("."), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any]) -> dict[str, Any]:
-    items = overrides.items() if isinstance(overrides, dict) else [parse_override(o) for o in overrides]
-    for path, value in items:
-        if isinstance(path, str):
-            path = path.split(".")
-        cur = data
-        for i, part in enumerate(path[:-1]):
-            nxt = cur.get(part)
-            if nxt is None:
-                nxt = cur[part] = {}
-            elif not isinstance(nxt, dict):
-                raise ConfigError(f"override {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
-            cur = nxt
-        cur[path[-1]] = value
-    return data
-
-
-def load_config(
-    params: str | Path | None = None,
-    overrides: list[str] | dict[str, Any] | None = None,
-) -> Config:
-    """Load ``params.yaml`` (or nothing: the embedded default), apply ``key=value`` overrides,
-    validate. Raises :class:`ConfigError` naming the key on any problem."""
-    data: dict[str, Any] = {}
-    origin = "defaults"
-    if params is not None:
-        path = Path(params)
-        if not path.exists():
-            raise ConfigError(f"params file {path} does not exist")
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"params file {path} is not valid YAML: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"params file {path} must hold a mapping at the top level")
-        data = loaded
-        origin = str(path)
-    if overrides:
-        data = apply_overrides(data, overrides)
-        origin += " + overrides"
-    try:
-        return Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err, origin)) from None
-
-
-def config_from_dict(data: dict[str, Any], origin: str = "dict") -> Config:
-    try:
-        return Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_error(err, origin)) from None
-
-
-# ---------------------------------------------------------------------------------------
-# What each stage reads. A stage receives a view of the resolved config restricted to these
-# dotted paths (a section, a sub-section or one key) plus the runtime sections; reading
-# anything else raises ConfigError naming the stage and the key. dvc.yaml's `params:` lists
-# exactly these paths (tests/unit/test_stage_sections.py checks it) and each KFP step receives
-# exactly these values, so a stage re-runs (DVC) or misses the cache (KFP) only when what it
-# reads changed. Cross-section reads are declared here on purpose, with the reason beside them.
-RUNTIME_SECTIONS = ("storage",)  # where data lives and how to reach it, not what a stage computes
-ALL_SECTIONS = "*"
-# the synthetic rows are written under the configured column names
-_SYNTH = ("data.synth", "data.image_column", "data.conditioning_image_column", "data.caption_column", "data.id_column")
-# validate, encode and evaluate read rows through the one dataset reader (columns, limits, split)
-_DATASET = (
-    "data.root", "data.image_column", "data.conditioning_image_column", "data.caption_column", "data.id_column",
-    "data.min_size", "data.max_size", "data.max_pixels", "data.resize_policy", "data.max_bad_fraction",
-    "data.val_fraction", "data.test_fraction",
-)
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "synth": _SYNTH,
-    # pull (KFP only) synthesizes the circles when data_source is 'synth'
-    "pull": _SYNTH,
-    "validate": _DATASET,
-    # the toy base learns the synthetic circles; model.base_model is its default output folder
-    "toy_base": ("toy_base", "data.synth", "model.base_model"),
-    "encode": (*_DATASET, "model", "encode"),
-    # validation during training samples like the evaluation does (same fidelity metric, seeds, CFG)
-    "train": ("model", "train", "evaluate.condition_kind", "evaluate.seed", "evaluate.guidance_scale"),
-    # evaluate.resolution defaults to the resolution the adapter was trained (encoded) at
-    "evaluate": (*_DATASET, "model", "encode.resolution", "evaluate"),
-    # the parity check draws synthetic circle conditions (seed, data.synth); the serving manifest
-    # records the generation settings the evaluation used and the training data root
-    "export": (
-        "seed", "data.root", "data.synth", "model", "train.conditioning_scale", "evaluate.guidance_scale",
-        "evaluate.conditioning_scales", "evaluate.conditioning_factor", "export",
-    ),
-    # the registry keeps the whole resolved configuration beside the published model
-    "publish": (ALL_SECTIONS,),
-}
-
-
-def stage_paths(stage: str) -> tuple[str, ...]:
-    """The dotted paths ``stage`` declares (without the runtime sections)."""
-    try:
-        return STAGE_SECTIONS[stage]
-    except KeyError:
-        raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_SECTIONS)}") from None
-
-
-def covered(path: str, allowed: tuple[str, ...]) -> bool:
-    """Whether the dotted ``path`` lies in one of the ``allowed`` paths."""
-    return any(a == ALL_SECTIONS or path == a or path.startswith(a + ".") for a in allowed)
-
-
-def _partly_covered(path: str, allowed: tuple[str, ...]) -> bool:
-    return any(a.startswith(path + ".") for a in allowed)
-
-
-def restrict_dict(data: dict[str, Any], allowed: tuple[str, ...], prefix: str = "") -> dict[str, Any]:
-    """The part of a nested config dict that ``allowed`` (dotted paths) covers."""
-    out: dict[str, Any] = {}
+def leaf_keys(data: dict[str, Any] | None = None, prefix: str = "") -> list[str]:
+    """The dotted path of every leaf of a nested config dict (default: the schema's), in order.
+    An empty mapping (``registry.tolerances: {}``) is a leaf: its value is the empty mapping."""
+    data = Config().to_dict() if data is None else data
+    keys: list[str] = []
     for key, value in data.items():
         path = f"{prefix}{key}"
-        if covered(path, allowed):
-            out[key] = value
-        elif isinstance(value, dict) and _partly_covered(path, allowed):
-            out[key] = restrict_dict(value, allowed, path + ".")
-    return out
-
-
-class StageConfig(_Serialised):
-    """A read-only view of a :class:`Config` holding only what one stage declares in
-    :data:`STAGE_SECTIONS` (plus the runtime sections). A declared section or key reads as
-    usual (the real pydantic object); anything else raises :class:`ConfigError` naming the
-    stage and the key, so a stage cannot silently depend on another stage's settings."""
-
-    def __init__(self, cfg: Config | BaseModel, stage: str, allowed: tuple[str, ...] | None = None, prefix: str = ""):
-        if allowed is None:
-            allowed = stage_paths(stage) + RUNTIME_SECTIONS
-        object.__setattr__(self, "_cfg", cfg)
-        object.__setattr__(self, "_stage", stage)
-        object.__setattr__(self, "_allowed", allowed)
-        object.__setattr__(self, "_prefix", prefix)
-
-    @property
-    def stage(self) -> str:
-        return self._stage
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        path = f"{self._prefix}{name}"
-        value = getattr(self._cfg, name)
-        if covered(path, self._allowed):
-            return value
-        if isinstance(value, BaseModel) and _partly_covered(path, self._allowed):
-            return StageConfig(value, self._stage, self._allowed, path + ".")
-        declared = ", ".join(p for p in self._allowed if p not in RUNTIME_SECTIONS) or "nothing"
-        raise ConfigError(
-            f"stage {self._stage!r} reads {path}, which it does not declare (it declares: {declared}); "
-            "add it to STAGE_SECTIONS in t2iops/config.py and to the stage's params in dvc.yaml, "
-            "or take the value from the stage's input artifact"
-        )
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise ConfigError(f"stage {self._stage!r}: the configuration is read-only here (set {self._prefix}{name} with -S)")
-
-    def __repr__(self) -> str:
-        return f"StageConfig({self._stage!r}, {self.to_dict()!r})"
-
-    # -- the same serialisation as Config, of the declared part only ---------------------
-    def to_dict(self) -> dict[str, Any]:
-        data = self._cfg.model_dump(mode="json")
-        return restrict_dict(data, self._allowed, self._prefix)
-
-
-
-def stage_config(cfg: Config, stage: str) -> StageConfig:
-    """The view of ``cfg`` that ``stage`` may read."""
-    return StageConfig(cfg, stage)
-
-
-def stage_values(cfg: Config, stage: str) -> dict[str, Any]:
-    """The resolved values ``stage`` reads (declared paths + runtime sections), as a nested dict."""
-    return stage_config(cfg, stage).to_dict()
-
-
-def dvc_params(stage: str) -> list[str]:
-    """What ``dvc.yaml`` lists under the stage's ``params:``: its declared paths. The runtime
-    sections are left out: an S3 endpoint or retry count does not change a result."""
-    return list(stage_paths(stage))
+        keys += leaf_keys(value, path + ".") if isinstance(value, dict) and value else [path]
+    return keys
