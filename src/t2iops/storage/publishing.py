@@ -276,3 +276,120 @@ def is_published(uri: str | os.PathLike, cfg: Any = None) -> bool:
         return True
     except NotPublished:
         return False
+
+
+# ---------------------------------------------------------------------------------------
+# Outputs written by several processes, or sharing their folder with other outputs
+class _OneProcess:
+    """The group of a publish that one process writes alone."""
+
+    is_main = True
+
+    def barrier(self) -> None:
+        pass
+
+    def broadcast_object(self, obj):
+        return obj
+
+    def all_gather_object(self, obj) -> list:
+        return [obj]
+
+
+@contextlib.contextmanager
+def publish_shared(dest: str | os.PathLike, cfg: Any = None, extra: Optional[dict] = None, *, group: Any = None,
+                   beside: bool = False) -> Iterator[Path]:
+    """:func:`publish` for an output that several processes write together, or that shares its
+    folder with other outputs: the same manifest, the same fsynced rename locally, the same
+    versioned keys and conditional manifest PUT on S3. Nothing is visible until every file is.
+
+    ``group`` (collective; ``is_main``, ``barrier``, ``broadcast_object``, ``all_gather_object``,
+    as the ranks of a training job have them): every process writes its own files into the
+    staging folder it is handed. Locally they share one folder (``dest`` must be on a filesystem
+    all of them see), which rank 0 renames into place; on S3 each process uploads its own files
+    under the version rank 0 names, and rank 0 writes the manifest that lists them all.
+
+    ``beside``: ``dest`` also holds things that are not part of this output (a training run's
+    checkpoints and logs beside its result) and they stay. Only the top-level entries staged are
+    replaced, each renamed into place, and the manifest, moved in last, lists the staged files.
+    On S3 plain keys that an older layout left under the staged names are removed once the
+    manifest has moved, so that they can never shadow the published files."""
+    dest = str(dest)
+    group = group or _OneProcess()
+    staging = _shared_staging(dest, group, beside)
+    published = False
+    try:
+        yield staging
+        if is_s3(dest):
+            _publish_s3_shared(staging, dest, cfg, extra, group, beside)
+        else:
+            group.barrier()  # every process has written its files into the shared folder
+            if group.is_main:
+                manifest = build_manifest(staging, extra)
+                (_publish_local_beside if beside else _publish_local)(staging, Path(dest), manifest)
+        published = True
+    finally:
+        if is_s3(dest) or not published:  # a local staging folder that was published is rank 0's, and gone
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _shared_staging(dest: str, group, beside: bool) -> Path:
+    if is_s3(dest):
+        return Path(tempfile.mkdtemp(prefix="t2iops-publish-"))
+    d = Path(dest)
+    parent, name = (d, ".staged") if beside else (d.parent, f".{d.name}")
+    staging = parent / group.broadcast_object(f"{name}.tmp-{uuid.uuid4().hex[:8]}")
+    if group.is_main:
+        staging.mkdir(parents=True)
+    group.barrier()
+    return staging
+
+
+def _publish_local_beside(staging: Path, dest: Path, manifest: dict) -> None:
+    """Withdraw the old manifest, rename each staged entry over its old self, then move the new
+    manifest in: a reader sees the old output, no output, or the new one, never a mix."""
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    usual_modes(staging)
+    _fsync_tree(staging)
+    (dest / MANIFEST).unlink(missing_ok=True)
+    for entry in sorted(p for p in staging.iterdir() if p.name != MANIFEST):
+        target, old = dest / entry.name, None
+        if target.is_dir() and not target.is_symlink():
+            old = dest / f".{entry.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(target, old)
+        os.replace(entry, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(dest)
+    os.replace(staging / MANIFEST, dest / MANIFEST)
+    fsync_dir(dest)
+    staging.rmdir()
+
+
+def _publish_s3_shared(staging: Path, dest: str, cfg: Any, extra: Optional[dict], group, beside: bool) -> None:
+    client = s3_client(cfg)
+    bucket, key = split_s3(dest)
+    base = prefix_of(key)
+    version = group.broadcast_object(new_version_id())
+    version_base = f"{base}{VERSIONS}/{version}/"
+    manifest = build_manifest(staging, extra)
+    upload_files(client, staging, list(manifest["files"]), bucket, version_base,
+                 storage_settings(cfg)["max_concurrency"], RangePlan.of(cfg))
+    parts = group.all_gather_object(manifest["files"])
+    if not group.is_main:
+        return
+    files = dict(sorted((rel, meta) for part in parts for rel, meta in part.items()))
+    current, etag = _read_pointer(client, bucket, base + MANIFEST)
+    body = {**manifest, "files": files, "layout": "versioned", "version": version,
+            "previous": (current or {}).get("version")}
+    try:
+        _swap_pointer(client, bucket, base + MANIFEST, body, etag, dest)
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: a later publish removes orphans anyway
+            delete_keys(client, bucket, [version_base + rel for rel in files])
+        raise
+    with contextlib.suppress(Exception):  # the output is published; cleanup may fail harmlessly
+        _collect_garbage(client, bucket, base, body, current)
+        if beside:
+            for name in sorted({rel.split("/", 1)[0] for rel in files}):
+                delete_keys(client, bucket, [o["Key"] for o in list_objects(client, bucket, base + name)
+                                             if o["Key"] == base + name or o["Key"].startswith(base + name + "/")])

@@ -11,11 +11,12 @@ Layout under the run's output ``O`` (folder or s3:// prefix)::
     O/checkpoints/step-000100/_manifest.json        written last: size + sha256 of every file, the run spec
     O/checkpoints/latest                            name of the newest complete checkpoint
 
-Locally every rank writes into one hidden staging folder (the output must be on a filesystem all
-ranks share, as DeepSpeed requires), rank 0 writes the manifest and renames the folder into
-place. On S3 each rank stages privately and uploads its own files; rank 0 writes the manifest
-after all uploads. Only then does ``latest`` move, and only then are checkpoints beyond
-``train.keep_last`` deleted (oldest first, never the newest).
+A checkpoint is published like every other output, by :func:`t2iops.storage.publishing.publish_shared`
+with the ranks as its group: locally every rank writes into one hidden staging folder (the
+output must be on a filesystem all ranks share, as DeepSpeed requires) that rank 0 renames into
+place with its manifest; on S3 each rank uploads its own files under one new version and rank 0
+writes the manifest after all uploads. Only then does ``latest`` move, and only then are
+checkpoints beyond ``train.keep_last`` deleted (oldest first, never the newest).
 
 Nothing read back from a checkpoint runs code. Our own state is safetensors and JSON (RNG states
 included). Before a resume reads anything, :func:`verify` checks every file against the sizes and
@@ -32,10 +33,6 @@ import os
 import pickle
 import random
 import re
-import shutil
-import tempfile
-import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -44,6 +41,7 @@ import torch
 
 from .. import storage
 from ..errors import ModelError, UsageError
+from ..storage.publishing import publish_shared
 
 log = logging.getLogger("t2iops.train")
 
@@ -113,17 +111,6 @@ def load_rng_state(path: Path) -> None:
         "torch": tensors["torch"],
         **({"cuda": cuda} if cuda else {}),
     })
-
-
-# ---------------------------------------------------------------------------------------
-def file_entries(root: Path) -> dict[str, dict]:
-    return {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": storage.sha256_file(p)}
-            for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def manifest_bytes(files: dict, extra: dict) -> bytes:
-    body = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "files": files, **extra}
-    return json.dumps(body, indent=2).encode()
 
 
 # ---------------------------------------------------------------------------------------
@@ -233,36 +220,8 @@ class Checkpointer:
         name = checkpoint_name(step)
         final = storage.join(self.root, name)
         extra = {"kind": "t2iops-checkpoint", "step": step, **(extra or {})}
-        if storage.is_s3(self.out):
-            with tempfile.TemporaryDirectory(prefix="t2iops-ckpt-") as tmp:
-                staging = Path(tmp)
-                write(staging)
-                files = file_entries(staging)
-                storage.upload_dir(staging, final, self.storage_cfg)
-                gathered = self.dist.all_gather_object(files)
-            if self.dist.is_main:
-                merged: dict = {}
-                for part in gathered:
-                    merged.update(part)
-                storage.write_bytes(storage.join(final, storage.MANIFEST), manifest_bytes(merged, extra), self.storage_cfg)
-        else:
-            staging_name = self.dist.broadcast_object(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-            staging = Path(self.root) / staging_name
-            if self.dist.is_main:
-                staging.mkdir(parents=True)
-            self.dist.barrier()
-            try:
-                write(staging)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)  # never leave half a checkpoint behind
-                raise
-            self.dist.barrier()
-            if self.dist.is_main:
-                (staging / storage.MANIFEST).write_bytes(manifest_bytes(file_entries(staging), extra))
-                target = Path(final)
-                if target.exists():  # a re-run of the same step replaces the old one
-                    shutil.rmtree(target)
-                os.replace(staging, target)
+        with publish_shared(final, self.storage_cfg, extra, group=self.dist) as staging:
+            write(staging)  # a write that fails leaves nothing behind: the staging folder goes with it
         if self.dist.is_main:
             storage.write_bytes(storage.join(self.root, LATEST), name.encode(), self.storage_cfg)
             self._prune(keep=name)

@@ -2,10 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-
-log = logging.getLogger("t2iops.train")
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -34,9 +30,6 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
                    "(model and train config, cache), otherwise remove OUT's checkpoints and start a new run "
                    "(the DVC stage uses it), or a checkpoint folder/URI; adapter, optimizer, EMA, step, RNGs "
                    "and data order are restored, every checkpoint file verified against its manifest first")
-    p.add_argument("--kfp-metrics", default=None, metavar="PATH",
-                   help="deprecated (KFP v2 ignores it; the pipeline logs a Metrics artifact): also write the "
-                   "final metrics in KFP v1's mlpipeline-metrics JSON format to PATH")
     p.set_defaults(func=_train, stage="train")
 
 
@@ -48,17 +41,4 @@ def _train(args: argparse.Namespace, cfg) -> int:
         train(args.cache, args.out, cfg, resume=args.resume)
     finally:
         shutdown()
-    if args.kfp_metrics and os.environ.get("RANK", "0") == "0":
-        _write_v1_metrics(args.out, args.kfp_metrics, cfg)
     return 0
-
-
-def _write_v1_metrics(out: str, path: str, cfg) -> None:
-    import json
-
-    from .. import storage
-    from ..pipelines.kfp_metrics import training_metrics, write_v1_metrics_file
-
-    log.warning("--kfp-metrics is deprecated: KFP v2 reads the train step's Metrics artifact instead")
-    summary = json.loads(storage.read_text(storage.join(out, "summary.json"), cfg.storage))
-    write_v1_metrics_file(path, training_metrics(summary), cfg.storage)

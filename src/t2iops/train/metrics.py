@@ -1,5 +1,5 @@
-"""Where training metrics go: TensorBoard, DVCLive, a progress bar and (when asked) a KFP
-metrics file. Rank 0 logs; the other ranks get a logger that does nothing.
+"""Where training metrics go: TensorBoard, DVCLive and a progress bar. Rank 0 logs; the other
+ranks get a logger that does nothing.
 
 Files land under ``O/logs/`` (``tensorboard/`` and ``dvclive/``, whose ``plots/metrics/*.tsv``
 ``dvc plots`` draws). When ``O`` is an s3:// prefix they are written to a local folder and
@@ -7,7 +7,6 @@ uploaded with every checkpoint and at the end.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import resource

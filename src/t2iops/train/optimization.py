@@ -4,6 +4,10 @@ Both expose the same five calls the training loop uses -- ``forward`` (the adapt
 ``backward(loss, bad)``, ``step()``, ``full_state_dict()`` and ``save``/``load`` -- so the loop
 reads the same whichever runs underneath.
 
+The optimizer and its learning-rate schedule are built together, once, by
+:func:`optimizer_and_schedule`; the schedule reaches the optimizer in one place,
+``apply_schedule`` at the start of every optimizer step.
+
 * :class:`PlainOptimization` (``train.zero_stage: 0``): AdamW on every rank; with several ranks
   the gradients are averaged with one all-reduce per optimizer step (the adapter is small, so
   overlapping the reduction with backward, as DDP does, buys little).
@@ -25,20 +29,81 @@ import copyreg
 import enum
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 
-def _adamw(params, train_cfg) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        params,
-        lr=train_cfg.lr,
-        betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
-        eps=train_cfg.adam_eps,
-        weight_decay=train_cfg.weight_decay,
-    )
+@dataclass(frozen=True)
+class LRSchedule:
+    """The learning rate of optimizer step ``step`` (0-based): linear warm-up over ``warmup``
+    steps to ``base`` (train.lr), then constant, linear decay to 0 or cosine decay to 0 over the
+    remaining steps of ``total`` (train.max_steps).
+
+    A pure function of the step, counting skipped steps too: a resumed run gets its rate back by
+    getting its step back, so a checkpoint holds no schedule state. It is not handed to
+    DeepSpeed, whose engine would advance it only on the steps it applies."""
+
+    base: float
+    warmup: int
+    kind: str  # train.lr_schedule: constant | linear | cosine
+    total: int
+
+    @classmethod
+    def from_config(cls, train_cfg) -> "LRSchedule":
+        return cls(train_cfg.lr, train_cfg.warmup_steps, train_cfg.lr_schedule, train_cfg.max_steps)
+
+    def __call__(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return self.base * (step + 1) / self.warmup
+        if self.kind == "constant":
+            return self.base
+        remaining = max(1, self.total - self.warmup)
+        progress = min(1.0, (step - self.warmup) / remaining)
+        if self.kind == "linear":
+            return self.base * (1.0 - progress)
+        return self.base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def optimizer_and_schedule(params: list, train_cfg, offload: bool = False) -> tuple[torch.optim.Optimizer, LRSchedule]:
+    """The adapter's optimizer and its learning-rate schedule, built here and nowhere else.
+
+    AdamW with train.lr as its base rate (the schedule scales from the same value). With the
+    optimizer state offloaded to the CPU (ZeRO's offload_optimizer) it is DeepSpeed's CPU Adam in
+    AdamW mode, the same update computed where the offloaded state lives: DeepSpeed refuses a
+    torch optimizer there."""
+    hyper = dict(lr=train_cfg.lr, betas=(train_cfg.adam_beta1, train_cfg.adam_beta2), eps=train_cfg.adam_eps,
+                 weight_decay=train_cfg.weight_decay)
+    if offload:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(params, adamw_mode=True, **hyper)
+    else:
+        optimizer = torch.optim.AdamW(params, **hyper)
+    return optimizer, LRSchedule.from_config(train_cfg)
+
+
+def build_optimization(adapter: torch.nn.Module, train_cfg, dist, ds_config: dict | None = None):
+    """The way the adapter is optimized: a DeepSpeed ZeRO engine when there is a DeepSpeed
+    configuration, plain PyTorch otherwise."""
+    if ds_config is not None:
+        return DeepSpeedOptimization(adapter, train_cfg, dist, ds_config)
+    return PlainOptimization(adapter, train_cfg, dist)
+
+
+class _Scheduled:
+    """What both ways of optimizing share: the schedule, applied to the optimizer in one place."""
+
+    schedule: LRSchedule
+
+    def apply_schedule(self, step: int) -> float:
+        """Give every parameter group the learning rate of optimizer step ``step``; returns it."""
+        lr = self.schedule(step)
+        for group in self.param_groups:
+            group["lr"] = lr
+        return lr
 
 
 def _tensor_bytes(obj) -> int:
@@ -70,7 +135,7 @@ def _tensor_bytes(obj) -> int:
     return total
 
 
-class PlainOptimization:
+class PlainOptimization(_Scheduled):
     name = "torch"
 
     def __init__(self, adapter: torch.nn.Module, train_cfg, dist):
@@ -78,7 +143,7 @@ class PlainOptimization:
         self.train_cfg = train_cfg
         self.dist = dist
         self.params = [p for p in adapter.parameters() if p.requires_grad]
-        self.optimizer = _adamw(self.params, train_cfg)
+        self.optimizer, self.schedule = optimizer_and_schedule(self.params, train_cfg)
         fp16 = train_cfg.mixed_precision == "fp16"
         self.scaler = torch.amp.GradScaler(dist.device.type) if fp16 else None
 
@@ -154,7 +219,7 @@ class PlainOptimization:
         return {"optimizer_state": _tensor_bytes(self.optimizer.state), "gradients": _tensor_bytes(grads)}
 
 
-class DeepSpeedOptimization:
+class DeepSpeedOptimization(_Scheduled):
     name = "deepspeed"
 
     def __init__(self, adapter: torch.nn.Module, train_cfg, dist, ds_config: dict):
@@ -164,19 +229,19 @@ class DeepSpeedOptimization:
         self.dist = dist
         self.ds_config = ds_config
         self.stage = int(ds_config["zero_optimization"]["stage"])
-        optimizer = _adamw([p for p in adapter.parameters() if p.requires_grad], train_cfg)
-        if ds_config["zero_optimization"].get("offload_optimizer", {}).get("device", "none") == "cpu":
-            from deepspeed.ops.adam import DeepSpeedCPUAdam
-
-            optimizer = DeepSpeedCPUAdam(adapter.parameters(), lr=train_cfg.lr,
-                                         betas=(train_cfg.adam_beta1, train_cfg.adam_beta2),
-                                         eps=train_cfg.adam_eps, weight_decay=train_cfg.weight_decay,
-                                         adamw_mode=True)
+        offload = ds_config["zero_optimization"].get("offload_optimizer", {}).get("device", "none") == "cpu"
+        optimizer, self.schedule = optimizer_and_schedule([p for p in adapter.parameters() if p.requires_grad],
+                                                          train_cfg, offload)
         self.engine, _, _, _ = deepspeed.initialize(model=adapter, optimizer=optimizer, config=ds_config)
 
     @property
     def module(self):
         return self.engine
+
+    @property
+    def adapter(self) -> torch.nn.Module:
+        """The adapter itself (its parameters partitioned under ZeRO-3)."""
+        return self.engine.module
 
     @property
     def param_groups(self):

@@ -44,21 +44,3 @@ def check_training_config(cfg: Config, world_size: int, device: torch.device, ze
     if t.warmup_steps > t.max_steps:
         raise ConfigError(f"train.warmup_steps={t.warmup_steps} exceeds train.max_steps={t.max_steps}")
 
-
-def learning_rate(step: int, train_cfg) -> float:
-    """The learning rate of optimizer step ``step`` (0-based): linear warmup, then constant,
-    linear decay to 0, or cosine decay to 0 over the remaining steps. A pure function of the
-    step, so resuming restores it by restoring the step."""
-    import math
-
-    base = train_cfg.lr
-    warmup = train_cfg.warmup_steps
-    if warmup and step < warmup:
-        return base * (step + 1) / warmup
-    if train_cfg.lr_schedule == "constant":
-        return base
-    remaining = max(1, train_cfg.max_steps - warmup)
-    progress = min(1.0, (step - warmup) / remaining)
-    if train_cfg.lr_schedule == "linear":
-        return base * (1.0 - progress)
-    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
