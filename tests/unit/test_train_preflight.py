@@ -2,14 +2,15 @@
 import pytest
 import torch
 
-from t2iops.config import ConfigError, load_config
+from t2iops.config import ConfigError
+from t2iops.presets import preset_config
 from t2iops.train.preflight import check_training_config
 
 CPU = torch.device("cpu")
 
 
 def _cfg(*overrides):
-    return load_config(overrides=list(overrides))
+    return preset_config("toy", list(overrides))  # CPU-sized: fp32, batch 8
 
 
 @pytest.mark.parametrize("overrides, world, key", [
