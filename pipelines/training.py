@@ -10,7 +10,7 @@ Run parameters (all have defaults; ``t2iops pipeline submit -p name=value``):
                   --params/-S), so the KFP UI runs what params.yaml says. Each step gets only its
                   own: changing train.lr misses the cache of train/evaluate/export only.
   data_source     'dvc' | 'synth' | a folder or s3:// URI of a dataset (default: data.root, or
-                  'synth' for the embedded default)
+                  'synth' when data.root is data/circles, the toy preset's synthetic circles)
   dvc_repo/dvc_rev/dvc_path/dvc_remote   the DVC-tracked dataset when data_source is 'dvc'
   run_root        prefix for the run's durable files (checkpoints, encode and evaluation shards)
   encode_shards   the encode shards, [0, 1, ..., n-1] (one GPU each; default one)

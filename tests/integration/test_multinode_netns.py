@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from t2iops.pipelines.settings import PipelineSettings
-from t2iops.pipelines.trainjob import MASTER_PORT, rank_command, spec_from_settings, trainjob_manifest
+from t2iops.pipelines.trainjob import MASTER_PORT, rank_command, spec_from_settings, trainjob_object
 from t2iops.presets import preset_config
 
 # The 2-rank test's data, overrides, one-process reference run and tolerance.
@@ -152,7 +152,7 @@ def launch(nodes, endpoint, run: str, model: str, scratch: Path, *extra: str, at
                               cache_uri=f"s3://{BUCKET}/cache", out_uri=f"s3://{BUCKET}/{run}/train",
                               config_yaml=cfg.to_yaml())
     command = rank_command(spec)
-    assert shlex.join(command) in trainjob_manifest(spec)["spec"]["trainer"]["command"][2]  # what mpirun starts
+    assert shlex.join(command) in trainjob_object(spec)["spec"]["trainer"]["command"][2]  # what mpirun starts
     procs = []
     for node in (0, 1):
         home = scratch / f"{run}-{attempt}-node{node}"  # a restarted pod gets a fresh disk

@@ -24,14 +24,14 @@ _CRON_NAMES = re.compile(r"^(JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC|SUN
 
 def is_local_path(ref: str) -> bool:
     """Whether ``ref`` names a file or folder on this machine (rather than a hub id or a URI):
-    it exists here, it is written as a path (absolute, ./, ../, ~), or it is the embedded
-    default base model (models/toy-base: built by `dvc repro`, in no image)."""
-    from ..config import ModelConfig
+    it exists here, it is written as a path (absolute, ./, ../, ~), or it is the toy base model's
+    folder (models/toy-base: built by `dvc repro`, in no image)."""
+    from ..config import TOY_BASE_MODEL
 
     ref = str(ref).strip()
     if not ref or ref.startswith(_REMOTE):
         return False
-    if ref == ModelConfig.model_fields["base_model"].default:
+    if ref == TOY_BASE_MODEL:
         return True
     return ref.startswith(("/", ".", "~")) or Path(ref).expanduser().exists()
 
