@@ -1,4 +1,4 @@
-"""Export stage: ONNX fp32/fp16 graphs with parity checks and the serving manifest. Wraps
+"""Export stage: ONNX fp32/fp16 graphs with parity checks and the serving spec. Wraps
 :func:`t2iops.export.stage.export_adapter`."""
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
@@ -15,7 +15,7 @@ def export_adapter(
     from t2iops.pipelines.steps import copy_report
 
     cfg = stage_config(config, "export")
-    manifest = export(model.path, onnx.path, cfg, metrics_uri=f"{evaluation.path}/metrics.json",
-                      run={"git_sha": git_sha, "pulled": dict(dataset.metadata)})
-    onnx.metadata["family"] = manifest.get("family")
+    spec = export(model.path, onnx.path, cfg, metrics_uri=f"{evaluation.path}/metrics.json",
+                  run={"git_sha": git_sha, "pulled": dict(dataset.metadata)})
+    onnx.metadata["family"] = spec.get("family")
     copy_report(onnx.path, "README.md", model_card.path)

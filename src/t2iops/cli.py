@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-from .config import SDXL_BASE_MODEL, Config, load_config, stage_config
+from .config import SDXL_BASE_MODEL, Config, StageConfig, load_config
 from .errors import T2IError
 from .process import collect_once_at_exit
 from .redact import install_logging_redaction, redact_text
@@ -95,7 +95,7 @@ def stage_config_from_args(args: argparse.Namespace):
     the sections the stage declares in ``config.STAGE_SECTIONS``."""
     cfg = config_from_args(args)
     stage = getattr(args, "stage", None)
-    return stage_config(cfg, stage) if stage else cfg
+    return StageConfig(cfg, stage) if stage else cfg
 
 
 def _config_show(args: argparse.Namespace, cfg: Config) -> int:

@@ -127,3 +127,31 @@ def test_the_checks_catch_an_upward_import_and_a_cycle(toy, code_metrics, monkey
     found = _measure(code_metrics, monkeypatch, toy)
     assert found["module_cycles"] == [["toy.a.one", "toy.b.two"], ["toy.bottom", "toy.top"]]
     assert found["subpackage_cycles"] == [["toy.a", "toy.b"], ["toy.bottom", "toy.top"]]
+
+
+# ---------------------------------------------------------------------------------------
+# One digest helper
+def modules_importing(root: Path, name: str, allowed: set[str]) -> list[str]:
+    """Files under ``root`` (other than ``allowed``, relative paths) that import module ``name``."""
+    import ast
+
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n == name or n.startswith(name + ".") for n in names):
+                found.append(f"{rel}:{node.lineno}")
+    return found
+
+
+def test_every_hash_goes_through_the_one_digest_helper(tmp_path):
+    assert modules_importing(ROOT / "src" / "t2iops", "hashlib", {"hashing.py"}) == [], \
+        "use t2iops.hashing (digest, bytes_digest, file_digest, hasher, raw_digest) instead of hashlib"
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "hashing.py").write_text("import hashlib\n")
+    (tmp_path / "pkg" / "other.py").write_text("def f():\n    from hashlib import sha256\n    return sha256\n")
+    assert modules_importing(tmp_path / "pkg", "hashlib", {"hashing.py"}) == ["other.py:2"]

@@ -13,7 +13,7 @@ import yaml
 
 from t2iops.cli import build_parser, stage_config_from_args
 from t2iops.config import (
-    RUNTIME_SECTIONS, STAGE_SECTIONS, Config, ConfigError, dvc_params, load_config, stage_config, stage_values,
+    RUNTIME_SECTIONS, STAGE_SECTIONS, Config, ConfigError, StageConfig, dvc_params, load_config, stage_values,
 )
 from t2iops.presets import PRESETS_DIR, preset_names
 
@@ -49,19 +49,19 @@ def test_dvc_params_are_exactly_what_each_stage_declares():
 
 def test_a_stage_reading_outside_its_declaration_fails_loudly():
     cfg = load_config(REPO / "params.yaml")
-    train = stage_config(cfg, "train")
+    train = StageConfig(cfg, "train")
     assert train.train.lr == cfg.train.lr and train.evaluate.seed == cfg.evaluate.seed
     assert train.storage.max_attempts == cfg.storage.max_attempts  # runtime section: every stage
     with pytest.raises(ConfigError, match=r"stage 'train' reads evaluate\.num_samples"):
         train.evaluate.num_samples
     with pytest.raises(ConfigError, match=r"stage 'encode' reads train"):
-        stage_config(cfg, "encode").train
+        StageConfig(cfg, "encode").train
     with pytest.raises(ConfigError, match=r"stage 'export' reads data\.max_size"):
-        stage_config(cfg, "export").data.max_size
+        StageConfig(cfg, "export").data.max_size
     with pytest.raises(ConfigError, match="read-only"):
         train.seed = 3
     # What a stage writes beside its outputs is what it read.
-    assert set(yaml.safe_load(stage_config(cfg, "encode").to_yaml())) == {"storage", "data", "model", "encode"}
+    assert set(yaml.safe_load(StageConfig(cfg, "encode").to_yaml())) == {"storage", "data", "model", "encode"}
 
 
 @pytest.mark.parametrize("name", preset_names())
@@ -119,7 +119,7 @@ def test_cli_dvc_and_kfp_give_each_stage_the_same_resolved_values(tmp_path, monk
         assert dvc_door == cli_door == expected, stage
         if stage in KFP_STEP:
             step = KFP_STEP[stage]
-            kfp_door = stage_config(config_from_param(kfp_defaults[parameter_name(step)], step), step).to_dict()
+            kfp_door = StageConfig(config_from_param(kfp_defaults[parameter_name(step)], step), step).to_dict()
             assert kfp_door == stage_values(spec, step), stage
             assert json.loads(kfp_defaults[parameter_name(step)]) == stage_values(spec, step)
             if step == stage:

@@ -49,7 +49,6 @@ from .stages import (
     covered,
     dvc_params,
     restrict_dict,
-    stage_config,
     stage_paths,
     stage_values,
 )
@@ -59,6 +58,6 @@ __all__ = [
     "SYNTH_ROOT", "TOY_BASE_MODEL", "Config", "ConfigError", "DataConfig", "EncodeConfig", "EvaluateConfig",
     "ExportConfig", "GateConfig", "ModelConfig", "RegistryConfig", "StageConfig", "StorageConfig", "SynthConfig",
     "ToyBaseConfig", "TrainConfig", "apply_overrides", "config_from_dict", "config_sources", "covered",
-    "dvc_params", "leaf_keys", "load_config", "parse_override", "read_params", "restrict_dict", "stage_config",
+    "dvc_params", "leaf_keys", "load_config", "parse_override", "read_params", "restrict_dict",
     "stage_paths", "stage_values", "yaml_with_sources",
 ]

@@ -349,12 +349,12 @@ class _Serialised:
 
     def fingerprint(self, *sections: str) -> str:
         """A stable hash of the named sections (all when none), for cache keys."""
-        import hashlib
+        from ..hashing import bytes_digest
 
         data = self.to_dict()
         if sections:
             data = {s: _get_path(data, s) for s in sections}
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return bytes_digest(json.dumps(data, sort_keys=True).encode(), 16)
 
 
 class Config(_Serialised, _Section):

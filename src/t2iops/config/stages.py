@@ -129,14 +129,9 @@ class StageConfig(_Serialised):
         return restrict_dict(data, self._allowed, self._prefix)
 
 
-def stage_config(cfg: Config, stage: str) -> StageConfig:
-    """The view of ``cfg`` that ``stage`` may read."""
-    return StageConfig(cfg, stage)
-
-
 def stage_values(cfg: Config, stage: str) -> dict[str, Any]:
     """The resolved values ``stage`` reads (declared paths + runtime sections), as a nested dict."""
-    return stage_config(cfg, stage).to_dict()
+    return StageConfig(cfg, stage).to_dict()
 
 
 def dvc_params(stage: str) -> list[str]:

@@ -54,14 +54,3 @@ def log_metrics(artifact: Any, values: dict[str, float]) -> None:
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(float(value))
 
-
-def write_v1_metrics_file(path: str, values: dict[str, float], storage_cfg: Any = None) -> None:
-    """The v1 ``mlpipeline-metrics`` JSON (names in lower-kebab-case), kept only for
-    ``t2iops train --kfp-metrics``, which predates the v2 Metrics artifacts."""
-    import json
-
-    from .. import storage
-
-    entries = [{"name": name.replace("_", "-").replace("/", "-").lower(), "numberValue": value, "format": "RAW"}
-               for name, value in values.items()]
-    storage.write_bytes(path, json.dumps({"metrics": entries}, indent=2).encode(), storage_cfg)

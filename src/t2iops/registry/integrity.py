@@ -9,12 +9,12 @@ history record, so a reader can tell that the version it serves is the one that 
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 from .. import storage
+from ..hashing import bytes_digest, hasher
 from .versions import RegistryError, RegistryIntegrityError, check_name, model_root
 
 CHUNK = 1 << 20
@@ -45,7 +45,7 @@ class VersionCheck:
 
 
 def _digest(chunks: Iterable[bytes]) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
+    h, size = hasher(), 0
     for chunk in chunks:
         h.update(chunk)
         size += len(chunk)
@@ -75,8 +75,8 @@ def check_version(registry_uri: str, model_name: str, version: str, cfg: Any = N
     except (FileNotFoundError, NotADirectoryError):
         raise RegistryError(f"version {version!r} is not published in {model_root(registry_uri, model_name)}: "
                             "nothing to verify or promote") from None
-    check.manifest_sha256 = hashlib.sha256(data).hexdigest()
-    from ..storage.objects import parse_manifest
+    check.manifest_sha256 = bytes_digest(data)
+    from ..storage.views import parse_manifest
 
     try:
         manifest = parse_manifest(data, manifest_uri)
@@ -125,7 +125,7 @@ def _check_folder(root: Path, listed: dict[str, dict], manifest_uri: str) -> lis
 
 def _check_s3(uri: str, manifest: dict, listed: dict[str, dict], cfg: Any) -> list[str]:
     from ..storage.client import named_errors
-    from ..storage.objects import manifest_entries
+    from ..storage.views import manifest_entries
     from ..storage.uris import prefix_of
 
     bucket, key = storage.split_s3(uri)

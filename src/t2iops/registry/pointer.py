@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
 import os
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .. import storage
+from ..hashing import bytes_digest
 from .records import (HISTORY, MAX_ATTEMPTS, POINTER, STACK_LIMIT, ChampionRecord, PromotionConflict, history_name,
                       read_history, read_record, record_location_problem)
 from .store import open_store
@@ -193,7 +193,7 @@ def champion(registry_uri: str, model_name: str, cfg: Any = None) -> Served:
     except (FileNotFoundError, NotADirectoryError):
         raise RegistryIntegrityError(f"the champion {head.version!r} ({history_name(head.generation)}) is not "
                                      f"published at {uri}: roll back or promote another version") from None
-    digest = hashlib.sha256(manifest).hexdigest()
+    digest = bytes_digest(manifest)
     if head.manifest_sha256 and digest != head.manifest_sha256:
         raise RegistryIntegrityError(
             f"{storage.join(uri, storage.MANIFEST)} changed since {history_name(head.generation)} verified it "

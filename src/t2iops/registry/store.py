@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import uuid
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .. import storage
+from ..hashing import bytes_digest
 from .versions import RegistryError, model_root
 
 LOCK = ".champion.lock"
@@ -96,7 +96,7 @@ class FolderStore:
             return None
         except OSError as exc:  # a folder where a record belongs, a file where a folder belongs
             raise RegistryError(f"{self.root / name}: cannot be read as a registry record ({exc.strerror})") from None
-        return data, hashlib.sha256(data).hexdigest()
+        return data, bytes_digest(data)
 
     def _temporary(self, name: str, data: bytes) -> Path:
         path = self.root / name

@@ -7,7 +7,6 @@ damaged version cannot hide the others.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ import yaml
 
 from .. import storage
 from ..errors import UsageError
+from ..hashing import bytes_digest
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 DEFAULT_MODEL_NAME = "t2i-adapter"
@@ -71,7 +71,7 @@ def list_versions(registry_uri: str, model_name: str, cfg: Any = None) -> list[s
         if not path.is_dir():
             return []
         return sorted(p.name for p in path.iterdir() if _is_version(p.name) and (p / storage.MANIFEST).is_file())
-    from ..storage.objects import list_objects
+    from ..storage.views import list_objects
 
     bucket, key = storage.split_s3(root)
     prefix = key.rstrip("/") + "/" if key.strip("/") else ""
@@ -166,7 +166,7 @@ def _verified(uri: str, rel: str, manifest: dict, cfg: Any) -> Optional[bytes]:
         raise RegistryIntegrityError(f"{storage.join(uri, rel)} is missing: its manifest lists it") from None
     except storage.IntegrityError as exc:
         raise RegistryIntegrityError(str(exc)) from None
-    if hashlib.sha256(data).hexdigest() != entry.get("sha256"):
+    if bytes_digest(data) != entry.get("sha256"):
         raise RegistryIntegrityError(f"{storage.join(uri, rel)} does not match the sha256 in its manifest: refusing to read it")
     return data
 

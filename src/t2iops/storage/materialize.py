@@ -21,11 +21,11 @@ from typing import Any, Iterator
 
 from ..hashing import bytes_digest
 from .client import named_errors, s3_client, storage_settings
-from .objects import (Entry, download_entries, download_entry, get_object_bytes, list_objects, manifest_entries,
-                      parse_manifest, published_view, resolve_key)
+from .objects import download_entries, download_entry
 from .ranged import RangePlan
 from .transfer import run_parallel
 from .uris import MANIFEST, StorageError, is_s3, prefix_of, split_s3
+from .views import Entry, get_object_bytes, list_objects, manifest_entries, parse_manifest, published_view, resolve_key
 
 log = logging.getLogger(__name__)
 

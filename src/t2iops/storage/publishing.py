@@ -28,11 +28,11 @@ from typing import Any, Iterator, Optional
 
 from ..hashing import file_digest
 from .client import error_code, named_errors, s3_client, storage_settings
-from .objects import (delete_keys, download_entry, fsync_dir, get_object_bytes, list_objects,
-                      manifest_entries, parse_manifest, read_bytes, upload_files, write_hashing)
+from .objects import delete_keys, download_entry, fsync_dir, read_bytes, upload_files, write_hashing
 from .ranged import RangePlan
 from .uris import (MANIFEST, VERSIONS, ConcurrentPublish, IntegrityError, NotPublished, is_s3, join, prefix_of,
                    safe_target, split_s3)
+from .views import get_object_bytes, list_objects, manifest_entries, parse_manifest
 
 EXTRA_MANIFEST = "_manifest.extra.json"
 # Versions no manifest names (a killed publish) are removed by a later publish once this old.

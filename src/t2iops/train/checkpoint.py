@@ -190,10 +190,11 @@ def verify(folder: Path) -> VerifiedCheckpoint:
     return VerifiedCheckpoint(folder, manifest, stats)
 
 
-def run_spec(cfg: Any, cache_dir: Path) -> str:
+def run_fingerprint(cfg: Any, cache_dir: Path) -> str:
     """What makes two runs the same run: the resolved ``model`` and ``train`` sections and the
-    cache's content (the sha256 of every cache file, from its manifest)."""
-    import hashlib
+    cache's content (the sha256 of every cache file, from its manifest). Checkpoint manifests
+    record it under the key ``run_spec`` (the name older checkpoints carry)."""
+    from ..hashing import bytes_digest
 
     cache_dir = Path(cache_dir)
     try:
@@ -202,7 +203,7 @@ def run_spec(cfg: Any, cache_dir: Path) -> str:
     except (OSError, ValueError, KeyError):
         cache_id = storage.sha256_file(cache_dir / "index.json") if (cache_dir / "index.json").exists() else ""
     body = json.dumps({"config": cfg.fingerprint("model", "train"), "cache": cache_id}, sort_keys=True)
-    return hashlib.sha256(body.encode()).hexdigest()[:16]
+    return bytes_digest(body.encode(), 16)
 
 
 class Checkpointer:

@@ -13,17 +13,17 @@
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..encode.cache import CacheReader
+from ..hashing import raw_digest
 
 
 def draw_seed(seed: int, epoch: int, position: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{epoch}/{position}".encode()).digest()
+    digest = raw_digest(f"{seed}/{epoch}/{position}".encode())
     return int.from_bytes(digest[:8], "big") >> 1  # torch seeds are < 2**63
 
 

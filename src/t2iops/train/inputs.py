@@ -65,7 +65,7 @@ def open_data(cache_dir: str, cfg: Config, dist: DistInfo, zero_stage: int) -> T
 def starting_point(out: str, cfg: Config, resume: Optional[str], dist: DistInfo, cache_root) -> StartPoint:
     """Where the run starts: a verified checkpoint to resume, or nothing (a new run)."""
     checkpoints = ckpt.Checkpointer(out, dist, cfg.storage, cfg.train.keep_last)
-    spec = ckpt.run_spec(cfg, cache_root)
+    spec = ckpt.run_fingerprint(cfg, cache_root)
     resumed_from = checkpoints.resolve(resume) if resume else None
     if resumed_from and resume in ("latest", "auto"):
         resumed_from = checkpoints.same_run_or_fresh(resumed_from, spec, resume)

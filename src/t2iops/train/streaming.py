@@ -12,7 +12,6 @@ are exactly those of a fully downloaded cache.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -27,6 +26,7 @@ from torch.utils.data import Sampler
 
 from .. import storage
 from ..errors import DataError
+from ..hashing import bytes_digest
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,8 @@ def open_cache(uri: str, cfg, rank: int = 0) -> OpenedCache:
     if mode == "never" or (mode == "auto" and not storage.is_s3(uri)):
         return OpenedCache(storage.materialize(uri, cfg.storage, kind="caches"))
     manifest = storage.read_manifest(uri, cfg.storage)
-    tag = hashlib.sha256(f"{uri}\n{manifest.get('created')}\n{sorted(manifest['files'].items())}".encode())
-    local = storage.cache_root(cfg.storage) / "streams" / f"{tag.hexdigest()[:20]}-rank{rank}"
+    tag = bytes_digest(f"{uri}\n{manifest.get('created')}\n{sorted(manifest['files'].items())}".encode(), 20)
+    local = storage.cache_root(cfg.storage) / "streams" / f"{tag}-rank{rank}"
     if local.exists():  # files of an earlier run: not re-verified, so start clean
         shutil.rmtree(local)
     fetcher = ShardFetcher(uri, local, manifest, cfg.storage, budget_bytes=cfg.train.stream_disk_gb * 1e9)
