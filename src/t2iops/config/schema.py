@@ -25,8 +25,9 @@ each stage may read in :mod:`t2iops.config.stages`.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -85,6 +86,17 @@ class SynthConfig(_Section):
     min_radius_frac: float = Field(0.15, gt=0, lt=0.5)
     max_radius_frac: float = Field(0.35, gt=0, lt=0.5)
     outline_width: int = Field(2, ge=1, le=32)
+    aspect_ratios: list[float] = Field(
+        default_factory=lambda: [1.0],
+        description="canvas aspect ratios (width / height) drawn in turn; each canvas keeps resolution's pixel area",
+    )
+
+    @field_validator("aspect_ratios")
+    @classmethod
+    def _ratios(cls, value):
+        if not value or any(not (0.2 <= r <= 5.0) for r in value):
+            raise ValueError("give one or more width/height ratios between 0.2 and 5")
+        return value
 
     @model_validator(mode="after")
     def _radius_order(self):
@@ -187,6 +199,23 @@ class EncodeConfig(_Section):
     )
     storage_dtype: Literal["fp32", "fp16", "bf16"] = Field("fp16", description="dtype of cached latents and text embeddings")
     seed: int = Field(0, ge=0, description="seed of the random crops (one fixed crop per sample)")
+    buckets: Union[Literal["square", "auto"], list[str]] = Field(
+        "auto",
+        description="aspect-ratio buckets (t2iops/data/buckets.py): square (one resolution x resolution crop), "
+        "auto (SDXL's ~1 MP buckets from 1:2.4 to 2.4:1, scaled to resolution's pixel area) or a list of "
+        "HEIGHTxWIDTH; each sample goes to the bucket nearest its aspect ratio",
+    )
+
+    @field_validator("buckets")
+    @classmethod
+    def _bucket_form(cls, value):
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("give at least one HEIGHTxWIDTH bucket, or 'square' / 'auto'")
+            for item in value:
+                if not re.fullmatch(r"\s*[1-9]\d*\s*[xX]\s*[1-9]\d*\s*", str(item)):
+                    raise ValueError(f"{item!r} is not a bucket; write HEIGHTxWIDTH, e.g. 832x1216")
+        return value
 
 
 class TrainConfig(_Section):
