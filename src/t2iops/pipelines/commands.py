@@ -161,16 +161,16 @@ def _submit(args, cfg) -> int:
 
 
 def _schedule(args, cfg) -> int:
-    from .submit import make_client, normalize_cron, reaching, schedule_run
+    from .submit import Schedule, make_client, normalize_cron, reaching, schedule_run
 
-    normalize_cron(args.cron)
+    normalize_cron(args.cron)  # a bad cron is named before anything is compiled
+    schedule = Schedule(args.cron, args.name, args.experiment, args.max_concurrency, args.catchup, args.namespace,
+                        enable_caching=False if args.no_cache else None, service_account=args.service_account)
     package = _package(args, cfg)
     arguments = _run_arguments(args, cfg, package)
     client = make_client(args.host, args.namespace)
     with reaching(args.host):
-        job_id = schedule_run(client, package, arguments, args.experiment, args.cron, args.name,
-                              max_concurrency=args.max_concurrency, catchup=args.catchup, namespace=args.namespace,
-                              enable_caching=False if args.no_cache else None, service_account=args.service_account)
+        job_id = schedule_run(client, package, arguments, schedule)
     print(json.dumps({"recurring_run_id": job_id, "cron": args.cron}))
     return 0
 

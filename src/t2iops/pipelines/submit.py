@@ -88,19 +88,29 @@ def normalize_cron(expr: str) -> str:
     return check_cron(expr)
 
 
-def schedule_run(
-    client, package: str | Path, arguments: dict[str, Any], experiment: str, cron: str, job_name: str,
-    max_concurrency: int = 1, catchup: bool = False, namespace: Optional[str] = None,
-    enable_caching: Optional[bool] = None, service_account: Optional[str] = None,
-) -> str:
-    """Create a recurring run; returns its id."""
+@dataclass(frozen=True)
+class Schedule:
+    """When and how a recurring run starts (``t2iops pipeline schedule``)."""
+
+    cron: str  # five fields, or KFP's six with seconds first
+    name: str
+    experiment: str
+    max_concurrency: int = 1
+    catchup: bool = False  # run the intervals missed while paused
+    namespace: Optional[str] = None
+    enable_caching: Optional[bool] = None  # None: what the package says
+    service_account: Optional[str] = None
+
+
+def schedule_run(client, package: str | Path, arguments: dict[str, Any], schedule: Schedule) -> str:
+    """Create a recurring run of ``package`` with ``arguments``; returns its id."""
     validate_arguments(read_package(package), arguments)
-    cron = normalize_cron(cron)
-    experiment_obj = client.create_experiment(experiment, namespace=namespace)
+    experiment = client.create_experiment(schedule.experiment, namespace=schedule.namespace)
     job = client.create_recurring_run(
-        experiment_id=experiment_obj.experiment_id, job_name=job_name, cron_expression=cron,
-        max_concurrency=max_concurrency, no_catchup=not catchup, pipeline_package_path=str(package),
-        params=arguments, enabled=True, enable_caching=enable_caching, service_account=service_account,
+        experiment_id=experiment.experiment_id, job_name=schedule.name, cron_expression=normalize_cron(schedule.cron),
+        max_concurrency=schedule.max_concurrency, no_catchup=not schedule.catchup,
+        pipeline_package_path=str(package), params=arguments, enabled=True,
+        enable_caching=schedule.enable_caching, service_account=schedule.service_account,
     )
     return job.recurring_run_id
 
