@@ -42,7 +42,7 @@ def write_dataset(root, captions=None):
 def _cfg(model, *extra):
     return load_config(overrides=[f"model.base_model={model}", "model.dtype=fp32", "data.val_fraction=0.0",
                                   "data.test_fraction=0.0", "encode.resolution=64", "encode.shard_size=4",
-                                  "encode.batch_size=4", "encode.storage_dtype=fp32", *extra])
+                                  "encode.batch_size=4", "encode.storage_dtype=fp32", "encode.buckets=square", *extra])
 
 
 def _prepared(tmp_path, model, *extra):
@@ -220,3 +220,32 @@ def test_conditions_are_stored_as_lossless_png(tmp_path):
 
     with pytest.raises(DataError, match="row 3: stored condition is not a valid PNG"):
         decode_png(b"garbage", "cache row 3")
+
+
+def _as_format_2(cache):
+    """Rewrite a square cache's index as format 2 wrote it (no bucket fields): the shards and
+    parts of a one-bucket square cache are laid out exactly as format 2 laid them out."""
+    path = cache / "cache.json"
+    index = json.loads(path.read_text())
+    index["format"] = 2
+    index.pop("buckets", None)
+    for entry in index["samples"].values():
+        entry.pop("buckets", None)
+    path.write_text(json.dumps(index))
+    return index
+
+
+def test_a_format_2_cache_reads_as_one_square_bucket_of_its_resolution(tmp_path, tiny_sd15_path):
+    from t2iops.errors import DataError
+
+    data, cfg = _prepared(tmp_path, tiny_sd15_path, "encode.resolution=32")
+    out = tmp_path / "cache"
+    encode_dataset(str(data), str(tmp_path / "validated"), str(out), cfg)
+    index = _as_format_2(out)
+    reader = CacheReader(out, "train")
+    assert reader.buckets == [(32, 32)] and [reader.bucket_of(i) for i in range(len(reader))] == [0] * 6
+    assert reader.sample(3)["latent"].shape[-2:] == (8, 8)
+    del index["resolution"]
+    (out / "cache.json").write_text(json.dumps(index))
+    with pytest.raises(DataError, match="format 2 cache without its resolution"):
+        CacheReader(out, "train")

@@ -154,6 +154,22 @@ class ShardedTable:
         return {**self.__dict__, "_handles": {}}
 
 
+def cache_buckets(index: dict, split: str, where: str) -> tuple[list[tuple[int, int]], Optional[list[int]]]:
+    """The bucket list ``[(height, width), ...]`` of a cache and, per sample of ``split``, its index
+    into that list (None: every sample is in bucket 0). Formats 1 and 2 cropped every sample to
+    one ``resolution`` square, which their index records."""
+    if index.get("format", 0) >= 3:
+        buckets = [(int(h), int(w)) for h, w in index["buckets"]]
+        return buckets, [int(b) for b in index["samples"][split]["buckets"]]
+    resolution = index.get("resolution")
+    if not isinstance(resolution, int):
+        from ..errors import DataError
+
+        raise DataError(f"{where}: a format {index.get('format')} cache without its resolution in {INDEX}; "
+                        "its bucket is unknown; encode again")
+    return [(resolution, resolution)], None
+
+
 class CacheReader:
     """One split of a cache: ``len()`` samples, ``sample(i)`` their cached tensors."""
 
@@ -180,6 +196,12 @@ class CacheReader:
         self.has_flip = bool(self.latent_part["augmentation"]["random_flip"])
         self.latent_kind = self.latent_part["latents"]  # "sample" | "mean"
         self.family = self.index["family"]
+        self.buckets, self._bucket_of = cache_buckets(self.index, split, str(self.root))
+
+    def bucket_of(self, i: int) -> int:
+        """The bucket of sample ``i``: an index into :attr:`buckets`. Samples of one bucket share
+        their latent, condition and time-id shapes, so a batch must not mix buckets."""
+        return self._bucket_of[i] if self._bucket_of is not None else 0
 
     def __len__(self) -> int:
         return len(self.ids)
