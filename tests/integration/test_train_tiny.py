@@ -69,7 +69,8 @@ def assert_bit_equal(a: dict, b: dict):
 # ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family, adapter_type, precision, workers", [
     ("sd15", "full_adapter", "no", 0), ("sd15", "light_adapter", "no", 0), ("sdxl", "full_adapter_xl", "bf16", 1)])
-def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, family, adapter_type, precision, workers):
+def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, caplog, family, adapter_type, precision,
+                                                         workers):
     from diffusers import T2IAdapter
 
     model = request.getfixturevalue(f"tiny_{family}_path")
@@ -79,7 +80,8 @@ def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, fam
                   "train.keep_last=1", "train.caption_dropout=0.2", "train.validate_every=3",
                   "train.validation_samples=2", "train.validation_inference_steps=2",
                   f"train.mixed_precision={precision}", f"train.num_workers={workers}")
-    train(cache, str(out), cfg)
+    with caplog.at_level("INFO", logger="t2iops.train"):
+        train(cache, str(out), cfg)
 
     adapter = T2IAdapter.from_pretrained(out, subfolder="adapter")
     assert adapter.config.adapter_type == adapter_type
@@ -100,6 +102,12 @@ def test_training_writes_a_loadable_adapter_and_a_summary(request, tmp_path, fam
     assert summary["base_model"]["dtype"] == "fp32" and summary["base_model"]["config_hash"]
     assert summary["mixed_precision"] == precision and all(x is not None for x in summary["losses"])
     assert [v["step"] for v in summary["validation"]] == [0, 3]
+    # One square bucket (the toy preset's): its samples, and the 3 steps' 6 samples all from it.
+    n = len(json.loads((Path(cache) / "cache.json").read_text())["samples"]["train"]["ids"])
+    assert summary["buckets"] == [{"bucket": "64x64", "height": 64, "width": 64, "samples": n,
+                                   "micro_batches_per_epoch": n // 2, "left_out_per_epoch": n % 2, "samples_seen": 6}]
+    assert f"bucket 64x64: {n} samples, {n // 2} micro-batches per epoch ({n % 2} left out of each epoch), 3 of 3 " \
+           "optimizer steps" in caplog.messages
     assert {"val_loss", "edge_f1"} <= set(summary["validation"][-1])
     assert (out / "validation" / "step-000003.png").exists()
     assert load_config(out / "config.resolved.yaml").model.adapter_type == adapter_type

@@ -1,6 +1,8 @@
 """Batch order and per-sample randomness: independent of world size, resumable, and caption
-dropout re-drawn every epoch; streamed caches give the same batches. Uses a small hand-written
-cache (no models needed)."""
+dropout re-drawn every epoch; streamed caches give the same batches; every micro-batch from one
+aspect-ratio bucket, and one bucket ordered exactly as before buckets existed. Uses a small
+hand-written cache (no models needed)."""
+import hashlib
 import json
 
 import pytest
@@ -14,7 +16,10 @@ from t2iops.train.streaming import open_cache
 
 from t2iops.encode.cache import CACHE_FORMAT, EMPTY_PROMPT, PART, CacheReader
 from t2iops.encode.encode import ShardWriter
-from t2iops.train.data import MicroBatches, ResumableOrder, train_loader, uncond_embeddings
+from t2iops.config import ConfigError
+from t2iops.train.data import (EpochBatches, MicroBatches, ResumableOrder, bucket_batches, train_loader,
+                               uncond_embeddings)
+from t2iops.train.metrics import bucket_line
 
 
 def write_fake_cache(root, n=12, flip=True, shard_size=5, sdxl=True, zeros_uncond=False):
@@ -209,3 +214,164 @@ def test_format_1_caches_are_read_and_unknown_formats_refused(tmp_path):
     (root / "cache.json").write_text(json.dumps({**index, "format": 99}))
     with pytest.raises(DataError, match="cache.json: cache format 99 is not one of"):
         CacheReader(root, "train")
+
+
+# ---------------------------------------------------------------------------------------
+# Buckets: one bucket per micro-batch, the same for any world size, the order before buckets
+# kept for one bucket, remainders left out of their epoch, exact resume.
+def _order_record(reader, global_batch, world_size, window, seed, epochs):
+    """(rank, epoch, batch, sample indices, positions) of every micro-batch of ``epochs``."""
+    out = []
+    for rank in range(world_size):
+        data = MicroBatches(reader, global_batch, rank, world_size, seed, 0.0, uncond_embeddings(reader), flip=False,
+                            window=window)
+        for epoch in epochs:
+            order = data._epoch_order(epoch)
+            for batch in range(data.batches_per_epoch):
+                positions = list(data.positions((epoch, batch)))
+                out.append((rank, epoch, batch, [int(order[p]) for p in positions], positions))
+    return out
+
+
+# Recorded from the trainer as it was before buckets existed (the demo's figures were trained on
+# that order): the samples of seed 3's first two epochs, batch size 4, window 4, over 40 samples
+# in shards of 5 ...
+BEFORE_BUCKETS = [[25, 37, 31, 1], [30, 35, 4, 38], [28, 39, 2, 0], [34, 36, 33, 26], [27, 3, 29, 32],
+                  [24, 21, 6, 10], [16, 19, 22, 20], [13, 23, 15, 8], [14, 5, 9, 18], [11, 7, 12, 17],
+                  [38, 39, 6, 11], [24, 5, 37, 13], [10, 7, 36, 20], [35, 23, 12, 9], [22, 14, 8, 21],
+                  [3, 4, 32, 33], [30, 29, 1, 16], [18, 19, 17, 15], [0, 2, 34, 27], [25, 31, 28, 26]]
+# ... and digests of every rank's samples and draw positions over a sweep of batch sizes, world
+# sizes, windows and seeds, and of whole collated batches (noise, flips, dropout included).
+BEFORE_BUCKETS_SWEEP = "2ea64038dd290994fc39011fe93528113bfaa8c92a570643436482268de0d2e9"
+BEFORE_BUCKETS_BATCHES = "731e431aad4338a0e2b53c7a6e9ee15bbe1d5b75c6fdd33fd16596d73d44ae59"
+
+
+def test_one_bucket_orders_batches_exactly_as_before_buckets(tmp_path):
+    reader = CacheReader(write_fake_cache(tmp_path, n=40, shard_size=5), "train")
+    assert [r[3] for r in _order_record(reader, 4, 1, 4, 3, [0, 1])] == BEFORE_BUCKETS
+    sweep = hashlib.sha256()
+    for batch, world, window, seed in [(4, 1, 4, 3), (4, 2, 4, 3), (8, 4, 2, 0), (6, 2, 1, 7), (5, 1, 3, 11),
+                                       (40, 2, 4, 5)]:
+        sweep.update(json.dumps(_order_record(reader, batch, world, window, seed, [0, 1, 2, 7])).encode())
+    assert sweep.hexdigest() == BEFORE_BUCKETS_SWEEP
+    batches = hashlib.sha256()
+    for rank in range(2):
+        data = MicroBatches(reader, 4, rank, 2, 3, 0.3, uncond_embeddings(reader), flip=True, window=2)
+        for key in [(0, 0), (0, 9), (3, 4)]:
+            got = data[key]
+            for name in sorted(got):
+                value = got[name]
+                batches.update(name.encode())
+                batches.update(value.numpy().tobytes() if isinstance(value, torch.Tensor) else str(value).encode())
+    assert batches.hexdigest() == BEFORE_BUCKETS_BATCHES
+
+
+class BucketedReader(CacheReader):
+    """The fake cache with buckets: sample ``i`` in bucket ``labels[i]``."""
+
+    def __init__(self, root, labels, buckets=((8, 8), (8, 16), (16, 8))):
+        super().__init__(root, "train")
+        self.labels, self.buckets = list(labels), [tuple(b) for b in buckets]
+
+    def bucket_of(self, i: int) -> int:
+        return self.labels[i]
+
+
+# 40 samples: 17 square, 14 wide, 6 tall, 3 in a bucket smaller than a batch of 4.
+LABELS = [0, 1, 0, 2, 0, 1, 1, 0, 3, 0, 2, 0, 1, 0, 1, 0, 2, 1, 0, 0,
+          1, 3, 0, 1, 2, 0, 1, 0, 1, 3, 0, 1, 2, 0, 1, 0, 1, 2, 0, 1]
+BUCKETS = ((8, 8), (8, 16), (16, 8), (16, 16))
+
+
+@pytest.fixture()
+def bucketed(tmp_path):
+    return BucketedReader(write_fake_cache(tmp_path, n=40, shard_size=5), LABELS, BUCKETS)
+
+
+def test_every_micro_batch_holds_one_bucket_and_remainders_are_left_out(bucketed):
+    data = MicroBatches(bucketed, 4, 0, 1, seed=2, caption_dropout=0.0, uncond=uncond_embeddings(bucketed), flip=False)
+    assert data.batches.samples == [17, 14, 6, 3] and data.batches.per_epoch == [4, 3, 1, 0]
+    assert data.batches_per_epoch == 8
+    seen_epochs = []
+    for epoch in range(3):
+        seen = []
+        for batch in range(data.batches_per_epoch):
+            ids = _samples(data[(epoch, batch)])
+            assert len({LABELS[i] for i in ids}) == 1, ids
+            seen += ids
+        counts = [sum(LABELS[i] == b for i in seen) for b in range(4)]
+        assert len(set(seen)) == len(seen) and counts == [16, 12, 4, 0]  # n - n % 4 of each; bucket 3 never
+        seen_epochs.append(frozenset(seen))
+    assert len(set(seen_epochs)) == 3  # a different few left out each epoch
+
+
+def test_bucket_batches_are_due_when_their_last_sample_is_reached():
+    order = torch.tensor([5, 0, 3, 1, 4, 2, 6])
+    labels = torch.tensor([0, 1, 0, 1, 1, 0, 0])  # in order: 0 0 1 1 1 0 0
+    rows, owners = bucket_batches(order, labels, 2)
+    assert rows.tolist() == [[0, 1], [2, 3], [5, 6]] and owners.tolist() == [0, 1, 0]  # position 4 left out
+
+
+def test_bucketed_global_batches_do_not_depend_on_world_size(bucketed):
+    uncond = uncond_embeddings(bucketed)
+    one = MicroBatches(bucketed, 4, 0, 1, seed=3, caption_dropout=0.5, uncond=uncond, flip=True)
+    halves = [MicroBatches(bucketed, 4, r, 2, seed=3, caption_dropout=0.5, uncond=uncond, flip=True) for r in range(2)]
+    quarters = [MicroBatches(bucketed, 4, r, 4, seed=3, caption_dropout=0.5, uncond=uncond, flip=True)
+                for r in range(4)]
+    for key in [(0, 0), (0, 7), (4, 3)]:
+        whole = one[key]
+        for split in (halves, quarters):
+            parts = [h[key] for h in split]
+            for name in ("latents", "noise", "u", "prompt_embeds", "time_ids", "conditions", "latent_eps", "flipped"):
+                assert torch.equal(whole[name], torch.cat([p[name] for p in parts])), name
+
+
+def test_the_bucketed_order_is_a_pure_function_of_seed_and_epoch(bucketed):
+    a = EpochBatches(bucketed, 4, seed=9, window=2)
+    b = EpochBatches(bucketed, 4, seed=9, window=2)
+    for epoch in (0, 1, 2, 3):
+        a.epoch(epoch)
+    for epoch in (3, 0, 2):  # another sequence of look-ups, another cache of epochs
+        assert all(torch.equal(x, y) for x, y in zip(a.epoch(epoch), b.epoch(epoch)))
+    assert not torch.equal(a.epoch(0)[1], a.epoch(1)[1])
+
+
+def test_a_bucketed_run_resumes_at_a_position_exactly(bucketed):
+    from t2iops.config import TrainConfig
+
+    t = TrainConfig(batch_size=4, caption_dropout=0.3, seed=5, shuffle_window=2)
+    full = iter(train_loader(bucketed, t, 0, 1))
+    seq = [next(full) for _ in range(20)]  # 8 batches per epoch: two and a half epochs
+    for start in (5, 8, 13):  # mid-epoch, at an epoch boundary, in the next epoch
+        resumed = iter(train_loader(bucketed, t, 0, 1, start=divmod(start, 8)))
+        for expected in seq[start:]:
+            got = next(resumed)
+            for k in expected:
+                assert torch.equal(torch.as_tensor(got[k]), torch.as_tensor(expected[k])), (start, k)
+
+
+def test_micro_batches_per_bucket_are_counted_from_the_order(bucketed):
+    batches = EpochBatches(bucketed, 4, seed=1, window=4)
+    keys = [(e, b) for e in range(3) for b in range(8)][:19]  # up to (2, 3)
+    drawn = [0] * 4
+    for e, b in keys:
+        drawn[int(batches.epoch(e)[2][b])] += 1
+    assert batches.position_after(19) == (2, 3) and batches.micro_batches((2, 3)) == drawn
+    assert batches.micro_batches((2, 0)) == [8, 6, 2, 0]
+    report = batches.report((2, 3))
+    assert [r["left_out_per_epoch"] for r in report] == [1, 2, 2, 3]
+    assert [r["bucket"] for r in report] == ["8x8", "8x16", "16x8", "16x16"]
+    line = bucket_line({**report[0], "micro_batches": 5}, 4, 2, 40)
+    assert line == "bucket 8x8: 17 samples, 4 micro-batches per epoch (1 left out of each epoch), 2.5 of 40 optimizer steps"
+    assert bucket_line(report[3], 4, 1, 40) == "bucket 16x16: 3 samples, fewer than one batch of 4: never trained on"
+
+
+def test_a_batch_larger_than_every_bucket_is_refused(tmp_path):
+    reader = BucketedReader(write_fake_cache(tmp_path, n=12), [i % 3 for i in range(12)])
+    with pytest.raises(ConfigError, match=r"train.batch_size=5 is larger than every bucket .*8x8: 4, 8x16: 4"):
+        EpochBatches(reader, 5, seed=0)
+
+
+def test_a_cache_without_buckets_is_one_square_bucket(reader):
+    batches = EpochBatches(reader, 4, seed=0)
+    assert batches.buckets == [(8, 8)] and batches.samples == [12] and batches.per_epoch == [3]

@@ -2,22 +2,38 @@
 
 * Order: each epoch is a permutation of the train split drawn from ``(train.seed, epoch)``,
   shard-aware so a streamed cache reads few shards at a time: the latent shards are shuffled,
-  taken ``train.shuffle_window`` at a time, and the samples of each window shuffled together. The
-  epoch is cut into global micro-batches of ``train.batch_size`` (the incomplete tail is
-  dropped) and rank ``r`` of ``W`` takes the ``r``-th slice of each. A position in the run is
-  just ``(epoch, batch)``, which is what checkpoints store.
+  taken ``train.shuffle_window`` at a time, and the samples of each window shuffled together.
+* Buckets: samples of different aspect-ratio buckets have latents of different shapes, so a
+  micro-batch holds one bucket only. The permutation is walked from the front; each bucket
+  collects its samples as they come, and a bucket's global micro-batch of ``train.batch_size``
+  is due when its last sample is reached. With one bucket this cuts the permutation into
+  consecutive batches, exactly as before buckets existed.
+* Remainders: what a bucket holds at the end of the epoch (fewer samples than a batch) is left
+  out of that epoch, and counted (logged at start, ``summary.json``). The next epoch's
+  permutation is a fresh draw, so a different few are left out each time and every sample of a
+  bucket with at least one batch is trained on; a bucket smaller than one batch never is, which
+  the log says. Leaving them out keeps an epoch a pure function of ``(train.seed, epoch)``:
+  carrying them into the next epoch would make each epoch depend on the one before (a resume
+  would have to replay the run from epoch 0), and padding with repeats would train the smallest
+  buckets hardest and change the one-bucket order runs had before buckets.
+* Ranks: rank ``r`` of ``W`` takes the ``r``-th slice of each global micro-batch, so the global
+  batches are the same for every world size. The number of micro-batches per epoch does not
+  depend on the permutation (``sum(samples // batch_size)`` over buckets), so a position in the
+  run is just ``(epoch, batch)``, which is what checkpoints store.
 * Randomness: every sample's flip, caption dropout, timestep, noise and posterior draw come
-  from a generator seeded by ``(train.seed, epoch, position in epoch)``. The same global batch
-  gets the same draws whatever the world size or the point a run was resumed at, and caption
-  dropout is re-drawn every epoch (never baked into the cache).
+  from a generator seeded by ``(train.seed, epoch, position in the epoch's permutation)``. The
+  same global batch gets the same draws whatever the world size or the point a run was resumed
+  at, and caption dropout is re-drawn every epoch (never baked into the cache).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..config import ConfigError
+from ..data.buckets import bucket_name
 from ..encode.cache import CacheReader
 from ..hashing import raw_digest
 
@@ -43,12 +59,87 @@ def shard_members(reader: CacheReader) -> list[torch.Tensor]:
     return [m for m in (torch.nonzero(shard_of == s).flatten() for s in torch.unique(shard_of)) if len(m)]
 
 
+def sample_buckets(reader: CacheReader) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """The cache's buckets ``(height, width)`` and every sample's index into them. A cache
+    written before buckets existed is one square bucket at its resolution."""
+    if not hasattr(reader, "bucket_of"):
+        side = int(reader.index["resolution"])
+        return [(side, side)], torch.zeros(len(reader), dtype=torch.long)
+    buckets = [tuple(b) for b in reader.buckets]
+    return buckets, torch.tensor([reader.bucket_of(i) for i in range(len(reader))], dtype=torch.long)
+
+
+def bucket_batches(order: torch.Tensor, labels: torch.Tensor, global_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch's global micro-batches: row ``k`` of the first tensor holds the positions in
+    ``order`` of batch ``k``'s samples, the second its bucket (``labels[i]``: sample ``i``'s).
+    Each bucket takes its samples in the order's sequence; a batch is due when its last sample
+    is reached, and what a bucket holds at the end (fewer than a batch) is left out."""
+    in_order = labels[order]
+    rows, owners = [torch.empty(0, global_batch, dtype=torch.long)], [torch.empty(0, dtype=torch.long)]
+    for bucket in torch.unique(in_order).tolist():
+        positions = torch.nonzero(in_order == bucket).flatten()
+        full = len(positions) // global_batch
+        rows.append(positions[:full * global_batch].view(full, global_batch))
+        owners.append(torch.full((full,), bucket, dtype=torch.long))
+    rows, owners = torch.cat(rows), torch.cat(owners)
+    due = torch.argsort(rows[:, -1])
+    return rows[due], owners[due]
+
+
+class EpochBatches:
+    """The global micro-batches of every epoch, each from one bucket: a pure function of the
+    cache, ``seed``, ``global_batch`` and ``window``, computed per epoch on demand."""
+
+    def __init__(self, reader: CacheReader, global_batch: int, seed: int, window: int = 4):
+        self.global_batch, self.seed, self.window = global_batch, seed, window
+        self.buckets, self.labels = sample_buckets(reader)
+        self.shard_members = shard_members(reader)
+        self.samples = torch.bincount(self.labels, minlength=len(self.buckets)).tolist()  # per bucket
+        self.per_epoch = [n // global_batch for n in self.samples]  # micro-batches of each bucket, every epoch
+        self.batches_per_epoch = sum(self.per_epoch)
+        if not self.batches_per_epoch:
+            sizes = ", ".join(f"{bucket_name(b)}: {n}" for b, n in zip(self.buckets, self.samples))
+            raise ConfigError(f"train.batch_size={global_batch} is larger than every bucket of the cache's train "
+                              f"split ({sizes} samples); a micro-batch holds one bucket")
+        self._epochs: dict[int, tuple] = {}  # two epochs: a streaming sampler looks ahead
+
+    def epoch(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(order, batches, bucket of each batch)`` of ``epoch`` (see :func:`bucket_batches`)."""
+        if epoch not in self._epochs:
+            if len(self._epochs) >= 2:
+                self._epochs.pop(min(self._epochs))
+            order = epoch_order(self.shard_members, self.seed, epoch, self.window)
+            self._epochs[epoch] = (order, *bucket_batches(order, self.labels, self.global_batch))
+        return self._epochs[epoch]
+
+    def micro_batches(self, stop: tuple[int, int]) -> list[int]:
+        """Micro-batches of each bucket a run draws before position ``stop`` = ``(epoch, batch)``."""
+        epoch, batch = stop
+        counts = torch.tensor(self.per_epoch, dtype=torch.long) * epoch
+        if batch:
+            counts += torch.bincount(self.epoch(epoch)[2][:batch], minlength=len(self.buckets))
+        return counts.tolist()
+
+    def position_after(self, micro_batches: int) -> tuple[int, int]:
+        """The position ``(epoch, batch)`` after a run's first ``micro_batches``."""
+        return divmod(micro_batches, self.batches_per_epoch)
+
+    def report(self, stop: tuple[int, int]) -> list[dict]:
+        """Per bucket: its samples, its micro-batches per epoch, the samples it leaves out of each
+        epoch, and the micro-batches a run draws from it before position ``stop``."""
+        drawn = self.micro_batches(stop)
+        return [{"bucket": bucket_name(b), "height": b[0], "width": b[1], "samples": n,
+                 "micro_batches_per_epoch": k, "left_out_per_epoch": n - k * self.global_batch, "micro_batches": d}
+                for b, n, k, d in zip(self.buckets, self.samples, self.per_epoch, drawn)]
+
+
 class MicroBatches(Dataset):
     """``dataset[(epoch, batch)]`` is this rank's share of global micro-batch ``batch`` of
     ``epoch``, collated, with its per-sample random draws."""
 
     def __init__(self, reader: CacheReader, global_batch: int, rank: int, world_size: int, seed: int,
-                 caption_dropout: float, uncond: dict, flip: bool, window: int = 4):
+                 caption_dropout: float, uncond: dict, flip: bool, window: int = 4,
+                 batches: Optional[EpochBatches] = None):
         self.reader = reader
         self.global_batch = global_batch
         self.per_rank = global_batch // world_size
@@ -57,25 +148,19 @@ class MicroBatches(Dataset):
         self.caption_dropout = caption_dropout
         self.uncond = uncond  # embeddings a dropped caption is replaced by
         self.flip = flip and reader.has_flip
-        self.batches_per_epoch = len(reader) // global_batch
-        self.window = window
-        self.shard_members = shard_members(reader)
-        self._orders: dict[int, torch.Tensor] = {}  # two epochs: a streaming sampler looks ahead
+        self.batches = batches if batches is not None else EpochBatches(reader, global_batch, seed, window)
+        self.batches_per_epoch = self.batches.batches_per_epoch
 
     def __len__(self) -> int:  # only meaningful per epoch; the sampler is what runs forever
         return self.batches_per_epoch
 
     def _epoch_order(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._orders:
-            if len(self._orders) >= 2:
-                self._orders.pop(min(self._orders))
-            self._orders[epoch] = epoch_order(self.shard_members, self.seed, epoch, self.window)
-        return self._orders[epoch]
+        return self.batches.epoch(epoch)[0]
 
-    def positions(self, key: tuple[int, int]) -> range:
-        """Positions in the epoch of this rank's samples of micro-batch ``key``."""
-        first = key[1] * self.global_batch + self.rank * self.per_rank
-        return range(first, first + self.per_rank)
+    def positions(self, key: tuple[int, int]) -> list[int]:
+        """Positions in the epoch's permutation of this rank's samples of micro-batch ``key``."""
+        row = self.batches.epoch(key[0])[1][key[1]]
+        return row[self.rank * self.per_rank:(self.rank + 1) * self.per_rank].tolist()
 
     def files_for(self, key: tuple[int, int]) -> list[str]:
         """Cache files (relative paths) this rank reads for micro-batch ``key``."""
@@ -146,12 +231,13 @@ def uncond_embeddings(reader: CacheReader) -> dict:
 
 
 def train_loader(reader: CacheReader, train_cfg, rank: int, world_size: int, start=(0, 0),
-                 fetcher=None) -> DataLoader:
+                 fetcher=None, batches: Optional[EpochBatches] = None) -> DataLoader:
     """Micro-batches from ``start`` on. ``fetcher`` (a :class:`t2iops.train.streaming.ShardFetcher`)
-    streams the shards each batch needs before the batch is handed to a worker."""
+    streams the shards each batch needs before the batch is handed to a worker; ``batches``: the
+    run's :class:`EpochBatches` when the caller already built them."""
     dataset = MicroBatches(reader, train_cfg.batch_size, rank, world_size, train_cfg.seed,
                            train_cfg.caption_dropout, uncond_embeddings(reader), flip=True,
-                           window=train_cfg.shuffle_window)
+                           window=train_cfg.shuffle_window, batches=batches)
     order = ResumableOrder(dataset.batches_per_epoch, *start)
     if fetcher is not None:
         from .streaming import StreamingOrder

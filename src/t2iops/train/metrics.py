@@ -114,3 +114,15 @@ class RunLogger:
 
 def format_postfix(loss: Optional[float], lr: float, samples_per_s: float) -> dict[str, str]:
     return {"loss": "nan" if loss is None else f"{loss:.4f}", "lr": f"{lr:.2e}", "samples/s": f"{samples_per_s:.1f}"}
+
+
+def bucket_line(row: dict, batch_size: int, grad_accum: int, max_steps: int) -> str:
+    """A bucket's plan for the run in plain words (``row``: one of
+    :meth:`t2iops.train.data.EpochBatches.report`'s, counted to the run's last step)."""
+    head = f"bucket {row['bucket']}: {row['samples']} samples"
+    if not row["micro_batches_per_epoch"]:
+        return f"{head}, fewer than one batch of {batch_size}: never trained on"
+    steps = row["micro_batches"] / grad_accum
+    share = f"{steps:.0f}" if steps == int(steps) else f"{steps:.1f}"
+    return (f"{head}, {row['micro_batches_per_epoch']} micro-batches per epoch "
+            f"({row['left_out_per_epoch']} left out of each epoch), {share} of {max_steps} optimizer steps")

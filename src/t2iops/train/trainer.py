@@ -32,12 +32,12 @@ from .. import storage
 from ..config import Config
 from ..errors import ModelError, T2IError
 from . import checkpoint as ckpt
-from .data import train_loader
+from .data import EpochBatches, train_loader
 from .diffusion import adapter_loss
 from .distributed import init_distributed
 from .ema import EMA
 from .inputs import load_frozen, new_adapter, open_data, starting_point, validator_for
-from .metrics import RunLogger, format_postfix, peak_memory
+from .metrics import RunLogger, bucket_line, format_postfix, peak_memory
 from .optimization import build_optimization
 from .preflight import check_training_config, uses_deepspeed
 from .result import adapter_from, export_weights, publish_result
@@ -80,6 +80,7 @@ class TrainRecipe:
         self.timing = Timing()
         # Set by setup():
         self.data = self.start = self.frozen = None  # inputs.TrainData, StartPoint, FrozenBase
+        self.epochs: Optional[EpochBatches] = None  # every epoch's micro-batches, each of one bucket
         self.opt = self.ema = None  # optimization.PlainOptimization | DeepSpeedOptimization, ema.EMA
         self.adapter_config: dict = {}
         self.parameters = 0
@@ -100,6 +101,7 @@ class TrainRecipe:
         data stream from where the run stands."""
         dist, t = self.dist, self.t
         self.data = open_data(self.cache_dir, self.cfg, dist, self.zero_stage)
+        self.epochs = EpochBatches(self.data.reader, t.batch_size, t.seed, t.shuffle_window)  # checks the sizes
         self.start = starting_point(self.out, self.cfg, self.resume_request, dist, self.data.cache.root)
         self.frozen = load_frozen(self.cache_dir, self.cfg, dist, self.data)
         adapter = new_adapter(self.cfg, dist, self.frozen, self.data.reader.index["resolution"])
@@ -118,12 +120,23 @@ class TrainRecipe:
         self.logger = RunLogger(self.out, dist.is_main, t.max_steps, self.state.step,
                                 resumed=bool(self.start.resumed_from), storage_cfg=self.cfg.storage)
         self.batches = iter(train_loader(self.data.reader, t, dist.rank, dist.world_size,
-                                         start=(self.state.epoch, self.state.batch), fetcher=self.data.cache.fetcher))
+                                         start=(self.state.epoch, self.state.batch), fetcher=self.data.cache.fetcher,
+                                         batches=self.epochs))
         if dist.is_main:
             log.info("training %s adapter (%.1f M parameters) on %s for %d steps: %d samples/step over %d rank(s), "
                      "%s, %s", self.adapter_config["adapter_type"], self.parameters / 1e6, self.frozen.family,
                      t.max_steps, self.samples_per_step, dist.world_size, t.mixed_precision,
                      f"ZeRO-{self.zero_stage}" if self.ds_config else "torch AdamW")
+            self._log_buckets()
+
+    def _log_buckets(self) -> None:
+        """One plain line per bucket: its samples and its share of the run's optimizer steps (a
+        step of train.grad_accum micro-batches may mix buckets, so a share can be fractional)."""
+        t = self.t
+        end = self.epochs.position_after(t.max_steps * t.grad_accum)
+        for row in self.epochs.report(end):
+            log.log(logging.INFO if row["micro_batches_per_epoch"] else logging.WARNING, "%s",
+                    bucket_line(row, t.batch_size, t.grad_accum, t.max_steps))
 
     def resume(self) -> None:
         """Continue from the verified checkpoint: JSON and safetensors, and the optimizer's
@@ -186,7 +199,7 @@ class TrainRecipe:
         """train.grad_accum micro-batches, backward, update, EMA; returns (bad, grad norm). A bad
         step (a non-finite loss on any rank) is skipped by every rank."""
         t, dist, frozen, opt = self.t, self.dist, self.frozen, self.opt
-        batches_per_epoch = len(self.data.reader) // t.batch_size
+        batches_per_epoch = self.epochs.batches_per_epoch
         autocast = dict(device_type=dist.device.type, dtype=frozen.compute_dtype, enabled=t.mixed_precision != "no")
         loss_sum, bad = 0.0, False
         for _ in range(t.grad_accum):
@@ -310,8 +323,16 @@ class TrainRecipe:
             "ema": t.ema_decay is not None,
             "resumed_from": self.start.resumed_from,
             "data_version": index["dataset_version"],
+            "buckets": self.bucket_summary(),
             "cache": {"text": index["text"]["key"], "latents": index["latents"]["key"]},
             "base_model": self.frozen.base.ref.to_dict(),
             "family": self.frozen.family,
             "adapter": self.adapter_config,
         }
+
+    def bucket_summary(self) -> list[dict]:
+        """Per bucket: its samples in the train split, its micro-batches and left-out samples per
+        epoch, and the samples the run has trained on from it so far."""
+        rows = self.epochs.report((self.state.epoch, self.state.batch))
+        return [{**{k: v for k, v in row.items() if k != "micro_batches"},
+                 "samples_seen": row["micro_batches"] * self.t.batch_size} for row in rows]
