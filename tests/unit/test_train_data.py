@@ -14,7 +14,7 @@ from t2iops.config import load_config
 from t2iops.errors import DataError
 from t2iops.train.streaming import open_cache
 
-from t2iops.encode.cache import CACHE_FORMAT, EMPTY_PROMPT, PART, CacheReader
+from t2iops.encode.cache import EMPTY_PROMPT, PART, CacheReader
 from t2iops.encode.encode import ShardWriter
 from t2iops.config import ConfigError
 from t2iops.train.data import (EpochBatches, MicroBatches, ResumableOrder, bucket_batches, train_loader,
@@ -24,7 +24,8 @@ from t2iops.train.metrics import bucket_line
 
 def write_fake_cache(root, n=12, flip=True, shard_size=5, sdxl=True, zeros_uncond=False):
     """A cache with recognisable values: sample i's latents are all i, its flipped latents -i,
-    its caption embedding i+100, the empty prompt's 7."""
+    its caption embedding i+100, the empty prompt's 7. Its layout is format 2's (one square
+    bucket of its resolution)."""
     captions = [f"caption {i}" for i in range(n)]
     text_dir, latent_dir = root / "text" / "t", root / "latents" / "l"
     tw = ShardWriter(text_dir, shard_size)
@@ -53,7 +54,7 @@ def write_fake_cache(root, n=12, flip=True, shard_size=5, sdxl=True, zeros_uncon
     (latent_dir / PART).write_text(json.dumps({"ids": [f"{i:03d}" for i in range(n)], "shard_size": shard_size,
                                                "shards": lw.shards, "resolution": 8, "augmentation": aug,
                                                "latents": "sample", "scaling_factor": 1.0, "shift_factor": None}))
-    index = {"format": CACHE_FORMAT, "family": "sdxl" if sdxl else "sd15", "dataset_version": "v",
+    index = {"format": 2, "family": "sdxl" if sdxl else "sd15", "dataset_version": "v",
              "force_zeros_for_empty_prompt": zeros_uncond, "resolution": 8,
              "text": {"key": "t", "dir": "text/t"}, "latents": {"key": "l", "dir": "latents/l"},
              "samples": {"train": {"ids": [f"{i:03d}" for i in range(n)], "latent_rows": list(range(n)),
@@ -270,8 +271,16 @@ class BucketedReader(CacheReader):
     """The fake cache with buckets: sample ``i`` in bucket ``labels[i]``."""
 
     def __init__(self, root, labels, buckets=((8, 8), (8, 16), (16, 8))):
+        self.labels, self.fake_buckets = list(labels), [tuple(b) for b in buckets]
         super().__init__(root, "train")
-        self.labels, self.buckets = list(labels), [tuple(b) for b in buckets]
+
+    @property
+    def buckets(self):
+        return self.fake_buckets
+
+    @buckets.setter
+    def buckets(self, value):  # the cache's own list, whether a property or set on construction
+        pass
 
     def bucket_of(self, i: int) -> int:
         return self.labels[i]

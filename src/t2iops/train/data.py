@@ -60,11 +60,8 @@ def shard_members(reader: CacheReader) -> list[torch.Tensor]:
 
 
 def sample_buckets(reader: CacheReader) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """The cache's buckets ``(height, width)`` and every sample's index into them. A cache
-    written before buckets existed is one square bucket at its resolution."""
-    if not hasattr(reader, "bucket_of"):
-        side = int(reader.index["resolution"])
-        return [(side, side)], torch.zeros(len(reader), dtype=torch.long)
+    """The cache's buckets ``(height, width)`` and every sample's index into them (a cache
+    written before buckets existed is one square bucket)."""
     buckets = [tuple(b) for b in reader.buckets]
     return buckets, torch.tensor([reader.bucket_of(i) for i in range(len(reader))], dtype=torch.long)
 
