@@ -65,8 +65,10 @@ def test_sdxl_cache_contents(tmp_path, tiny_sdxl_path):
     assert index["family"] == "sdxl" and index["resolution"] == 64
     assert index["base_model"]["path"] == tiny_sdxl_path and index["base_model"]["config_hash"]
     reader = CacheReader(out, "train")
-    assert len(reader) == 6 and reader.latent_part["shards"] == [{"file": "shard-00000.safetensors", "count": 4},
-                                                                 {"file": "shard-00001.safetensors", "count": 2}]
+    assert len(reader) == 6 and reader.latent_part["shards"] == [
+        {"file": "shard-00000.safetensors", "count": 4, "bucket": [64, 64]},
+        {"file": "shard-00001.safetensors", "count": 2, "bucket": [64, 64]}]
+    assert index["buckets"] == [[64, 64]] and reader.buckets == [(64, 64)]
     # Captions are deduplicated: 2 unique captions, embedded once each, plus the empty prompt.
     assert reader.text_part["captions"] == ["green circle with black background", "red circle with blue background"]
     s = reader.sample(2)
@@ -249,3 +251,80 @@ def test_a_format_2_cache_reads_as_one_square_bucket_of_its_resolution(tmp_path,
     (out / "cache.json").write_text(json.dumps(index))
     with pytest.raises(DataError, match="format 2 cache without its resolution"):
         CacheReader(out, "train")
+
+
+MIXED = "encode.buckets=[64x64, 48x96, 96x48]"  # square, wide (h 48 x w 96), tall; multiples of 16
+
+
+def test_mixed_buckets_round_trip_one_bucket_per_shard(tmp_path, tiny_sdxl_path):
+    from safetensors import safe_open
+
+    from t2iops.encode.augment import prepare_pair
+
+    data, cfg = _prepared(tmp_path, tiny_sdxl_path, MIXED)
+    out = tmp_path / "cache"
+    encode_dataset(str(data), str(tmp_path / "validated"), str(out), cfg)
+    index, reader = read_index(out), CacheReader(out, "train")
+    assert index["format"] == 3 and index["buckets"] == [[64, 64], [48, 96], [96, 48]]
+    assert reader.buckets == [(64, 64), (48, 96), (96, 48)]
+    # 96x64 (3:2) is nearer 2:1 than 1:1 in log aspect, 64x128 is 1:2, 128x96 (4:3) stays square.
+    assert reader.ids == ["00", "01", "02", "03", "04", "05"]
+    assert [reader.bucket_of(i) for i in range(6)] == [0, 1, 2, 0, 0, 0]
+    # Each bucket starts its own shard; a row is shard * shard_size + position (shard_size 4).
+    assert reader.latent_rows == [0, 4, 8, 1, 2, 3]
+    assert [(s["file"], s["count"], s["bucket"]) for s in reader.latent_part["shards"]] == [
+        ("shard-00000.safetensors", 4, [64, 64]), ("shard-00001.safetensors", 1, [48, 96]),
+        ("shard-00002.safetensors", 1, [96, 48])]
+    for shard in reader.latent_part["shards"]:
+        with safe_open(str(out / index["latents"]["dir"] / shard["file"]), framework="pt") as f:
+            h, w = shard["bucket"]
+            assert f.get_slice("latent_moments").get_shape() == [shard["count"], 8, h // 4, w // 4]
+    for i in range(6):
+        s = reader.sample(i)
+        h, w = reader.buckets[reader.bucket_of(i)]
+        assert s["latent"].shape == (8, h // 4, w // 4) and s["condition"].shape == (3, h, w)
+        assert s["time_ids"].tolist()[4:] == [h, w] and reader.files_of(i)[0].endswith(
+            f"shard-{reader.latent_rows[i] // 4:05d}.safetensors")
+    assert reader.sample(1)["time_ids"].tolist() == [64, 96, 8, 0, 48, 96]  # true size, crop corner, bucket
+    assert reader.sample(2)["time_ids"].tolist() == [128, 64, 0, 0, 96, 48]  # 1:2 fits the bucket whole
+    image = Image.open(data / "images/1.png").convert("RGB")
+    _, cond, _ = prepare_pair(image, Image.open(data / "conditioning_images/1.png").convert("RGB"), (48, 96), False, 0)
+    assert np.array_equal(reader.sample(1)["condition"].permute(1, 2, 0).numpy(), np.asarray(cond))
+
+
+def test_samples_beyond_every_bucket_go_to_the_nearest_and_are_counted(tmp_path, tiny_sd15_path, caplog):
+    import logging
+
+    data, cfg = _prepared(tmp_path, tiny_sd15_path, "encode.buckets=[64x64, 64x128]", "encode.resolution=64")
+    with caplog.at_level(logging.INFO, logger="t2iops.encode"):
+        encode_dataset(str(data), str(tmp_path / "validated"), str(tmp_path / "cache"), cfg)
+    reader = CacheReader(tmp_path / "cache", "train")
+    assert [reader.bucket_of(i) for i in range(6)] == [0, 1, 0, 0, 0, 0]  # the 1:2 portrait goes to the square
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "every bucket" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("encode: 1 sample(s)") and warnings[0].endswith(": 02")
+    assert any("2 bucket(s), sides multiples of 16: 64x64 (5), 64x128 (1)" in r.getMessage() for r in caplog.records)
+
+
+def test_explicit_buckets_that_do_not_fit_the_model_are_refused(tmp_path, tiny_sdxl_path):
+    from t2iops.errors import UsageError
+
+    data, cfg = _prepared(tmp_path, tiny_sdxl_path, "encode.buckets=[64x64, 40x96]")
+    with pytest.raises(UsageError, match="40x96 is not a multiple of 16"):
+        encode_dataset(str(data), str(tmp_path / "validated"), str(tmp_path / "cache"), cfg)
+
+
+def test_sharded_encode_with_mixed_buckets_merges_into_the_one_process_cache(tmp_path, tiny_sdxl_path):
+    from t2iops.encode.sharded import encode_shard, merge_shards
+
+    data, cfg = _prepared(tmp_path, tiny_sdxl_path, MIXED, "encode.shard_size=2", "encode.batch_size=2")
+    validated = str(tmp_path / "validated")
+    encode_dataset(str(data), validated, str(tmp_path / "whole"), cfg)
+    for i in range(3):  # four latent blocks (square: 2, wide: 1, tall: 1) over three slices
+        encode_shard(str(data), validated, str(tmp_path / f"s{i}"), cfg, (i, 3))
+    merge_shards([str(tmp_path / f"s{i}") for i in range(3)], str(tmp_path / "merged"), cfg)
+    whole, merged = storage.read_manifest(tmp_path / "whole"), storage.read_manifest(tmp_path / "merged")
+    assert {k: v for k, v in whole["files"].items() if k != "config.resolved.yaml"} == \
+        {k: v for k, v in merged["files"].items() if k != "config.resolved.yaml"}
+    reader = CacheReader(tmp_path / "merged", "train")
+    assert [s["bucket"] for s in reader.latent_part["shards"]] == [[64, 64], [64, 64], [48, 96], [96, 48]]
+    assert [reader.bucket_of(i) for i in range(6)] == [0, 1, 2, 0, 0, 0]

@@ -7,12 +7,13 @@ Layout of a cache folder ``C`` (published atomically, ``_manifest.json`` last)::
     C/text/<text_key>/part.json      unique captions, in row order of the shards
     C/text/<text_key>/shard-00000.safetensors   prompt_embeds [n, L, D] (+ pooled_prompt_embeds [n, P])
     C/text/<text_key>/empty.safetensors         the empty prompt's embeddings (caption dropout)
-    C/latents/<latent_key>/part.json            ids in row order, geometry, scaling factor
-    C/latents/<latent_key>/shard-00000.safetensors
+    C/latents/<latent_key>/part.json            ids in stored order, shards (each with its bucket),
+                                                geometry, scaling factor
+    C/latents/<latent_key>/shard-00000.safetensors   the samples of ONE bucket [h, w]:
         latent_moments [n, 2C, h, w]  VAE posterior (mean, logvar)  -- encode.latents=sample
         latent_mean    [n, C, h, w]   posterior mean                -- encode.latents=mean
         *_flipped                     the same for the mirrored image  -- encode.random_flip
-        conditions_png [bytes]        each condition as a lossless PNG at training resolution
+        conditions_png [bytes]        each condition as a lossless PNG at its bucket's size
         conditions_png_offsets [n+1]  (unflipped; greyscale when R == G == B), decoded in the
                                       loader's workers. Format 1 stored raw uint8 ``conditions``
                                       [n, 3, H, W] (12x larger at 1024 px); it is still read.
@@ -28,8 +29,16 @@ and the augmentation policy. Changing the VAE re-encodes latents only; editing c
 re-encodes text only. Captions are deduplicated (fill50k-style data repeats them a lot).
 
 ``cache.json`` holds ``dataset_version``, ``base_model`` (path, revision, config hash),
-``resolution``, ``augmentation``, both part keys and, per split, the sample ids with their
-latent row and text row.
+``resolution``, ``buckets`` (the bucket list, ``[[height, width], ...]``), ``augmentation``, both
+part keys and, per split, the sample ids (in id order) with their latent row, text row and
+bucket (an index into ``buckets``).
+
+Aspect-ratio buckets (format 3): latents of different buckets differ in shape, so each latent
+shard holds one bucket's samples; buckets are stored one after another, each starting a new
+shard, and a latent row is an address (``shard * shard_size + position``) that skips the unused
+tail of a bucket's last shard (:mod:`t2iops.encode.bucketing`). The shard of row ``r`` is
+``r // shard_size`` in every format. Formats 1 and 2 read as one square bucket of their
+``resolution``.
 """
 from __future__ import annotations
 
@@ -37,8 +46,10 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-CACHE_FORMAT = 2
-READABLE_FORMATS = (1, 2)  # format 1: raw uint8 conditions, text shards of encode.shard_size
+CACHE_FORMAT = 3
+# format 1: raw uint8 conditions, text shards of encode.shard_size; formats 1 and 2: one square
+# bucket of ``resolution``, latent rows 0, 1, 2, ...
+READABLE_FORMATS = (1, 2, 3)
 TEXT_SHARD_SIZE = 8  # SDXL: 2.5 MB objects; a streamed batch of 8 reads at most 8 of them
 INDEX = "cache.json"
 PART = "part.json"

@@ -22,7 +22,7 @@ from typing import Optional
 from .. import storage
 from ..config import Config
 from ..errors import DataError
-from . import augment
+from . import augment, bucketing
 from .cache import CACHE_FORMAT, EMPTY_PROMPT, INDEX, PART, TEXT_SHARD_SIZE, encode_png, shard_name
 from ..devices import default_device, torch_dtype
 from ..hashing import digest
@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 SPLIT_ORDER = ("train", "val", "test")
 
 
-def cache_keys(cfg: Config, fingerprints: list[dict], model: dict) -> dict:
+def cache_keys(cfg: Config, fingerprints: list[dict], model: dict, buckets: list) -> dict:
     """The two part keys and the dataset version. Each key covers exactly what its part is
     computed from (and the cache format), nothing else."""
     enc = cfg.encode
@@ -42,8 +42,8 @@ def cache_keys(cfg: Config, fingerprints: list[dict], model: dict) -> dict:
     text_key = digest([CACHE_FORMAT, "text", model["text_hash"], enc.storage_dtype, captions])
     augmentation = augmentation_policy(cfg)
     images = [(f["id"], f["image"], f["condition"]) for f in fingerprints]
-    latent_key = digest([CACHE_FORMAT, "latents", model["vae_hash"], enc.resolution, augmentation,
-                         enc.latents, enc.storage_dtype, images])
+    latent_key = digest([CACHE_FORMAT, "latents", model["vae_hash"], enc.resolution, [list(b) for b in buckets],
+                         augmentation, enc.latents, enc.storage_dtype, images])
     return {
         "text": text_key,
         "latents": latent_key,
@@ -60,8 +60,8 @@ def augmentation_policy(cfg: Config) -> dict:
 
 
 def plan_encode(data_root: str, validated_dir: str, cfg: Config) -> tuple[list, dict, dict]:
-    """The rows to encode (ordered by id), the part keys and the cache index; the same in every
-    process of a sharded encode."""
+    """The rows to encode grouped by bucket (:mod:`t2iops.encode.bucketing`), the part keys and
+    the cache index; the same in every process of a sharded encode."""
     from ..data.dataset import load_rows, load_validated_ids
 
     ids = load_validated_ids(validated_dir, cfg)
@@ -73,8 +73,12 @@ def plan_encode(data_root: str, validated_dir: str, cfg: Config) -> tuple[list, 
     log.info("encode: %d rows (%s)", len(rows), ", ".join(f"{s}={sum(r.split == s for r in rows)}" for s in SPLIT_ORDER))
     fingerprints = dataset_fingerprints(rows)
     model = model_identity(cfg.model, cfg)
-    keys = cache_keys(cfg, fingerprints, model)
-    return rows, keys, _build_index(cfg, rows, keys, model)
+    buckets, multiple = bucketing.encode_buckets(cfg, model["ref"])
+    chosen, beyond = bucketing.assign(rows, {f["id"]: f["size"] for f in fingerprints}, buckets)
+    groups = bucketing.group_rows(rows, chosen, buckets, cfg.encode.shard_size)
+    bucketing.log_buckets(buckets, multiple, groups, beyond)
+    keys = cache_keys(cfg, fingerprints, model, buckets)
+    return groups, keys, _build_index(cfg, groups, buckets, keys, model)
 
 
 def finish_index(index: dict, staging: Path) -> None:
@@ -87,7 +91,7 @@ def finish_index(index: dict, staging: Path) -> None:
 def encode_dataset(data_root: str, validated_dir: str, out: str, cfg: Config) -> str:
     """Encode the validated rows of ``cfg.encode.splits`` at ``data_root`` into a cache at ``out``
     (folder or s3:// prefix). Returns ``out``. A no-op when the published cache is up to date."""
-    rows, keys, index = plan_encode(data_root, validated_dir, cfg)
+    groups, keys, index = plan_encode(data_root, validated_dir, cfg)
     previous = _published_index(out, cfg)
     if previous is not None and _same(previous, index):
         log.info("encode: %s is up to date (dataset %s, text %s, latents %s); nothing to do",
@@ -103,27 +107,31 @@ def encode_dataset(data_root: str, validated_dir: str, out: str, cfg: Config) ->
             elif part == "text":
                 encode_text(keys["captions"], target, cfg, cached_reference(index))
             else:
-                encode_latents(rows, target, cfg, cached_reference(index))
+                encode_latents(groups, target, cfg, cached_reference(index))
         finish_index(index, staging)
         cfg.write(staging)
     return out
 
 
 # ---------------------------------------------------------------------------------------
-def _build_index(cfg: Config, rows: list, keys: dict, model: dict) -> dict:
+def _build_index(cfg: Config, groups: list, buckets: list, keys: dict, model: dict) -> dict:
     caption_row = {c: i for i, c in enumerate(keys["captions"])}
+    placed = sorted((row.id, row, g.bucket_index, g.first_shard * cfg.encode.shard_size + k)
+                    for g in groups for k, row in enumerate(g.rows))
     samples: dict[str, dict] = {}
-    for latent_row, row in enumerate(rows):  # the latent part stores rows in id order
-        entry = samples.setdefault(row.split, {"ids": [], "latent_rows": [], "text_rows": []})
+    for _, row, bucket, latent_row in placed:  # each split lists its samples in id order
+        entry = samples.setdefault(row.split, {"ids": [], "latent_rows": [], "text_rows": [], "buckets": []})
         entry["ids"].append(row.id)
         entry["latent_rows"].append(latent_row)
         entry["text_rows"].append(caption_row[row.text])
+        entry["buckets"].append(bucket)
     return {
         "format": CACHE_FORMAT,
         "dataset_version": keys["dataset_version"],
         "base_model": model["ref"].to_dict(),
         "force_zeros_for_empty_prompt": model.get("force_zeros_for_empty_prompt"),
         "resolution": cfg.encode.resolution,
+        "buckets": [list(b) for b in buckets],
         "augmentation": augmentation_policy(cfg),
         "latents_kind": cfg.encode.latents,
         "text": {"key": keys["text"], "dir": f"text/{keys['text']}"},
@@ -133,7 +141,8 @@ def _build_index(cfg: Config, rows: list, keys: dict, model: dict) -> dict:
 
 
 def _same(previous: dict, index: dict) -> bool:
-    fields = ("format", "dataset_version", "base_model", "resolution", "augmentation", "latents_kind", "samples")
+    fields = ("format", "dataset_version", "base_model", "resolution", "buckets", "augmentation", "latents_kind",
+              "samples")
     return (all(previous.get(f) == index.get(f) for f in fields)
             and previous["text"]["key"] == index["text"]["key"]
             and previous["latents"]["key"] == index["latents"]["key"])
@@ -256,12 +265,12 @@ def encode_text(captions: list[str], target: Path, cfg: Config, ref: BaseModelRe
     (target / PART).write_text(json.dumps(part))
 
 
-def _load_pair(row, cfg: Config):
+def _load_pair(row, bucket: tuple, cfg: Config):
     import numpy as np
     import torch
 
     image, condition, plan = augment.prepare_pair(
-        row.load_image(), row.load_condition(), cfg.encode.resolution, cfg.encode.random_crop,
+        row.load_image(), row.load_condition(), tuple(bucket), cfg.encode.random_crop,
         augment.sample_seed(cfg.encode.seed, row.id),
     )
     pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -269,13 +278,13 @@ def _load_pair(row, cfg: Config):
     return pixels, cond, plan
 
 
-def encode_latents(rows: list, target: Path, cfg: Config, ref: BaseModelRef, first_shard: int = 0) -> None:
+def encode_latents(groups: list, target: Path, cfg: Config, ref: BaseModelRef) -> None:
     """VAE posteriors of each row's image (and of its mirror image when flips are on), its
-    condition as a lossless PNG, and its SDXL time ids."""
+    condition as a lossless PNG, and its SDXL time ids; ``groups`` (one per bucket, see
+    :mod:`t2iops.encode.bucketing`) each write their own shards."""
     import torch
 
     from ..models.resolve import load_base_model
-    from ..progress import progress
 
     device = default_device()
     base = load_base_model(ref, cfg.storage, dtype=torch.float32, components=("vae",),
@@ -283,37 +292,13 @@ def encode_latents(rows: list, target: Path, cfg: Config, ref: BaseModelRef, fir
     vae = base.vae
     dtype = _encode_dtype(ref, device, bool(getattr(vae.config, "force_upcast", False)))
     vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
-    store = torch_dtype(cfg.encode.storage_dtype)
-    flip = cfg.encode.random_flip
-    writer = ShardWriter(target, cfg.encode.shard_size, first_shard)
-    bs = cfg.encode.batch_size
-
-    def posterior(pixels):
-        x = (pixels.to(device=device, dtype=dtype) / 127.5) - 1.0
-        dist = vae.encode(x).latent_dist
-        return (dist.parameters if cfg.encode.latents == "sample" else dist.mean).to(store)
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, torch.inference_mode():
-        batches = [rows[i:i + bs] for i in range(0, len(rows), bs)]
-        for batch in progress(batches, desc="encode latents", unit="batch"):
-            loaded = list(pool.map(lambda r: _load_pair(r, cfg), batch))
-            pngs = list(pool.map(encode_png, [c for _, c, _ in loaded]))
-            pixels = torch.stack([p for p, _, _ in loaded])
-            name = "latent_moments" if cfg.encode.latents == "sample" else "latent_mean"
-            tensors = {
-                name: posterior(pixels),
-                "time_ids": torch.tensor([plan.time_ids() for _, _, plan in loaded], dtype=torch.int32),
-            }
-            if flip:
-                tensors[name + "_flipped"] = posterior(pixels.flip(-1))
-                tensors["time_ids_flipped"] = torch.tensor([plan.time_ids(flipped=True) for _, _, plan in loaded],
-                                                           dtype=torch.int32)
-            writer.add(blobs={"conditions_png": pngs}, **tensors)
-        writer.flush()
+    shards: list[dict] = []
+    for group in groups:
+        shards += _encode_group(group, target, cfg, vae, device, dtype)
     part = {
-        "ids": [r.id for r in rows],
+        "ids": [r.id for g in groups for r in g.rows],
         "shard_size": cfg.encode.shard_size,
-        "shards": writer.shards,
+        "shards": shards,
         "resolution": cfg.encode.resolution,
         "augmentation": augmentation_policy(cfg),
         "latents": cfg.encode.latents,
@@ -321,4 +306,41 @@ def encode_latents(rows: list, target: Path, cfg: Config, ref: BaseModelRef, fir
         "shift_factor": getattr(vae.config, "shift_factor", None),
         "encode_dtype": str(dtype).replace("torch.", ""),
     }
+    target.mkdir(parents=True, exist_ok=True)
     (target / PART).write_text(json.dumps(part))
+
+
+def _encode_group(group, target: Path, cfg: Config, vae, device, dtype) -> list[dict]:
+    """Encode the rows of one bucket into shards from ``group.first_shard`` on; returns them, each
+    with its bucket."""
+    import torch
+
+    from ..progress import progress
+
+    store = torch_dtype(cfg.encode.storage_dtype)
+    writer = ShardWriter(target, cfg.encode.shard_size, group.first_shard)
+    bs = cfg.encode.batch_size
+    name = "latent_moments" if cfg.encode.latents == "sample" else "latent_mean"
+
+    def posterior(pixels):
+        x = (pixels.to(device=device, dtype=dtype) / 127.5) - 1.0
+        dist = vae.encode(x).latent_dist
+        return (dist.parameters if cfg.encode.latents == "sample" else dist.mean).to(store)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool, torch.inference_mode():
+        batches = [group.rows[i:i + bs] for i in range(0, len(group.rows), bs)]
+        for batch in progress(batches, desc=f"encode latents {group.bucket[0]}x{group.bucket[1]}", unit="batch"):
+            loaded = list(pool.map(lambda r: _load_pair(r, group.bucket, cfg), batch))
+            pngs = list(pool.map(encode_png, [c for _, c, _ in loaded]))
+            pixels = torch.stack([p for p, _, _ in loaded])
+            tensors = {
+                name: posterior(pixels),
+                "time_ids": torch.tensor([plan.time_ids() for _, _, plan in loaded], dtype=torch.int32),
+            }
+            if cfg.encode.random_flip:
+                tensors[name + "_flipped"] = posterior(pixels.flip(-1))
+                tensors["time_ids_flipped"] = torch.tensor([plan.time_ids(flipped=True) for _, _, plan in loaded],
+                                                           dtype=torch.int32)
+            writer.add(blobs={"conditions_png": pngs}, **tensors)
+        writer.flush()
+    return [{**shard, "bucket": list(group.bucket)} for shard in writer.shards]

@@ -21,13 +21,18 @@ __all__ = ["dataset_fingerprints", "digest", "folder_fingerprint", "model_identi
 # ---------------------------------------------------------------------------------------
 # Datasets
 def row_fingerprint(row) -> dict:
-    """id, split, caption and sha256 of the image and condition bytes of one row."""
+    """id, split, caption and sha256 of the image and condition bytes of one row, and the image's
+    displayed ``size`` (height, width; from its header) that picks its bucket."""
+    from ..data.images import displayed_size
+
+    width, height = displayed_size(row.image_ref, row.max_pixels)
     return {
         "id": row.id,
         "split": row.split,
         "text": row.text,
         "image": bytes_digest(row.image_ref.read_bytes()),
         "condition": bytes_digest(row.condition_ref.read_bytes()),
+        "size": (height, width),
     }
 
 

@@ -1,10 +1,11 @@
 """Sharded encode: ``t2iops encode --shard i/n`` encodes one slice, ``t2iops encode merge`` joins
 the slices into the cache a one-process encode writes, file for file.
 
-Every process plans the same rows, keys and index (:func:`plan_encode`). Slice ``i`` takes a
-contiguous range of latent rows and of unique captions whose boundaries fall on multiples of
-both the shard size and the encode batch size, so each slice writes whole shards with the same
-file numbers, and the same batches, as the one-process encode: the merged tensors are equal.
+Every process plans the same rows, buckets, keys and index (:func:`plan_encode`). Slice ``i``
+takes a contiguous run of latent blocks (within each bucket, counted from the bucket's first
+shard) and of unique captions whose boundaries fall on multiples of both the shard size and the
+encode batch size, so each slice writes whole shards with the same file numbers, and the same
+batches, as the one-process encode: the merged tensors are equal.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .. import storage
 from ..config import Config
 from ..errors import DataError, UsageError
 from .cache import EMPTY_PROMPT, PART, TEXT_SHARD_SIZE
+from .bucketing import slice_groups
 from .encode import cached_reference, encode_latents, encode_text, finish_index, plan_encode
 
 SLICE = "slice.json"
@@ -44,18 +46,17 @@ def slice_range(total: int, block: int, index: int, count: int) -> tuple[int, in
 def encode_shard(data_root: str, validated_dir: str, out: str, cfg: Config, shard: tuple[int, int]) -> dict:
     """Encode slice ``shard = (i, n)`` into a partial cache at ``out``; returns its slice info."""
     index_no, count = shard
-    rows, keys, index = plan_encode(data_root, validated_dir, cfg)
+    groups, keys, index = plan_encode(data_root, validated_dir, cfg)
     latent_block = math.lcm(cfg.encode.shard_size, cfg.encode.batch_size)
     text_block = math.lcm(TEXT_SHARD_SIZE, cfg.encode.batch_size)
-    rows_from, rows_to = slice_range(len(rows), latent_block, index_no, count)
+    mine = slice_groups(groups, latent_block, index_no, count, cfg.encode.shard_size)
     text_from, text_to = slice_range(len(keys["captions"]), text_block, index_no, count)
-    info = {"shard": [index_no, count], "rows": [rows_from, rows_to], "captions": [text_from, text_to],
+    info = {"shard": [index_no, count], "rows": sum(len(g.rows) for g in mine), "captions": [text_from, text_to],
             "index": index}
     with storage.publish(out, cfg, extra={"kind": "t2iops-cache-slice", "shard": f"{index_no}/{count}"}) as staging:
         encode_text(keys["captions"][text_from:text_to], staging / index["text"]["dir"], cfg,
                     cached_reference(index), first_shard=text_from // TEXT_SHARD_SIZE)
-        encode_latents(rows[rows_from:rows_to], staging / index["latents"]["dir"], cfg,
-                       cached_reference(index), first_shard=rows_from // cfg.encode.shard_size)
+        encode_latents(mine, staging / index["latents"]["dir"], cfg, cached_reference(index))
         (staging / SLICE).write_text(json.dumps(info))
         cfg.write(staging)
     return info
