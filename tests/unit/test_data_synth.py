@@ -124,3 +124,52 @@ def test_cli_synth(tmp_path, capsys):
     rc = main(["data", "synth", "--out", str(tmp_path / "x"), "-S", "data.synth.count=0"])
     assert rc == 2 and "data.synth.count" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _digest(root):
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, data in files_of(root).items():
+        if name not in ("_manifest.json", "config.resolved.yaml"):
+            h.update(name.encode())
+            h.update(data)
+    return h.hexdigest()
+
+
+def test_square_canvases_are_the_dataset_as_it_was_before_aspect_ratios(tmp_path):
+    # The digest of these files as written before data.synth.aspect_ratios existed: the demo's
+    # measured figures were made on that data.
+    cfg = load_config(overrides=["data.synth.count=9", "data.synth.resolution=40", "data.synth.seed=3",
+                                 "data.synth.aspect_ratios=[1.0]"])
+    synthesize(str(tmp_path / "s"), cfg)
+    assert _digest(tmp_path / "s") == "ea89cd72e4467af96f299a9921d30314629d5c3aacfbf38e54c4958f4d87699e"
+
+
+def test_aspect_ratios_are_drawn_in_turn_on_canvases_of_the_same_area(tmp_path):
+    from PIL import Image
+
+    from t2iops.data.synth import canvas_size
+
+    assert canvas_size(64, 1.0) == (64, 64) and canvas_size(60, 1.0) == (60, 60)
+    assert canvas_size(64, 2.0) == (88, 48) and canvas_size(64, 0.5) == (48, 88)  # 90.5 x 45.3 -> multiples of 8
+    assert canvas_size(1024, 16 / 9) == (1368, 768)
+    cfg = load_config(overrides=["data.synth.count=6", "data.synth.resolution=64", "data.synth.aspect_ratios=[1.0, 2.0, 0.5]"])
+    summary = synthesize(str(tmp_path / "s"), cfg)
+    assert summary["canvases"] == [[64, 64], [88, 48], [48, 88]]
+    rows = [json.loads(line) for line in (tmp_path / "s" / "metadata.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        width, height = [(64, 64), (88, 48), (48, 88)][i % 3]
+        image = np.asarray(Image.open(tmp_path / "s" / row["image"]).convert("RGB"))
+        outline = np.asarray(Image.open(tmp_path / "s" / row["conditioning_image"]))
+        assert image.shape == (height, width, 3) and outline.shape == (height, width)
+        cx, cy, r = row["circle"]["cx"], row["circle"]["cy"], row["circle"]["r"]
+        assert r <= cx <= width - 1 - r and r <= cy <= height - 1 - r  # the whole circle is on the canvas
+        assert tuple(image[cy, cx]) == PALETTE[row["color"]]  # the disc is where the row says
+        ys, xs = np.nonzero(outline == 255)
+        assert abs(xs.mean() - cx) < 1 and abs(ys.mean() - cy) < 1  # the outline is drawn around it
+    # The square samples of a mixed dataset are those of the square dataset.
+    square = load_config(overrides=["data.synth.count=6", "data.synth.resolution=64"])
+    synthesize(str(tmp_path / "q"), square)
+    for i in (0, 3):
+        assert (tmp_path / "s" / f"images/{i:06d}.png").read_bytes() == (tmp_path / "q" / f"images/{i:06d}.png").read_bytes()

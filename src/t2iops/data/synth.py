@@ -6,6 +6,11 @@ condition is the circle's outline, white on black, as in fill50k; its caption re
 radius in pixels) and the colour names, so evaluation can measure the circle IoU and check the
 colours by nearest palette entry.
 
+``data.synth.aspect_ratios`` (width / height) gives the canvases, used in turn: sample ``i`` is
+drawn on ratio ``i mod len``, each canvas about ``resolution`` x ``resolution`` pixels (so
+aspect-ratio buckets get wide and tall samples to sort); ``[1.0]``, the default, is the square
+dataset as it always was, byte for byte.
+
 Sample ``i`` is drawn from its own generator seeded by ``(seed, i)``: the same seed gives
 byte-identical files, and a larger ``count`` extends a dataset without changing its first rows.
 """
@@ -13,7 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+import math
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -51,9 +57,26 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def render_sample(rng: np.random.Generator, resolution: int, synth_cfg: Any) -> tuple[Image.Image, Image.Image, dict]:
+def canvas_size(resolution: int, aspect_ratio: float) -> tuple[int, int]:
+    """(width, height) of a canvas of ``aspect_ratio`` (width / height) with about
+    ``resolution`` x ``resolution`` pixels, sides rounded to a multiple of 8 (what image models
+    divide by); a square canvas is exactly ``resolution`` on each side."""
+    if aspect_ratio == 1.0:
+        return resolution, resolution
+    area = resolution * resolution
+    width = max(8, int(round(math.sqrt(area * aspect_ratio) / 8)) * 8)
+    height = max(8, int(round(math.sqrt(area / aspect_ratio) / 8)) * 8)
+    return width, height
+
+
+def render_sample(rng: np.random.Generator, resolution: int, synth_cfg: Any,
+                  size: Optional[tuple[int, int]] = None) -> tuple[Image.Image, Image.Image, dict]:
     """Draw one sample: (RGB image, RGB condition, meta with ``text``, ``circle``, ``color``,
-    ``background``). ``synth_cfg`` is a :class:`t2iops.config.SynthConfig`."""
+    ``background``). ``synth_cfg`` is a :class:`t2iops.config.SynthConfig`. The canvas is
+    ``size`` (width, height), default a ``resolution`` square; the radius is a fraction of its
+    shorter side."""
+    width, height = size or (resolution, resolution)
+    short = min(width, height)
     names = list(PALETTE)
     color_index = int(rng.integers(len(names)))
     background_index = int(rng.integers(len(names) - 1))
@@ -62,16 +85,16 @@ def render_sample(rng: np.random.Generator, resolution: int, synth_cfg: Any) -> 
     color, background = names[color_index], names[background_index]
 
     radius_frac = rng.uniform(synth_cfg.min_radius_frac, synth_cfg.max_radius_frac)
-    r = min(max(1, int(round(radius_frac * resolution))), (resolution - 1) // 2)
-    # The box [c - r, c + r] is inclusive in PIL, so c + r <= resolution - 1 keeps it inside.
-    cx = int(rng.integers(r, resolution - r))
-    cy = int(rng.integers(r, resolution - r))
+    r = min(max(1, int(round(radius_frac * short))), (short - 1) // 2)
+    # The box [c - r, c + r] is inclusive in PIL, so c + r <= side - 1 keeps it inside.
+    cx = int(rng.integers(r, width - r))
+    cy = int(rng.integers(r, height - r))
     box = (cx - r, cy - r, cx + r, cy + r)
 
-    image = Image.new("RGB", (resolution, resolution), PALETTE[background])
+    image = Image.new("RGB", (width, height), PALETTE[background])
     ImageDraw.Draw(image).ellipse(box, fill=PALETTE[color])
     # Drawn in one channel without anti-aliasing: the ring is exactly 0 or 255.
-    outline = Image.new("L", (resolution, resolution), 0)
+    outline = Image.new("L", (width, height), 0)
     ImageDraw.Draw(outline).ellipse(box, outline=255, width=min(synth_cfg.outline_width, r))
     meta = {
         "text": f"{color} circle with {background} background",
@@ -95,7 +118,8 @@ def synthesize(out: str, cfg: Any) -> dict:
         (staging / "conditioning_images").mkdir()
         with open(staging / "metadata.jsonl", "w") as metadata:
             for index in progress(range(synth.count), desc="synth", unit="sample"):
-                image, condition, meta = render_sample(sample_rng(synth.seed, index), synth.resolution, synth)
+                size = canvas_size(synth.resolution, synth.aspect_ratios[index % len(synth.aspect_ratios)])
+                image, condition, meta = render_sample(sample_rng(synth.seed, index), synth.resolution, synth, size)
                 row_id = f"{index:0{width}d}"
                 image_path = f"images/{row_id}.png"
                 condition_path = f"conditioning_images/{row_id}.png"
@@ -117,6 +141,7 @@ def synthesize(out: str, cfg: Any) -> dict:
         "count": synth.count,
         "resolution": synth.resolution,
         "seed": synth.seed,
+        "canvases": [list(canvas_size(synth.resolution, a)) for a in synth.aspect_ratios],  # (width, height)
         "colors": dict(sorted(colors.items())),
     }
     log.info("synthesised %d samples at %d px -> %s", synth.count, synth.resolution, out)
