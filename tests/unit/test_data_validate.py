@@ -274,3 +274,13 @@ def test_cli_validate_exit_codes_and_one_line_reason(dataset, tmp_path, capsys):
 
     rc = main(["data", "validate", "--root", str(root), "--out", str(tmp_path / "x"), "-S", "data.max_bad_fraction=2"])
     assert rc == 2 and "data.max_bad_fraction" in capsys.readouterr().err
+
+
+def test_the_report_gives_the_range_of_aspect_ratios(tmp_path):
+    cfg = load_config(overrides=["data.synth.count=6", "data.synth.resolution=32",
+                                 "data.synth.aspect_ratios=[1.0, 2.0, 0.5]"])
+    synthesize(str(tmp_path / "ds"), cfg)
+    report, _, _ = run(tmp_path / "ds", cfg, tmp_path / "v")
+    # Canvases 32x32, 48x24 and 24x48 (width x height), in turn.
+    assert report["aspect_ratios"] == {"min": 0.5, "max": 2.0, "tallest": "000002", "widest": "000001",
+                                       "tall": 2, "square": 2, "wide": 2}

@@ -9,7 +9,8 @@ pixels; see :mod:`t2iops.data.images` for how every other mode decodes), ``too_s
 the displayed ones, after EXIF orientation.
 
 Outputs (published atomically; written even when the stage fails, marked ``failed``):
-``report.json`` (counts per class, the offending rows), ``quarantine.jsonl`` (every bad row
+``report.json`` (counts per class, the offending rows, the range of the good images' aspect
+ratios), ``quarantine.jsonl`` (every bad row
 with its class), ``rows.jsonl`` (every good row: ``{"id", "split"}``), ``config.resolved.yaml``.
 The stage raises :class:`DataError` when the bad share exceeds ``data.max_bad_fraction``.
 """
@@ -33,12 +34,13 @@ QUARANTINE = "quarantine.jsonl"
 TOO_SMALL = "too_small"
 TOO_LARGE = "too_large"
 SIZE_MISMATCH = "size_mismatch"
+SQUARE_BAND = (0.8, 1.25)  # width / height counted as about square in the aspect summary
 REPORT_MAX_ROWS = 1000  # report.json lists this many offending rows; quarantine.jsonl has all
 
 
-def check_images(row: Row, cfg: Any) -> None:
+def check_images(row: Row, cfg: Any) -> tuple[int, int]:
     """Decode both images with the stages' own decoder and check their displayed sizes; raises
-    RowError / ImageProblem."""
+    RowError / ImageProblem. Returns the image's displayed (width, height)."""
     data = cfg.data
     sizes = {}
     for role, ref in (("image", row.image_ref), ("conditioning image", row.condition_ref)):
@@ -55,6 +57,25 @@ def check_images(row: Row, cfg: Any) -> None:
         (iw, ih), (cw, ch) = sizes["image"], sizes["conditioning image"]
         raise RowError(SIZE_MISMATCH, f"{row.condition_ref.name}: conditioning image is {cw}x{ch} but image "
                        f"{row.image_ref.name} is {iw}x{ih} (data.resize_policy=strict)", row.condition_ref.name)
+    return sizes["image"]
+
+
+def aspect_summary(aspects: dict[str, float]) -> dict:
+    """The range of the good images' aspect ratios (width / height), the ids at both ends and how
+    many are tall, about square or wide: whether square crops would cut much off, and which
+    ``encode.buckets`` the data needs (the encode stage reports the samples beyond its buckets)."""
+    if not aspects:
+        return {}
+    tallest = min(aspects, key=lambda i: (aspects[i], i))
+    widest = min(aspects, key=lambda i: (-aspects[i], i))  # the first id on a tie, as for the tallest
+    values = list(aspects.values())
+    return {
+        "min": round(aspects[tallest], 4), "max": round(aspects[widest], 4),
+        "tallest": tallest, "widest": widest,
+        "tall": sum(a < SQUARE_BAND[0] for a in values),
+        "square": sum(SQUARE_BAND[0] <= a <= SQUARE_BAND[1] for a in values),
+        "wide": sum(a > SQUARE_BAND[1] for a in values),
+    }
 
 
 def validate(root: str, out: str, cfg: Any) -> dict:
@@ -63,11 +84,12 @@ def validate(root: str, out: str, cfg: Any) -> dict:
     seen: dict[str, str] = {}
     good: list[dict] = []
     bad: list[dict] = []
+    aspects: dict[str, float] = {}
     for record in progress(source.records(), total=len(source), desc="validate", unit="row"):
         row: Optional[Row] = None
         try:
             row = row_from_record(record, source, cfg, seen)
-            check_images(row, cfg)
+            width, height = check_images(row, cfg)
         except (RowError, ImageProblem) as exc:
             message = str(exc) if str(exc).startswith(record.where) else f"{record.where}: {exc}"
             entry = {
@@ -84,6 +106,7 @@ def validate(root: str, out: str, cfg: Any) -> dict:
             bad.append(entry)
             continue
         good.append({"id": row.id, "split": row.split})
+        aspects[row.id] = width / height
 
     total = len(good) + len(bad)
     if total == 0:
@@ -101,6 +124,7 @@ def validate(root: str, out: str, cfg: Any) -> dict:
         "max_bad_fraction": cfg.data.max_bad_fraction,
         "errors": dict(sorted(Counter(b["error"] for b in bad).items())),
         "splits": {s: n for s, n in sorted(Counter(g["split"] for g in good).items())},
+        "aspect_ratios": aspect_summary(aspects),
         "bad_rows": [{k: v for k, v in b.items() if k != "record"} for b in bad[:REPORT_MAX_ROWS]],
         "bad_rows_listed": min(len(bad), REPORT_MAX_ROWS),
     }
