@@ -380,3 +380,59 @@ def test_a_bucketed_run_stopped_mid_epoch_resumes_bit_equal(tmp_path, monkeypatc
     assert [(r["samples"], r["micro_batches_per_epoch"], r["left_out_per_epoch"]) for r in b["buckets"]] == \
         [(6, 3, 0), (6, 3, 0), (5, 2, 1)]
     assert sum(r["samples_seen"] for r in b["buckets"]) == b["samples_seen"] == 32
+
+
+MIXED = ["data.synth.aspect_ratios=[1.0,2.0,0.5]", "encode.buckets=[64x64,64x128,128x64]", "encode.random_flip=true"]
+
+
+@pytest.fixture(scope="module")
+def mixed_cache(tmp_path_factory, tiny_sdxl_path):
+    """Square, wide and tall circles, encoded into three buckets."""
+    return make_cache(tmp_path_factory.mktemp("mixed"), tiny_sdxl_path, *MIXED)
+
+
+@pytest.mark.slow
+def test_a_mixed_bucket_run_killed_mid_epoch_resumes_bit_equal(tmp_path, tiny_sdxl_path, mixed_cache):
+    """Wide, tall and square samples in three buckets, so every micro-batch has one latent shape:
+    a run killed (SIGKILL) after a checkpoint in the middle of an epoch and resumed ends with the
+    same weights, EMA and losses as one never interrupted, and logs a plain line per bucket."""
+    overrides = MIXED + ["train.max_steps=8", "train.checkpoint_every=2", "train.grad_accum=2", "train.ema_decay=0.9",
+                         "train.caption_dropout=0.3", "train.lr=1e-3"]
+    from t2iops.encode.cache import CacheReader
+
+    reader = CacheReader(mixed_cache, "train")
+    shapes = {reader.bucket_of(i): tuple(reader.sample(i)["latent"].shape[-2:]) for i in range(len(reader))}
+    assert len(set(shapes.values())) == 3  # three latent shapes, which no batch may mix
+    cfg = cfg_for(tiny_sdxl_path, *overrides)
+    train(mixed_cache, str(tmp_path / "straight"), cfg)
+
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "t2iops.cli", "train", "--cache", mixed_cache, "--out", str(out),
+           "--params", str(preset_path("toy"))]
+    for o in base_overrides(tiny_sdxl_path) + overrides:
+        cmd += ["-S", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate()
+    killed_at = latest.read_text()
+    assert killed_at < "step-000008", "the run finished before it could be interrupted"
+    position = json.loads((out / "checkpoints" / killed_at / "state" / "trainer.json").read_text())
+    assert position["batch"] != 0  # in the middle of an epoch
+    for bucket in ("64x64", "64x128", "128x64"):
+        assert f"bucket {bucket}: ".encode() in stderr
+
+    train(mixed_cache, str(out), cfg, resume="latest")
+    assert_bit_equal(adapter_weights(tmp_path / "straight" / "adapter"), adapter_weights(out / "adapter"))
+    final = "checkpoints/step-000008/state/ema.safetensors"
+    assert_bit_equal(load_file(str(tmp_path / "straight" / final)), load_file(str(out / final)))
+    a = json.loads((tmp_path / "straight" / "summary.json").read_text())
+    b = json.loads((out / "summary.json").read_text())
+    assert a["losses"] == b["losses"] and b["resumed_from"].endswith(killed_at)
+    assert a["buckets"] == b["buckets"] and [r["bucket"] for r in b["buckets"]] == ["64x64", "64x128", "128x64"]
+    assert all(r["micro_batches_per_epoch"] > 0 for r in b["buckets"])
+    assert sum(r["samples_seen"] for r in b["buckets"]) == b["samples_seen"] == 32
