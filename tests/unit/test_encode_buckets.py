@@ -62,3 +62,18 @@ def test_each_bucket_starts_a_shard_and_slices_cut_whole_blocks():
         ((64, 128), ["01", "04", "06"], 2), ((128, 64), ["03"], 4)]
     # One square bucket: no sample is ever out of range.
     assert assign(rows, sizes, [(64, 64)]) == ([0] * 7, [])
+
+
+def test_a_square_resolution_the_model_cannot_take_is_rounded_with_a_warning(tiny_sdxl_path, caplog):
+    import logging
+
+    from t2iops.config import load_config
+    from t2iops.encode.bucketing import encode_buckets
+
+    cfg = load_config(overrides=[f"model.base_model={tiny_sdxl_path}", "encode.buckets=square", "encode.resolution=76"])
+    with caplog.at_level(logging.WARNING, logger="t2iops.encode"):
+        assert encode_buckets(cfg, cfg.model) == ([(80, 80)], 16)
+    assert "encode.resolution 76 is not a multiple of 16" in caplog.text and "80x80" in caplog.text
+    cfg = load_config(overrides=[f"model.base_model={tiny_sdxl_path}", "encode.buckets=auto", "encode.resolution=64"])
+    buckets, _ = encode_buckets(cfg, cfg.model)
+    assert buckets[0] == (64, 64) and all(h % 16 == 0 and w % 16 == 0 for h, w in buckets) and len(buckets) > 3

@@ -49,7 +49,11 @@ def encode_buckets(cfg: Any, ref: Any) -> tuple[list[Bucket], int]:
 
     base = load_base_model(ref, cfg.storage, components=(), local_files_only=cfg.model.local_files_only)
     multiple = bucket_multiple(base, cfg.model)
-    return bucket_list(cfg.encode.buckets, cfg.encode.resolution, multiple), multiple
+    buckets = bucket_list(cfg.encode.buckets, cfg.encode.resolution, multiple)
+    if cfg.encode.buckets == "square" and buckets[0] != (cfg.encode.resolution,) * 2:
+        log.warning("encode: encode.resolution %d is not a multiple of %d (what this model's VAE and adapter need); "
+                    "the square bucket is %s", cfg.encode.resolution, multiple, bucket_name(buckets[0]))
+    return buckets, multiple
 
 
 @dataclass
