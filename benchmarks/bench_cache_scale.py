@@ -109,10 +109,10 @@ def write_cache(root: Path, n: int, res: int, shard_size: int, unique: int, synt
                                                "latents": "sample", "scaling_factor": 0.13025, "shift_factor": None}))
     text_rows = [int(torch.randint(unique, (1,), generator=g)) for _ in range(n)]
     index = {"format": 1 if old_format else CACHE_FORMAT, "family": "sdxl", "dataset_version": "bench",
-             "force_zeros_for_empty_prompt": True, "resolution": res,
+             "force_zeros_for_empty_prompt": True, "resolution": res, "buckets": [[res, res]],
              "text": {"key": "t", "dir": "text/t"}, "latents": {"key": "l", "dir": "latents/l"},
              "samples": {"train": {"ids": [f"{i:06d}" for i in range(n)], "latent_rows": list(range(n)),
-                                   "text_rows": text_rows}}}
+                                   "text_rows": text_rows, "buckets": [0] * n}}}
     (root / INDEX).write_text(json.dumps(index))
 
 
