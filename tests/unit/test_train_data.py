@@ -371,8 +371,10 @@ def test_micro_batches_per_bucket_are_counted_from_the_order(bucketed):
     assert [r["left_out_per_epoch"] for r in report] == [1, 2, 2, 3]
     assert [r["bucket"] for r in report] == ["8x8", "8x16", "16x8", "16x16"]
     line = bucket_line({**report[0], "micro_batches": 5}, 4, 2, 40)
-    assert line == "bucket 8x8: 17 samples, 4 micro-batches per epoch (1 left out of each epoch), 2.5 of 40 optimizer steps"
+    assert line == ("bucket 8x8: 17 samples, 4 micro-batches per epoch (1 left out of each epoch), "
+                    "2.5 of 40 optimizer steps")
     assert bucket_line(report[3], 4, 1, 40) == "bucket 16x16: 3 samples, fewer than one batch of 4: never trained on"
+    assert bucket_line({**report[3], "samples": 0, "left_out_per_epoch": 0}, 4, 1, 40) == "bucket 16x16: no samples"
 
 
 def test_a_batch_larger_than_every_bucket_is_refused(tmp_path):

@@ -120,6 +120,8 @@ def bucket_line(row: dict, batch_size: int, grad_accum: int, max_steps: int) -> 
     """A bucket's plan for the run in plain words (``row``: one of
     :meth:`t2iops.train.data.EpochBatches.report`'s, counted to the run's last step)."""
     head = f"bucket {row['bucket']}: {row['samples']} samples"
+    if not row["samples"]:
+        return f"bucket {row['bucket']}: no samples"
     if not row["micro_batches_per_epoch"]:
         return f"{head}, fewer than one batch of {batch_size}: never trained on"
     steps = row["micro_batches"] / grad_accum

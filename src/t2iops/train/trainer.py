@@ -12,9 +12,9 @@ learning-rate schedule, the EMA, the logger, the step counters) and reads top to
 * :meth:`~TrainRecipe.finish`: ``summary.json`` and the adapter, published.
 
 The parts live in small modules next to this one: ``inputs`` (cache, starting point, base
-model), ``data`` (order and per-sample randomness), ``diffusion`` (the objective),
-``optimization`` (torch or DeepSpeed ZeRO, and the schedule), ``state`` (the counters a
-checkpoint restores), ``checkpoint``, ``validation``, ``metrics`` and ``result``.
+model), ``data`` (order, one bucket per micro-batch, per-sample randomness), ``diffusion`` (the
+objective), ``optimization`` (torch or DeepSpeed ZeRO, and the schedule), ``state`` (the counters
+a checkpoint restores), ``checkpoint``, ``validation``, ``metrics`` and ``result``.
 """
 from __future__ import annotations
 
@@ -135,7 +135,8 @@ class TrainRecipe:
         t = self.t
         end = self.epochs.position_after(t.max_steps * t.grad_accum)
         for row in self.epochs.report(end):
-            log.log(logging.INFO if row["micro_batches_per_epoch"] else logging.WARNING, "%s",
+            never = row["samples"] and not row["micro_batches_per_epoch"]  # samples that are never trained on
+            log.log(logging.WARNING if never else logging.INFO, "%s",
                     bucket_line(row, t.batch_size, t.grad_accum, t.max_steps))
 
     def resume(self) -> None:
