@@ -53,6 +53,7 @@ def test_export_stage_runs_the_pipeline_check(tiny_sd15_path, tmp_path, monkeypa
     fitted_adapter(tiny_sd15_path, "full_adapter").save_pretrained(str(tmp_path / "adapter"))
     cfg = load_config(None, [
         f"model.base_model={tiny_sd15_path}", "export.pipeline_check=required", "export.resolutions=[64]",
+        "encode.buckets=square",
         f"export.pipeline_tolerance={IMAGE_TOLERANCE}",
     ])
     spec = export_adapter(str(tmp_path / "adapter"), str(tmp_path / "export"), cfg)

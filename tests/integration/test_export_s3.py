@@ -24,7 +24,7 @@ def test_export_s3_in_and_out(s3_bucket, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = load_config(None, [
         f"storage.endpoint_url={endpoint}", f"storage.cache_dir={tmp_path / 'cache'}",
-        "export.pipeline_check=skip", "export.resolutions=[64]",
+        "export.pipeline_check=skip", "export.resolutions=[64]", "encode.buckets=square",
     ])
     # A training output on S3: adapter/ plus the run's resolved config.
     torch.manual_seed(0)

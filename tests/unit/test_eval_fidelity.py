@@ -99,6 +99,16 @@ def test_condition_disc_falls_back_to_row_geometry_when_the_outline_is_open():
     assert abs(big.sum() - 4 * expected_area) / (4 * expected_area) < 0.05
 
 
+def test_condition_disc_geometry_follows_a_bucket_crop():
+    """A 128x64 row cropped to a 48x48 square: scale 0.75, the crop starts 24 px into the resized
+    row, so a disc drawn at x=80 lands at 80 * 0.75 - 24 = 36."""
+    meta = {"circle": {"cx": 80, "cy": 32, "r": 16}}
+    disc = cf.condition_disc(np.zeros((48, 48, 3), np.uint8), meta, 0.75, offset=(24, 0))
+    ys, xs = np.nonzero(disc)
+    assert abs(xs.mean() - 36) < 0.6 and abs(ys.mean() - 24) < 0.6
+    assert abs(disc.sum() - np.pi * 12**2) / (np.pi * 12**2) < 0.05
+
+
 def test_generated_disc_of_a_flat_image_is_empty():
     flat = np.full((32, 32, 3), 90, np.uint8)
     assert cf.generated_disc(flat).sum() == 0

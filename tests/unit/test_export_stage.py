@@ -41,7 +41,10 @@ def training_output(root: Path) -> Path:
 
 
 def cfg_for(*overrides: str):
-    return load_config(None, ["export.pipeline_check=skip", "export.resolutions=[32,64]", *overrides])
+    # square buckets: the schema's default (auto, SDXL's list at 1024) would add 1024-pixel
+    # parity cases; tests/unit/test_export_buckets.py covers buckets
+    return load_config(None, ["export.pipeline_check=skip", "export.resolutions=[32,64]", "encode.buckets=square",
+                              *overrides])
 
 
 @pytest.fixture()
@@ -187,7 +190,7 @@ def test_missing_or_corrupt_adapter_gives_a_clear_error(in_tmp, damage, message)
 def test_cli_export_and_exit_codes(in_tmp, capsys):
     save_adapter(in_tmp / "a")
     rc = main(["export", "--adapter", str(in_tmp / "a"), "--out", str(in_tmp / "x"),
-               "-S", "export.pipeline_check=skip", "--parity-sizes", "32", "48"])
+               "-S", "export.pipeline_check=skip", "-S", "encode.buckets=square", "--parity-sizes", "32", "48"])
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["family"] == "sd15" and summary["fp32_max_relative_error"] <= 1e-4

@@ -41,13 +41,16 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "encode": (*_DATASET, "model", "encode"),
     # validation during training samples like the evaluation does (same fidelity metric, seeds, CFG)
     "train": ("model", "train", "evaluate.condition_kind", "evaluate.seed", "evaluate.guidance_scale"),
-    # evaluate.resolution defaults to the resolution the adapter was trained (encoded) at
-    "evaluate": (*_DATASET, "model", "encode.resolution", "evaluate"),
-    # the parity check draws synthetic circle conditions (seed, data.synth); the serving manifest
-    # records the generation settings the evaluation used and the training data root
+    # evaluate.resolution defaults to the resolution the adapter was trained (encoded) at; each
+    # sample is generated at its aspect-ratio bucket's size (encode.buckets)
+    "evaluate": (*_DATASET, "model", "encode.resolution", "encode.buckets", "evaluate"),
+    # the parity check draws synthetic circle conditions (seed, data.synth) at the training
+    # buckets' shapes (encode.resolution, encode.buckets); the serving manifest records the
+    # buckets, the generation settings the evaluation used and the training data root
     "export": (
-        "seed", "data.root", "data.synth", "model", "train.conditioning_scale", "evaluate.guidance_scale",
-        "evaluate.conditioning_scales", "evaluate.conditioning_factor", "export",
+        "seed", "data.root", "data.synth", "model", "encode.resolution", "encode.buckets",
+        "train.conditioning_scale", "evaluate.guidance_scale", "evaluate.conditioning_scales",
+        "evaluate.conditioning_factor", "export",
     ),
     # the registry keeps the whole resolved configuration beside the published model
     "publish": (ALL_SECTIONS,),

@@ -202,11 +202,13 @@ def generated_disc(image: np.ndarray, min_contrast: float = 0.1) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def condition_disc(condition: np.ndarray, meta: Optional[dict] = None, scale: float = 1.0) -> np.ndarray:
+def condition_disc(condition: np.ndarray, meta: Optional[dict] = None, scale: float = 1.0,
+                   offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     """The disc the outline encloses: the outline's flood-filled interior (this matches the
     rendered disc pixel for pixel), or, when the outline is not closed (no interior, e.g. after
     resizing), the row geometry ``{"cx","cy","r"}`` in original pixels (``scale`` = this size /
-    original size)."""
+    original size; ``offset`` = the crop's left, top in the resized image, for a condition cut
+    to a bucket of another aspect)."""
     import torch
     from scipy import ndimage
 
@@ -218,7 +220,10 @@ def condition_disc(condition: np.ndarray, meta: Optional[dict] = None, scale: fl
     h, w = condition.shape[:2]
     # Pixel centres of this grid in the original image's index coordinates (PIL draws the
     # disc on integer pixel centres).
-    yy, xx = (np.mgrid[0:h, 0:w] + 0.5) / scale - 0.5
+    yy, xx = np.mgrid[0:h, 0:w]
+    if offset != (0, 0):
+        xx, yy = xx + offset[0], yy + offset[1]
+    yy, xx = (yy + 0.5) / scale - 0.5, (xx + 0.5) / scale - 0.5
     cx, cy, r = (float(circle[k]) for k in ("cx", "cy", "r"))
     return (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
 
@@ -235,7 +240,8 @@ def circle_iou(generated, conditions, metas=None) -> np.ndarray:
     out = []
     for g, c, m in zip(gen, cond, metas):
         scale = float(m.get("_scale", 1.0)) if m else 1.0
-        out.append(mask_iou(generated_disc(g), condition_disc(c, m, scale)))
+        offset = tuple(m.get("_offset", (0, 0))) if m else (0, 0)
+        out.append(mask_iou(generated_disc(g), condition_disc(c, m, scale, offset)))
     return np.asarray(out)
 
 

@@ -73,8 +73,16 @@ def make_grid(local_shards: list[Path], selection: list[tuple[str, dict]], info:
         for c, key in enumerate(keys):
             path = _find(local_shards, folders[key], sample_file(s))
             with Image.open(path) as im:
-                grid.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (left + c * cell, y))
+                _paste_fitted(grid, im.convert("RGB"), left + c * cell, y, cell)
     return grid
+
+
+def _paste_fitted(grid: Image.Image, image: Image.Image, x: int, y: int, cell: int) -> None:
+    """Paste ``image`` into the ``cell`` square at (x, y), scaled to fit and centred: a wide or
+    tall sample keeps its aspect ratio (white bands fill the rest) instead of being squashed."""
+    w, h = image.size
+    fit_w, fit_h = (cell, max(1, round(cell * h / w))) if w >= h else (max(1, round(cell * w / h)), cell)
+    grid.paste(image.resize((fit_w, fit_h), Image.NEAREST), (x + (cell - fit_w) // 2, y + (cell - fit_h) // 2))
 
 
 def _find(local_shards: list[Path], folder: str, name: str) -> Path:

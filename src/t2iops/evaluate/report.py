@@ -151,9 +151,11 @@ def _rows_for_table(metrics: dict, info: dict, samples: list[dict]) -> list[tupl
 
 def _settings(info: dict, cfg: Any) -> list[tuple[str, Any]]:
     ev = cfg.evaluate
+    buckets = info.get("buckets") or []
+    sizes = [("buckets (height x width)", ", ".join(f"{h}x{w}" for h, w in buckets))] if len(buckets) > 1 else []
     return [
         ("adapter", info["adapter"]), ("base model", f"{info['base_model']} ({info['family']})"),
-        ("split / samples", f"{ev.split} / {info['num_samples_total']}"), ("resolution", info["resolution"]),
+        ("split / samples", f"{ev.split} / {info['num_samples_total']}"), ("resolution", info["resolution"]), *sizes,
         ("scheduler", ev.scheduler), ("steps", ev.num_inference_steps), ("guidance scale", ev.guidance_scale),
         ("negative prompt", ev.negative_prompt or "(none)"), ("batch size", ev.batch_size),
         ("conditioning scales", ", ".join(f"{s:g}" for s in info["conditioning_scales"])),
@@ -224,7 +226,10 @@ def _numbers(values: Any) -> bool:
 
 
 def _write_samples_csv(path: Path, samples: list[dict], per_sample: list[dict], variants: list[str]) -> None:
-    columns = ["index", "id", "file", "seed", "prompt"]
+    # A bucket column only when the samples were generated at several sizes (one size: the
+    # resolution says it, and the file stays as it was before buckets existed).
+    bucket = ["bucket"] if any("bucket" in s for s in samples) else []
+    columns = ["index", "id", "file", "seed", "prompt", *bucket]
     real = {m["name"]: _has_real(samples, m["name"]) for m in per_sample}
     for m in per_sample:
         columns += [f"{m['name']}_without_adapter", f"{m['name']}_with_adapter", f"{m['name']}_lift"]
@@ -234,7 +239,7 @@ def _write_samples_csv(path: Path, samples: list[dict], per_sample: list[dict], 
         writer = csv.writer(fh)
         writer.writerow(columns)
         for s in samples:
-            row = [s["index"], s["id"], sample_file(s), s["seed"], s["prompt"]]
+            row = [s["index"], s["id"], sample_file(s), s["seed"], s["prompt"]] + [s.get("bucket", "") for _ in bucket]
             for m in per_sample:
                 w, wo = s[f"{m['name']}/{variants[1]}"], s[f"{m['name']}/{WITHOUT}"]
                 row += [wo, w, w - wo] + [s[f"{m['name']}/{v}"] for v in variants[2:]]

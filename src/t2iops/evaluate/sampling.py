@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -49,16 +49,37 @@ def make_scheduler(base_scheduler: Any, name: str):
     return cls.from_config(base_scheduler.config, **extra)
 
 
-def square_resize(image: Image.Image, size: int, resample=Image.BICUBIC) -> Image.Image:
-    """Resize the shorter side to ``size`` and centre-crop to a square (as the images are generated)."""
-    w, h = image.size
-    if (w, h) == (size, size):
+def cover_crop(image: Image.Image, size: tuple[int, int], resample=Image.BICUBIC) -> Image.Image:
+    """Resize to cover ``size`` (height, width) and centre-crop to it: the encode stage's
+    geometry (:func:`t2iops.encode.augment.plan_crop`), so a condition is cut exactly as the
+    adapter saw it in training. The scale is the larger of the two side ratios, so nothing is
+    stretched and the crop cuts only the overhang of the longer side."""
+    from ..encode.augment import plan_crop
+
+    height, width = size
+    if image.size == (width, height):
         return image
-    scale = size / min(w, h)
-    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
-    w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return image.crop((left, top, left + size, top + size))
+    plan = plan_crop(image.width, image.height, (height, width), random_crop=False, seed=0)
+    resized = image.resize((plan.resized_size[1], plan.resized_size[0]), resample)
+    return resized.crop((plan.left, plan.top, plan.left + width, plan.top + height))
+
+
+def cover_scale(width: int, height: int, size: tuple[int, int]) -> float:
+    """The factor :func:`cover_crop` resizes a ``width`` x ``height`` image by for ``size``."""
+    return max(size[0] / height, size[1] / width)
+
+
+def cover_offset(width: int, height: int, size: tuple[int, int]) -> tuple[int, int]:
+    """(left, top) of :func:`cover_crop`'s crop in the resized image."""
+    from ..encode.augment import plan_crop
+
+    plan = plan_crop(width, height, tuple(size), random_crop=False, seed=0)
+    return plan.left, plan.top
+
+
+def square_resize(image: Image.Image, size: int, resample=Image.BICUBIC) -> Image.Image:
+    """Resize the shorter side to ``size`` and centre-crop to a square."""
+    return cover_crop(image, (size, size), resample)
 
 
 @dataclass
@@ -82,20 +103,22 @@ def generate(
     generators: Generators,
     prompts: list[str],
     seeds: list[int],
-    resolution: int,
+    resolution: Union[int, tuple[int, int]],
     eval_cfg: Any,
     conditions: Optional[list[Image.Image]] = None,
     scale: Optional[float] = None,
 ) -> np.ndarray:
     """uint8 images ``[B, H, W, 3]``; with ``conditions`` and ``scale`` through the adapter
-    generator, without them through the plain one."""
+    generator, without them through the plain one. ``resolution`` is a square side or a
+    bucket's (height, width): one size for the whole batch."""
     import torch
 
+    height, width = (resolution, resolution) if isinstance(resolution, int) else resolution
     rngs = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     kwargs: dict[str, Any] = dict(
         prompt=list(prompts),
-        height=resolution,
-        width=resolution,
+        height=height,
+        width=width,
         num_inference_steps=eval_cfg.num_inference_steps,
         guidance_scale=eval_cfg.guidance_scale,
         negative_prompt=[eval_cfg.negative_prompt] * len(prompts) if eval_cfg.negative_prompt else None,

@@ -5,6 +5,11 @@ evaluation set and publishes partial results (per-sample rows, mergeable FID sta
 features, images); :func:`merge_shards` combines any complete set of shards into the final
 metrics, report and gate. A single-process run (:func:`evaluate`) is one shard plus a merge.
 
+Each sample is generated at its aspect-ratio bucket's size (``encode.buckets`` at the
+evaluation resolution, the bucket nearest its condition's aspect), its condition and real image
+resized to cover that size and centre-cropped, so wide and tall layouts are judged whole. The
+samples are sorted by bucket and a batch holds one bucket (see :class:`EvaluationPlan`).
+
 Shards split the evaluation set into whole sampling batches, and every image's generator is
 seeded ``evaluate.seed + sample index``, so a sharded run produces the single-process images.
 
@@ -18,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import tempfile
 import uuid
@@ -60,17 +64,59 @@ def evaluation_rows(data: str, validated: str, cfg: Any) -> list:
     return rows[: cfg.evaluate.num_samples]
 
 
-def shard_range(num_samples: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
-    """The sample indices [lo, hi) of shard ``index``: a contiguous run of whole batches."""
-    batches = math.ceil(num_samples / batch_size)
-    if count > batches:
-        raise UsageError(f"{count} shards but only {batches} batches of evaluate.batch_size={batch_size}")
-    first, last = batches * index // count, batches * (index + 1) // count
-    return first * batch_size, min(last * batch_size, num_samples)
-
-
 def eval_resolution(cfg: Any) -> int:
     return int(cfg.evaluate.resolution or cfg.encode.resolution)
+
+
+def condition_size(row: Any) -> tuple[int, int]:
+    """(width, height) of a row's condition as :meth:`Row.load_condition` returns it, read from
+    the file's header (a condition resized to its image has the image's displayed size)."""
+    from ..data.images import displayed_size
+
+    ref = row.image_ref if row.resize_condition else row.condition_ref
+    return displayed_size(ref, row.max_pixels)
+
+
+@dataclass(frozen=True)
+class EvaluationPlan:
+    """The evaluation rows in sampling order, each row's bucket and the sampling batches.
+
+    Rows are grouped by bucket (in the bucket list's order, square first) and by id within a
+    bucket, and a batch never mixes buckets: the generator makes one size per call. With one
+    bucket this is the rows in id order cut into ``evaluate.batch_size`` batches. A sample's
+    index, and so its seed, is its place in this order."""
+
+    rows: list
+    sizes: list  # each row's bucket, (height, width)
+    batches: list  # [(lo, hi), ...] sample ranges
+    buckets: list  # the bucket list the rows were sorted into
+
+
+def evaluation_plan(rows: list, buckets: list, batch_size: int) -> EvaluationPlan:
+    """Sort ``rows`` (in id order) into ``buckets`` by their condition's aspect ratio."""
+    from ..data.buckets import nearest_bucket
+
+    if len(buckets) == 1:
+        sizes = [buckets[0]] * len(rows)
+    else:
+        sizes = [nearest_bucket(h, w, buckets) for w, h in (condition_size(r) for r in rows)]
+    order = sorted(range(len(rows)), key=lambda k: buckets.index(sizes[k]))  # stable: id order within a bucket
+    rows, sizes = [rows[k] for k in order], [sizes[k] for k in order]
+    batches, lo = [], 0
+    while lo < len(rows):
+        hi = lo
+        while hi < len(rows) and hi - lo < batch_size and sizes[hi] == sizes[lo]:
+            hi += 1
+        batches.append((lo, hi))
+        lo = hi
+    return EvaluationPlan(rows=rows, sizes=sizes, batches=batches, buckets=list(buckets))
+
+
+def shard_batches(batches: list, batch_size: int, index: int, count: int) -> list:
+    """The batches of shard ``index`` of ``count``: a contiguous run of whole batches."""
+    if count > len(batches):
+        raise UsageError(f"{count} shards but only {len(batches)} batches of evaluate.batch_size={batch_size}")
+    return batches[len(batches) * index // count: len(batches) * (index + 1) // count]
 
 
 def _to_tensor(images: np.ndarray):
@@ -112,6 +158,7 @@ class ShardRun:
     ref: Any  # the base model's BaseModelRef, as the training run recorded it
     family: str
     resolution: int
+    buckets: list  # the sizes the samples are generated at, (height, width), square first
     device: str
     variants: list
     generators: Any
@@ -142,22 +189,22 @@ def load_inception(cfg: Any, device: str):
         return None, why
 
 
-def real_statistics(rows: list, lo: int, hi: int, resolution: int, inception: Any, cfg: Any) -> FeatureStats:
-    """Inception statistics of the real images of ``rows[lo:hi]``, accumulated batch by batch
-    exactly as the generated images' are. Each batch's features are cached by content: the
-    rows' ids and image pixels, the split, the resolution and the Inception weights, so a new
-    dataset version misses the cache and shards reuse what a single run computed."""
+def real_statistics(plan: EvaluationPlan, batches: list, inception: Any, cfg: Any) -> FeatureStats:
+    """Inception statistics of the real images of ``batches`` (sample ranges of ``plan``),
+    accumulated batch by batch exactly as the generated images' are, each at its bucket's size.
+    Each batch's features are cached by content: the rows' ids and image pixels, the split, the
+    size and the Inception weights, so a new dataset version misses the cache and shards reuse
+    what a single run computed."""
     weights = file_digest(inception.weights_path)
-    bs = cfg.evaluate.batch_size
     stats = FeatureStats()
-    for start in progress(range(lo, hi, bs), desc="inception (real images)", unit="batch"):
-        batch = rows[start:min(start + bs, hi)]
-        images = np.stack([np.asarray(_load_real(r, resolution)) for r in batch])
+    for lo, hi in progress(batches, desc="inception (real images)", unit="batch"):
+        batch, (height, width) = plan.rows[lo:hi], plan.sizes[lo]
+        images = np.stack([np.asarray(_load_real(r, (height, width))) for r in batch])
         key = digest({
             "ids": [r.id for r in batch],
             "pixels": [bytes_digest(im.tobytes()) for im in images],
             "split": cfg.evaluate.split,
-            "resolution": resolution,
+            "resolution": height if height == width else [height, width],
             "weights": weights,
         })
         path = storage.cache_root(cfg) / "fid_real" / f"{key}.npy"
@@ -173,10 +220,10 @@ def real_statistics(rows: list, lo: int, hi: int, resolution: int, inception: An
     return stats
 
 
-def _load_real(row: Any, resolution: int) -> Image.Image:
-    from .sampling import square_resize
+def _load_real(row: Any, size: tuple[int, int]) -> Image.Image:
+    from .sampling import cover_crop
 
-    return square_resize(row.load_image(), resolution, Image.BICUBIC)
+    return cover_crop(row.load_image(), size, Image.BICUBIC)
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,16 +246,20 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
     load_estimator_spec(ev.condition_kind, ev.estimator)
     fidelity = metrics_for(ev.condition_kind)
     rows = evaluation_rows(data, validated, cfg)
-    part = ShardSlice(index, count, *shard_range(len(rows), ev.batch_size, index, count), total=len(rows))
     run = _load_run(adapter, fidelity, cfg)
+    plan = evaluation_plan(rows, run.buckets, ev.batch_size)
+    batches = shard_batches(plan.batches, ev.batch_size, index, count)
+    lo, hi = (batches[0][0], batches[-1][1]) if batches else (0, 0)
+    part = ShardSlice(index, count, lo, hi, total=len(rows))
     fingerprint = digest({
         "evaluate": {k: v for k, v in ev.model_dump(mode="json").items() if k != "gate"},
         "model": cfg.model.model_dump(mode="json"),
         "base_model": run.ref.to_dict(),
         "resolution": run.resolution,
         "adapter": run.adapter_digest,
-        "rows": [r.id for r in rows],
+        "rows": [r.id for r in plan.rows],
         "fid": run.fid_missing is None,
+        **({"buckets": run.buckets} if len(run.buckets) > 1 else {}),
     })
     inception = run.inception
     stats = {v: FeatureStats() for v in run.variants}
@@ -218,13 +269,12 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
             (staging / "images" / v).mkdir(parents=True)
         (staging / "conditions").mkdir()
         (staging / REAL).mkdir()
-        for start in progress(range(part.lo, part.hi, ev.batch_size), desc=f"sampling shard {index}/{count}", unit="batch"):
-            batch = rows[start:min(start + ev.batch_size, part.hi)]
-            samples.extend(_sample_batch(batch, start, run, stats, staging))
+        for b_lo, b_hi in progress(batches, desc=f"sampling shard {index}/{count}", unit="batch"):
+            samples.extend(_sample_batch(plan.rows[b_lo:b_hi], b_lo, plan.sizes[b_lo], run, stats, staging))
 
         (staging / "stats").mkdir()
         if inception is not None:
-            real_statistics(rows, part.lo, part.hi, run.resolution, inception, cfg).save(staging / "stats" / "real.npz")
+            real_statistics(plan, batches, inception, cfg).save(staging / "stats" / "real.npz")
             for v, st in stats.items():
                 st.save(staging / "stats" / f"{v}.npz")
         with open(staging / SAMPLES, "w") as fh:
@@ -239,8 +289,11 @@ def evaluate_shard(adapter: str, data: str, validated: str, out: str, cfg: Any, 
 
 
 def _load_run(adapter: str, fidelity: list, cfg: Any) -> ShardRun:
-    """Load the base model, the adapter and the scorers a shard needs."""
+    """Load the base model, the adapter and the scorers a shard needs, and the buckets the
+    samples are generated at (``encode.buckets`` at the evaluation resolution)."""
+    from ..data.buckets import bucket_list
     from ..devices import default_device, inference_dtype
+    from ..encode.bucketing import bucket_multiple
     from ..models.family import check_adapter_fits
     from ..models.resolve import load_adapter, load_base_model
     from .sampling import build_generators
@@ -254,6 +307,7 @@ def _load_run(adapter: str, fidelity: list, cfg: Any) -> ShardRun:
     base = load_base_model(ref, cfg.storage, dtype=dtype, local_files_only=cfg.model.local_files_only)
     net = load_adapter(adapter, cfg.model, cfg.storage, dtype=dtype)
     check_adapter_fits(net, base, resolution=resolution)
+    buckets = bucket_list(cfg.encode.buckets, resolution, bucket_multiple(base, cfg.model))
     generators = build_generators(base, net, ev.scheduler, device)
     variants = [WITHOUT] + [adapter_variant(s) for s in ev.conditioning_scales]
     inception, fid_missing = load_inception(cfg, device)
@@ -264,7 +318,7 @@ def _load_run(adapter: str, fidelity: list, cfg: Any) -> ShardRun:
         clip = ClipScorer(ev.clip_model, cfg, device)
     return ShardRun(
         ev=ev, adapter=adapter, adapter_digest=_adapter_digest(net), ref=ref, family=base.family,
-        resolution=resolution, device=device, variants=variants, generators=generators, fidelity=fidelity,
+        resolution=resolution, buckets=buckets, device=device, variants=variants, generators=generators, fidelity=fidelity,
         clip=clip, inception=inception, fid_missing=fid_missing,
     )
 
@@ -282,6 +336,7 @@ def _shard_info(run: ShardRun, part: ShardSlice, fingerprint: str) -> dict:
         "base_model_ref": run.ref.to_dict(),
         "adapter": str(run.adapter),
         "resolution": run.resolution,
+        "buckets": [list(b) for b in run.buckets],
         "device": run.device,
         "variants": run.variants,
         "conditioning_scales": list(run.ev.conditioning_scales),
@@ -293,20 +348,19 @@ def _shard_info(run: ShardRun, part: ShardSlice, fingerprint: str) -> dict:
     }
 
 
-def _sample_batch(batch: list, start: int, run: ShardRun, stats: dict, staging: Path) -> list[dict]:
-    """Generate one batch without and with the adapter (each scale), score every image against
-    its condition (and the real image, the ceiling), save them; returns the per-sample records."""
-    from .sampling import generate, square_resize
+def _sample_batch(batch: list, start: int, size: tuple[int, int], run: ShardRun, stats: dict,
+                  staging: Path) -> list[dict]:
+    """Generate one batch of one bucket (``size``, height x width) without and with the adapter
+    (each scale), score every image against its condition (and the real image, the ceiling),
+    save them; returns the per-sample records."""
+    from .sampling import generate
 
-    ev, resolution, generators = run.ev, run.resolution, run.generators
+    ev, generators = run.ev, run.generators
+    resolution = size[0] if size[0] == size[1] else size
     ids = list(range(start, start + len(batch)))
     seeds = [ev.seed + i for i in ids]
     prompts = [r.text for r in batch]
-    conditions, scales = [], []
-    for r in batch:
-        original = r.load_condition()
-        conditions.append(square_resize(original, resolution, Image.BILINEAR))
-        scales.append(resolution / min(original.size))
+    conditions, metas = _conditions(batch, size)
     cond_t = _to_tensor(np.stack([np.asarray(c) for c in conditions]))
     images = {WITHOUT: generate(generators, prompts, seeds, resolution, ev)}
     for s in ev.conditioning_scales:
@@ -314,10 +368,12 @@ def _sample_batch(batch: list, start: int, run: ShardRun, stats: dict, staging: 
         # plain generator's, bit for bit (tested), so its images are reused, not generated again.
         images[adapter_variant(s)] = images[WITHOUT] if s == 0 else generate(
             generators, prompts, seeds, resolution, ev, conditions, s)
-    metas = [{**r.meta, "_scale": sc} for r, sc in zip(batch, scales)]
     records = [{"index": i, "id": r.id, "file": sample_file_name(i, r.id), "seed": sd, "prompt": p}
                for i, r, sd, p in zip(ids, batch, seeds, prompts)]
-    reals = np.stack([np.asarray(_load_real(r, resolution)) for r in batch])
+    if len(run.buckets) > 1:
+        for rec in records:
+            rec["bucket"] = f"{size[0]}x{size[1]}"
+    reals = np.stack([np.asarray(_load_real(r, size)) for r in batch])
     clip, inception = run.clip, run.inception
     for v, imgs in [*images.items(), (REAL, reals)]:
         img_t = _to_tensor(imgs)
@@ -335,6 +391,25 @@ def _sample_batch(batch: list, start: int, run: ShardRun, stats: dict, staging: 
     for rec, c in zip(records, conditions):
         c.save(staging / "conditions" / rec["file"])
     return records
+
+
+def _conditions(batch: list, size: tuple[int, int]) -> tuple[list, list]:
+    """The batch's conditions cropped to ``size`` (cover, centre crop) and each row's metadata
+    with where that crop sits in the original: ``_scale`` (this size / original size) and
+    ``_offset`` (the crop's left, top in the resized condition), which the circle metric needs
+    to place the row's geometry."""
+    from .sampling import cover_crop, cover_offset, cover_scale
+
+    conditions, metas = [], []
+    for r in batch:
+        original = r.load_condition()
+        conditions.append(cover_crop(original, size, Image.BILINEAR))
+        meta = {**r.meta, "_scale": cover_scale(*original.size, size)}
+        offset = cover_offset(*original.size, size)
+        if offset != (0, 0):
+            meta["_offset"] = list(offset)
+        metas.append(meta)
+    return conditions, metas
 
 
 def merge_shards(shards: list[str], out: str, cfg: Any, gate: bool = False) -> dict:

@@ -46,6 +46,21 @@ def parity_shapes(resolutions: list[int], max_batch: int, multiple: int) -> list
     return cases
 
 
+def bucket_parity_shapes(buckets: list[tuple[int, int]], existing: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """(1, height, width) cases for the training buckets a server will be asked for: the most
+    square one, the widest and the tallest (``buckets`` lists square first), leaving out any
+    ``existing`` already checks at batch 1."""
+    if not buckets:
+        return []
+    wanted = [buckets[0], max(buckets, key=lambda b: b[1] / b[0]), min(buckets, key=lambda b: b[1] / b[0])]
+    cases: list[tuple[int, int, int]] = []
+    for height, width in wanted:
+        case = (1, height, width)
+        if case not in existing and case not in cases:
+            cases.append(case)
+    return cases
+
+
 def circle_condition(height: int, width: int, seed: int, synth_cfg: Any = None) -> np.ndarray:
     """A real-looking condition [3, H, W] in [0, 1]: a circle outline, white on black.
 

@@ -1,8 +1,9 @@
 """The serving spec of an export: ``export.json``, what a serving system reads.
 
-It holds the graph's input contract, the residual names and shapes per resolution (measured by
-running the graph), the recommended conditioning scale, file hashes, the checks the export
-passed, and where the adapter came from (base model, training data version, git commit,
+It holds the graph's input contract, the aspect-ratio buckets the adapter was trained at
+(``buckets``: a server should generate at one of these sizes, height x width), the residual
+names and shapes per resolution and bucket (measured by running the graph), the recommended
+conditioning scale, file hashes, the checks the export passed, and where the adapter came from (base model, training data version, git commit,
 evaluation metrics), so a served adapter can be traced back to the run that made it.
 """
 from __future__ import annotations

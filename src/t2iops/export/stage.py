@@ -3,14 +3,18 @@
 1. find and load the adapter (folder or training output, local or s3://);
 2. write ``adapter.onnx`` (fp32) and ``adapter_fp16.onnx``, check both with ``onnx.checker``;
 3. the gate: onnxruntime vs PyTorch at several batches/resolutions on random and real
-   conditions, and the base model's pipeline with ONNX vs PyTorch residuals on one seed;
-4. TensorRT readiness: operator audit, shape profiles, trtexec line, engine check if possible;
-5. ``export.json`` + ``README.md``, then publish. Any failed check raises before publishing,
+   conditions (and at the square, widest and tallest training bucket, unless
+   ``encode.buckets`` is ``square``), and the base model's pipeline with ONNX vs PyTorch
+   residuals on one seed;
+4. TensorRT readiness: operator audit, shape profiles covering every training bucket,
+   trtexec line, engine check if possible;
+5. ``export.json`` (with the training buckets) + ``README.md``, then publish. Any failed check raises before publishing,
    so ``out`` never holds an export that did not pass.
 """
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,7 +28,7 @@ from . import serving_spec as ss
 from .model_card import model_card
 from .onnx_export import INPUT_NAME, check_graph, convert_fp16, export_fp32, model_files
 from .ort_adapter import OrtT2IAdapter, check_condition_size, make_session
-from .parity import ImageSettings, check_parity, load_check_base, parity_shapes, pipeline_parity
+from .parity import ImageSettings, bucket_parity_shapes, check_parity, load_check_base, parity_shapes, pipeline_parity
 from .source import AdapterSource, base_model_record, base_model_reference, load_torch_adapter, locate_adapter
 from .trt_readiness import EngineReference, readiness_report
 
@@ -51,6 +55,14 @@ class ExportInputs:
     metrics: Optional[dict]
     cwd: Optional[Path]  # where dvc.lock and the git checkout are looked up
     started: float
+    buckets: list  # the training buckets, (height, width), square first
+    buckets_setting: Any  # encode.buckets as configured
+
+    @property
+    def bucket_shapes(self) -> list:
+        """The buckets the checks and the TensorRT profiles must cover beyond export.resolutions:
+        none with ``encode.buckets: square`` (the square is what export.resolutions describe)."""
+        return [] if self.buckets_setting == "square" else self.buckets
 
 
 @dataclass(frozen=True)
@@ -108,9 +120,25 @@ def _gather_inputs(adapter_uri: str, metrics_uri: Optional[str], cwd: Optional[P
         check_condition_size(r, r, multiple, what=f"export.resolutions entry {r}")
     for r in ecfg.parity_resolutions or ecfg.resolutions:
         check_condition_size(r, r, multiple, what=f"parity size {r}")
+    buckets = training_buckets(cfg, adapter)
     metrics = ss.read_metrics(metrics_uri, cfg)
     return ExportInputs(source=source, adapter=adapter, ref=ref, base=base, metrics=metrics, cwd=cwd,
-                        started=time.time())
+                        started=time.time(), buckets=buckets, buckets_setting=cfg.encode.buckets)
+
+
+def bucket_multiple(adapter: Any) -> int:
+    """What each side of a bucket is a multiple of: the adapter's total downscale factor, in
+    pixels, which already counts the VAE's factor (the adapter's own ``downscale_factor``)."""
+    # The encode stage will own this rule; until it does, it is computed here the same way.
+    return math.lcm(int(adapter.downscale_factor), int(adapter.total_downscale_factor))
+
+
+def training_buckets(cfg: Config, adapter: Any) -> list:
+    """The aspect-ratio buckets the adapter was trained at: ``encode.buckets`` at
+    ``encode.resolution``, (height, width), square first."""
+    from ..data.buckets import bucket_list
+
+    return bucket_list(cfg.encode.buckets, cfg.encode.resolution, bucket_multiple(adapter))
 
 
 def _write_graphs(adapter: Any, staging: Path, cfg: Config) -> Graphs:
@@ -134,6 +162,7 @@ def _run_checks(inputs: ExportInputs, graphs: Graphs, cfg: Config) -> CheckResul
     ecfg = cfg.export
     adapter = inputs.adapter
     shapes = parity_shapes(ecfg.parity_resolutions or ecfg.resolutions, ecfg.max_batch, adapter.total_downscale_factor)
+    shapes += bucket_parity_shapes(inputs.bucket_shapes, shapes)
     tolerances = {"fp32": ecfg.fp32_tolerance, "fp16": ecfg.fp16_tolerance}
     cases = check_parity(adapter, graphs.sessions, tolerances, shapes, seed=cfg.seed, synth_cfg=cfg.data.synth)
     failed = [c for c in cases if not c.passed]
@@ -148,7 +177,7 @@ def _run_checks(inputs: ExportInputs, graphs: Graphs, cfg: Config) -> CheckResul
 
     tensorrt = readiness_report(
         graphs.fp32_path, graphs.fp16_path, ecfg.resolutions, ecfg.max_batch,
-        EngineReference(adapter=adapter, shapes=shapes, tolerance=ecfg.fp16_tolerance),
+        EngineReference(adapter=adapter, shapes=shapes, tolerance=ecfg.fp16_tolerance), buckets=inputs.bucket_shapes,
     )
     trt_problems = [p for a in tensorrt["audit"].values() for p in a["problems"]]
     if trt_problems:
@@ -197,7 +226,14 @@ def _serving_spec(inputs: ExportInputs, graphs: Graphs, checks: CheckResults, st
             {"name": o.name, "unet_argument": f"down_intrablock_additional_residuals[{i}]"}
             for i, o in enumerate(graphs.sessions["fp32"].get_outputs())
         ],
-        "residual_shapes": _residual_shapes(graphs.sessions["fp32"], ecfg.resolutions),
+        "residual_shapes": _residual_shapes(graphs.sessions["fp32"], ecfg.resolutions, inputs.bucket_shapes),
+        "buckets": {
+            "setting": cfg.encode.buckets,
+            "resolution": cfg.encode.resolution,
+            "multiple_of": bucket_multiple(adapter),
+            "sizes": [[h, w] for h, w in inputs.buckets],
+            "order": "height, width",
+        },
         "usage": {
             "adapter_conditioning_scale": recommended_scale(cfg),
             "adapter_conditioning_factor": cfg.evaluate.conditioning_factor,
@@ -233,14 +269,17 @@ def _worst(cases, model: str) -> Optional[float]:
     return max(errors) if errors else None
 
 
-def _residual_shapes(session, resolutions: list[int]) -> dict:
-    """Output shapes at batch 1 for each profile resolution, read off the running graph."""
+def _residual_shapes(session, resolutions: list[int], buckets: list) -> dict:
+    """Output shapes at batch 1 for each profile resolution (keyed by the side) and each other
+    training bucket (keyed ``HxW``), read off the running graph."""
     import numpy as np
 
+    sizes = [(str(r), r, r) for r in sorted(set(resolutions))]
+    sizes += [(f"{h}x{w}", h, w) for h, w in buckets if not (h == w and h in resolutions)]
     shapes = {}
-    for r in sorted(set(resolutions)):
-        outputs = session.run(None, {INPUT_NAME: np.zeros((1, 3, r, r), dtype=np.float32)})
-        shapes[str(r)] = {o.name: list(v.shape) for o, v in zip(session.get_outputs(), outputs)}
+    for key, height, width in sizes:
+        outputs = session.run(None, {INPUT_NAME: np.zeros((1, 3, height, width), dtype=np.float32)})
+        shapes[key] = {o.name: list(v.shape) for o, v in zip(session.get_outputs(), outputs)}
     return shapes
 
 

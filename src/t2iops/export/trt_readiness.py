@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -113,21 +113,29 @@ def _restriction_problems(node, where: str, constants: set[str]) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------
-def shape_profiles(resolutions: list[int], max_batch: int) -> list[dict]:
-    """One profile spanning every resolution (batch 1 at the largest size is 'opt'), then one
-    per resolution for engines specialised to a single size."""
+def shape_profiles(resolutions: list[int], max_batch: int, buckets: Sequence[tuple[int, int]] = ()) -> list[dict]:
+    """One profile spanning every resolution and every training bucket (height, width), batch 1
+    at the largest resolution being 'opt', then one per resolution and one per bucket for
+    engines specialised to a single size. Height and width range separately, so the spanning
+    profile admits the widest and the tallest bucket alike."""
     sizes = sorted(set(resolutions))
     low, high = sizes[0], sizes[-1]
+    heights = [low, high, *(h for h, _ in buckets)]
+    widths = [low, high, *(w for _, w in buckets)]
     profiles = [{
         "name": "all",
-        "min": [1, 3, low, low],
+        "min": [1, 3, min(heights), min(widths)],
         "opt": [1, 3, high, high],
-        "max": [max_batch, 3, high, high],
+        "max": [max_batch, 3, max(heights), max(widths)],
     }]
-    if len(sizes) > 1:
+    if len(sizes) > 1 or buckets:
         profiles += [
             {"name": str(r), "min": [1, 3, r, r], "opt": [1, 3, r, r], "max": [max_batch, 3, r, r]} for r in sizes
         ]
+    profiles += [
+        {"name": f"{h}x{w}", "min": [1, 3, h, w], "opt": [1, 3, h, w], "max": [max_batch, 3, h, w]}
+        for h, w in buckets if not (h == w and h in sizes)
+    ]
     return profiles
 
 
@@ -210,14 +218,15 @@ def build_and_compare(onnx_path: Path, profile: dict, reference: EngineReference
 
 def readiness_report(
     onnx_path: Path, fp16_path: Optional[Path], resolutions: list[int], max_batch: int,
-    reference: Optional[EngineReference] = None,
+    reference: Optional[EngineReference] = None, buckets: Sequence[tuple[int, int]] = (),
 ) -> dict:
     """Everything the serving spec says about TensorRT: audit of each graph, profiles with their
-    trtexec lines, and the engine build (or why it was skipped)."""
+    trtexec lines (covering ``buckets`` too, see :func:`shape_profiles`), and the engine build
+    (or why it was skipped)."""
     audit = {"fp32": audit_graph(onnx_path)}
     if fp16_path is not None:
         audit["fp16"] = audit_graph(fp16_path)
-    profiles = shape_profiles(resolutions, max_batch)
+    profiles = shape_profiles(resolutions, max_batch, buckets)
     for p in profiles:
         # TensorRT picks fp16 kernels itself from the fp32 graph (--fp16); feeding it the
         # fp16 graph would only add Cast layers.
