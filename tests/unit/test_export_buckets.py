@@ -69,6 +69,7 @@ def test_export_json_lists_the_training_buckets(exported):
         outputs = session.run(None, {"condition": np.zeros((1, 3, h, w), np.float32)})
         assert spec["residual_shapes"][key] == {o.name: list(v.shape) for o, v in zip(session.get_outputs(), outputs)}
     assert spec["residual_shapes"]["80x32"][session.get_outputs()[0].name][2:] == [10, 4]
+    assert "aspect-ratio buckets (height x width): 48x48, 48x64" in (out / "README.md").read_text()
 
 
 def test_tensorrt_profiles_cover_every_bucket(exported):
@@ -92,6 +93,7 @@ def test_square_buckets_keep_the_shapes_export_resolutions_give(tmp_path):
     assert [p["name"] for p in spec["tensorrt"]["profiles"]] == ["all"]
     assert list(spec["residual_shapes"]) == ["32"]
     assert spec["buckets"]["sizes"] == [[48, 48]] and spec["buckets"]["setting"] == "square"
+    assert "aspect-ratio buckets" not in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_profiles_and_parity_shapes_from_buckets():

@@ -53,6 +53,20 @@ def _input(spec: dict) -> str:
 mean/std normalisation). Height and width must be multiples of **{multiple}** (the adapter's total
 downscale factor); batch is dynamic. With classifier-free guidance the adapter still runs once
 per image: the UNet's batch is doubled, the adapter's is not.
+{_buckets(spec)}"""
+
+
+def _buckets(spec: dict) -> str:
+    """The training buckets, when there were several: the sizes to generate at (a single square
+    bucket is what the resolutions above already say)."""
+    sizes = (spec.get("buckets") or {}).get("sizes") or []
+    if len(sizes) < 2:
+        return ""
+    listed = ", ".join(f"{h}x{w}" for h, w in sizes)
+    return f"""
+Trained at these aspect-ratio buckets (height x width): {listed}. Generate at one of them (the
+one nearest the condition's aspect ratio, the condition resized to cover it and centre-cropped);
+the TensorRT profiles in `export.json` cover them all.
 """
 
 

@@ -128,8 +128,10 @@ def _gather_inputs(adapter_uri: str, metrics_uri: Optional[str], cwd: Optional[P
 
 def bucket_multiple(adapter: Any) -> int:
     """What each side of a bucket is a multiple of: the adapter's total downscale factor, in
-    pixels, which already counts the VAE's factor (the adapter's own ``downscale_factor``)."""
-    # The encode stage will own this rule; until it does, it is computed here the same way.
+    pixels. It is the number :func:`t2iops.encode.bucketing.bucket_multiple` gives (the least
+    common multiple of the VAE's factor and this one), read here off the exported adapter: the
+    export does not load the base model, and the adapter's first downscale is already a multiple
+    of the VAE's factor."""
     return math.lcm(int(adapter.downscale_factor), int(adapter.total_downscale_factor))
 
 
