@@ -379,3 +379,53 @@ def test_a_mixed_bucket_run_killed_mid_epoch_resumes_bit_equal(tmp_path, tiny_sd
     assert a["buckets"] == b["buckets"] and [r["bucket"] for r in b["buckets"]] == ["64x64", "64x128", "128x64"]
     assert all(r["micro_batches_per_epoch"] > 0 for r in b["buckets"])
     assert sum(r["samples_seen"] for r in b["buckets"]) == b["samples_seen"] == 32
+
+
+def test_validation_on_mixed_buckets(tmp_path, tiny_sdxl_path, mixed_cache):
+    """Validation on a val split of several buckets: a fixed loss batch per bucket (its mean logged
+    per bucket, ``val_loss`` the mean over all their samples), every sample generated and scored
+    at its own bucket's size, and a grid whose rows keep those sizes."""
+    import numpy as np
+    from PIL import Image
+
+    from t2iops.encode.cache import CacheReader
+    from t2iops.train.data import uncond_embeddings
+    from t2iops.train.validation import loss_batches
+
+    reader = CacheReader(mixed_cache, "val")
+    names = ["x".join(map(str, reader.buckets[reader.bucket_of(i)])) for i in range(len(reader))]
+    assert len(set(names)) >= 2, names  # the split really mixes buckets
+    shown = 5
+    batches = loss_batches(reader, 2, seed=0, uncond=uncond_embeddings(reader))
+    assert sorted(batches) == sorted(set(names))
+    for name, batch in batches.items():  # one bucket a batch, up to validation_samples of it
+        h, w = map(int, name.split("x"))
+        assert len(batch["latents"]) == min(2, names.count(name))
+        assert tuple(batch["conditions"].shape[-2:]) == (h, w)
+    again = loss_batches(reader, 2, seed=0, uncond=uncond_embeddings(reader))
+    assert all(torch.equal(batches[n][k], again[n][k]) for n in batches for k in batches[n])
+
+    out = tmp_path / "run"
+    cfg = cfg_for(tiny_sdxl_path, *MIXED, "train.max_steps=1", "train.checkpoint_every=1", "train.validate_every=1",
+                  f"train.validation_samples={shown}", "train.validation_inference_steps=1")
+    train(mixed_cache, str(out), cfg)
+    rounds = json.loads((out / "summary.json").read_text())["validation"]
+    assert [r["step"] for r in rounds] == [0, 1]
+    counts = {n: min(shown, names.count(n)) for n in set(names)}
+    for r in rounds:
+        assert {f"val_loss_{n}" for n in counts} | {"step", "val_loss", "edge_f1"} == set(r)
+        weighted = sum(r[f"val_loss_{n}"] * k for n, k in counts.items()) / sum(counts.values())
+        assert r["val_loss"] == pytest.approx(weighted, rel=1e-5)
+        assert np.isfinite(r["edge_f1"])
+
+    # The grid: the first `shown` val samples, each row at its sample's size on a black canvas.
+    sizes = [tuple(map(int, n.split("x"))) for n in names[:shown]]
+    grid = np.asarray(Image.open(out / "validation" / "step-000001.png").convert("RGB"))
+    width = max(w for _, w in sizes)
+    assert grid.shape[:2] == (sum(h for h, _ in sizes), 2 * width)
+    top = 0
+    for (h, w), i in zip(sizes, range(shown)):
+        condition = reader.sample(i)["condition"].permute(1, 2, 0).numpy()
+        assert np.array_equal(grid[top:top + h, :w], condition)  # at its own size, not resized
+        assert not grid[top:top + h, w:width].any() and not grid[top:top + h, width + w:].any()  # padding
+        top += h

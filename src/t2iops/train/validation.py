@@ -2,12 +2,18 @@
 
 Each round reports
 
-* ``val_loss``: the training objective on a fixed batch of val samples with fixed noise and
-  timesteps, so rounds are directly comparable (a paired comparison, not a fresh draw);
+* ``val_loss``: the training objective on fixed batches of val samples with fixed noise and
+  timesteps, so rounds are directly comparable (a paired comparison, not a fresh draw). A batch
+  holds one aspect-ratio bucket (its latents share a shape): each bucket of the val split gives
+  one, of up to ``train.validation_samples`` samples, and ``val_loss`` is the mean over all their
+  samples. With several buckets each one's mean is reported too (``val_loss_<H>x<W>``);
 * a grid PNG (condition | generated, one row per sample) made with the diffusers adapter
-  generator from the cached prompt embeddings and conditions, with fixed seeds;
+  generator from the cached prompt embeddings and conditions, with fixed seeds; each sample is
+  generated at its own bucket's size and each row keeps that size on a black canvas as wide as
+  the widest row (nothing squashed);
 * the condition-fidelity metric of ``evaluate.condition_kind`` (the one ``t2iops evaluate``
-  reports, e.g. edge F1 for circle outlines): how well the images follow their conditions.
+  reports, e.g. edge F1 for circle outlines): how well the images follow their conditions,
+  scored per sample at its own size and averaged.
 
 Rank 0 does the work on a private fp32 copy of the adapter's (gathered) weights.
 """
@@ -20,8 +26,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.buckets import bucket_name
 from ..encode.cache import CacheReader
-from .data import MicroBatches, uncond_embeddings
+from .data import EpochBatches, MicroBatches, uncond_embeddings
 from .diffusion import Objective, adapter_loss
 
 log = logging.getLogger("t2iops.train")
@@ -47,13 +54,53 @@ def _uint8_batch(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(i.convert("RGB"), dtype=np.uint8) for i in images])).permute(0, 3, 1, 2)
 
 
+def loss_batches(reader: CacheReader, samples: int, seed: int, uncond: dict) -> dict[str, dict]:
+    """The fixed loss batches of validation, one per bucket of ``reader``'s split (in the cache's
+    bucket order), keyed by the bucket's name: each holds the bucket's first ``samples`` samples
+    in the permutation of epoch :data:`VAL_EPOCH`, with the draws of their places in it, exactly
+    as training would draw them there. With one bucket this is the first micro-batch of that
+    epoch at a global batch of ``samples``."""
+    # A global batch of one: every sample is a micro-batch, and batch k is the k-th sample
+    # reached in the epoch's permutation, whatever its bucket.
+    order = EpochBatches(reader, 1, seed)
+    dataset = MicroBatches(reader, 1, rank=0, world_size=1, seed=seed, caption_dropout=0.0, uncond=uncond,
+                           flip=False, batches=order)
+    chosen: dict[int, list[int]] = {}
+    for batch, bucket in enumerate(order.epoch(VAL_EPOCH)[2].tolist()):
+        members = chosen.setdefault(bucket, [])
+        if len(members) < samples:
+            members.append(batch)
+    batches = {}
+    for bucket in sorted(chosen):
+        items = [dataset[(VAL_EPOCH, batch)] for batch in chosen[bucket]]
+        batches[bucket_name(order.buckets[bucket])] = {
+            k: torch.cat([item[k] for item in items]) for k, v in items[0].items() if isinstance(v, torch.Tensor)}
+    return batches
+
+
 def make_grid(conditions: list[Image.Image], images: list[Image.Image]) -> Image.Image:
-    w, h = images[0].size
-    grid = Image.new("RGB", (2 * w, h * len(images)))
-    for row, (c, i) in enumerate(zip(conditions, images)):
-        grid.paste(c.resize((w, h)), (0, row * h))
-        grid.paste(i, (w, row * h))
+    """Rows of condition | generated, each at its image's own size: the conditions in a column as
+    wide as the widest image, the images in the next, on a black canvas."""
+    width = max(i.width for i in images)
+    grid = Image.new("RGB", (2 * width, sum(i.height for i in images)))
+    top = 0
+    for c, i in zip(conditions, images):
+        grid.paste(c.resize(i.size), (0, top))
+        grid.paste(i, (width, top))
+        top += i.height
     return grid
+
+
+def fidelity_scores(metric, conditions: list[Image.Image], images: list[Image.Image]) -> np.ndarray:
+    """``metric`` of every image against its condition (resized to the image), in their order:
+    images of one size are scored together, each at its own size."""
+    parts, rows = [], []
+    for size in dict.fromkeys(i.size for i in images):
+        same = [k for k, i in enumerate(images) if i.size == size]
+        parts.append(np.asarray(metric.compute(_uint8_batch([images[k] for k in same]),
+                                               _uint8_batch([conditions[k].resize(size) for k in same]), None)))
+        rows += same
+    return np.concatenate(parts)[np.argsort(rows, kind="stable")]  # the metric's own dtype, in image order
 
 
 class Validator:
@@ -68,16 +115,23 @@ class Validator:
         n = min(cfg.train.validation_samples, len(reader))
         self.indices = list(range(n))  # val ids in sorted order: the same samples every round
         self.uncond = uncond_embeddings(reader)
-        batches = MicroBatches(reader, n, rank=0, world_size=1, seed=cfg.train.seed, caption_dropout=0.0,
-                               uncond=self.uncond, flip=False)
-        self.loss_batch = batches[(VAL_EPOCH, 0)]
+        self.loss_batches = loss_batches(reader, n, cfg.train.seed, self.uncond)
         self.metric = fidelity_metric(cfg.evaluate.condition_kind)
 
     @torch.no_grad()
-    def loss(self, adapter) -> float:
-        batch = {k: v.to(self.device) for k, v in self.loss_batch.items() if isinstance(v, torch.Tensor)}
-        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
-            return float(adapter_loss(self.unet, adapter, batch, self.objective, self.compute_dtype).mean())
+    def losses(self, adapter) -> dict[str, float]:
+        """``val_loss``, the mean over every sample of the loss batches; with several buckets also
+        ``val_loss_<bucket>``, the mean over that bucket's batch."""
+        per_bucket = {}
+        for name, loss_batch in self.loss_batches.items():
+            batch = {k: v.to(self.device) for k, v in loss_batch.items()}
+            with torch.autocast(self.device.type, dtype=self.compute_dtype,
+                                enabled=self.compute_dtype != torch.float32):
+                per_bucket[name] = adapter_loss(self.unet, adapter, batch, self.objective, self.compute_dtype)
+        out = {"val_loss": float(torch.cat(list(per_bucket.values())).mean())}
+        if len(per_bucket) > 1:
+            out.update({f"val_loss_{name}": float(loss.mean()) for name, loss in per_bucket.items()})
+        return out
 
     @torch.no_grad()
     def images(self, adapter) -> tuple[list[Image.Image], list[Image.Image]]:
@@ -104,13 +158,10 @@ class Validator:
 
     def run(self, adapter) -> tuple[dict, Optional[Image.Image]]:
         adapter.eval()
-        metrics = {"val_loss": self.loss(adapter)}
+        metrics = self.losses(adapter)
         conditions, images = self.images(adapter)
         if self.metric is not None:
-            size = images[0].size
-            conditions_at_size = [c.resize(size) for c in conditions]
-            scores = self.metric.compute(_uint8_batch(images), _uint8_batch(conditions_at_size), None)
-            metrics[self.metric.name] = float(np.mean(scores))
+            metrics[self.metric.name] = float(np.mean(fidelity_scores(self.metric, conditions, images)))
         return metrics, make_grid(conditions, images)
 
     # -----------------------------------------------------------------------------------
