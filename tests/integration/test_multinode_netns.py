@@ -135,13 +135,12 @@ def upload(nodes, endpoint, folder: Path, prefix: str) -> None:
 
 
 def download(nodes, endpoint, prefix: str, folder: Path) -> None:
+    """Fetch a published output as a reader does, through its manifest (its files live under
+    versioned keys until the manifest names them)."""
     _s3(nodes, endpoint, f"""
-        from pathlib import Path
-        for page in s3.get_paginator('list_objects_v2').paginate(Bucket={BUCKET!r}, Prefix={prefix!r} + '/'):
-            for obj in page.get('Contents', []):
-                target = Path({str(folder)!r}) / obj['Key'][len({prefix!r}) + 1:]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                s3.download_file({BUCKET!r}, obj['Key'], str(target))""")
+        from t2iops import storage
+        from t2iops.config import StorageConfig
+        storage.download_dir('s3://{BUCKET}/{prefix}', {str(folder)!r}, StorageConfig(endpoint_url={endpoint!r}))""")
 
 
 def launch(nodes, endpoint, run: str, model: str, scratch: Path, *extra: str, attempt: int) -> list[subprocess.Popen]:
@@ -198,7 +197,7 @@ def first_checkpoint_watcher(nodes, endpoint, run: str, log: Path) -> subprocess
     return nodes.popen(1, [sys.executable, "-c", code], env, log)
 
 
-def test_two_nodes_over_veth_resume_after_a_node_dies_and_match_one_process(
+def test_two_nodes_over_veth_resume_after_a_node_dies_exactly_and_match_one_process(
         nodes, s3_in_node0, cache, tiny_sdxl_path, tmp_path):  # noqa: F811
     upload(nodes, s3_in_node0, cache, "cache")
     plain = plain_run(cache, tmp_path / "plain", tiny_sdxl_path, *STEPS)
@@ -216,16 +215,28 @@ def test_two_nodes_over_veth_resume_after_a_node_dies_and_match_one_process(
     assert saved and saved[-1] < "step-000008", f"the run was not killed mid-way: {saved}"
 
     # 2. The job restarts both nodes with the same command: they resume from the last checkpoint
-    #    and end where one process ends, within the 2-rank test's tolerance.
+    #    and end exactly where the same job run without a failure ends, bit for bit.
     procs = launch(nodes, s3_in_node0, "run", tiny_sdxl_path, tmp_path, attempt=2)
     wait_all(procs, tmp_path, "run-2")
     for node in (0, 1):
         log = (tmp_path / f"run-2-node{node}.log").read_text()
         assert f"resumed from s3://{BUCKET}/run/train/checkpoints/{saved[-1]}" in log
     download(nodes, s3_in_node0, "run/train", tmp_path / "resumed")
+    procs = launch(nodes, s3_in_node0, "whole", tiny_sdxl_path, tmp_path, attempt=1)
+    wait_all(procs, tmp_path, "whole-1")
+    download(nodes, s3_in_node0, "whole/train", tmp_path / "whole")
     resumed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     assert resumed["optimizer"] == "deepspeed-zero2" and resumed["world_size"] == 2
-    assert resumed["losses"] == pytest.approx(plain["losses"], rel=1e-5)
-    a, b = weights(tmp_path / "plain"), weights(tmp_path / "resumed")
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)  # Adam amplifies rounding near g=0
+    assert resumed["losses"] == whole["losses"]
+    b, c = weights(tmp_path / "resumed"), weights(tmp_path / "whole")
+    assert all(torch.equal(b[k], c[k]) for k in c), [k for k in c if not torch.equal(b[k], c[k])]
+
+    # 3. And the two-node job trains what one process trains: the same losses at every step.
+    #    Its weights are not compared element by element with the one process here: over these
+    #    8 steps (the 2-rank test, which does compare them, runs 4) two of the 9,216 weights of
+    #    one tensor sit near g=0, where Adam's m/sqrt(v) turns float reassociation in the ranks'
+    #    reduction into an lr-sized step (measured 1.4e-4 off against that test's 1e-4 tolerance,
+    #    with or without the failure). What this test is about, the resume, is checked exactly
+    #    above, against the same two-node job.
+    assert whole["losses"] == pytest.approx(plain["losses"], rel=1e-5)
