@@ -77,3 +77,21 @@ def test_a_square_resolution_the_model_cannot_take_is_rounded_with_a_warning(tin
     cfg = load_config(overrides=[f"model.base_model={tiny_sdxl_path}", "encode.buckets=auto", "encode.resolution=64"])
     buckets, _ = encode_buckets(cfg, cfg.model)
     assert buckets[0] == (64, 64) and all(h % 16 == 0 and w % 16 == 0 for h, w in buckets) and len(buckets) > 3
+
+
+def test_one_bucket_names_the_samples_its_crop_cuts_to_its_shape(caplog):
+    import logging
+
+    from t2iops.encode.bucketing import cropped_to_one_bucket, log_buckets
+
+    rows = _rows(4)
+    sizes = {"00": (64, 64), "01": (64, 96), "02": (96, 54), "03": (64, 66)}  # (height, width): 3:2, 9:16, ~1:1
+    assert cropped_to_one_bucket(rows, sizes, [(64, 64)]) == ["01", "02"]
+    assert cropped_to_one_bucket(rows, sizes, [(64, 64), (64, 96)]) == []  # several buckets: assign's warning
+    groups = group_rows(rows, [0] * 4, [(64, 64)], shard_size=8)
+    with caplog.at_level(logging.INFO, logger="t2iops.encode"):
+        log_buckets([(64, 64)], 16, groups, [], cropped_to_one_bucket(rows, sizes, [(64, 64)]))
+        log_buckets([(64, 64)], 16, groups, [], [])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["encode: 2 of 4 sample(s) are not the shape of the one bucket 64x64 and are cropped to it: "
+                        "01, 02; encode.buckets=auto (or a list of HxW) keeps their aspect ratio"]

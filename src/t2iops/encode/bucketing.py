@@ -78,6 +78,14 @@ def assign(rows: Sequence, sizes: dict, buckets: Sequence[Bucket]) -> tuple[list
     return chosen, beyond
 
 
+def cropped_to_one_bucket(rows: Sequence, sizes: dict, buckets: Sequence[Bucket]) -> list[str]:
+    """With a single bucket (``encode.buckets=square``): the ids of the rows whose aspect ratio is
+    off the bucket's by more than :func:`beyond_range`'s tolerance, which its crop cuts down to it."""
+    if len(buckets) != 1:
+        return []
+    return [row.id for row in rows if beyond_range(*sizes[row.id], buckets)]
+
+
 def group_rows(rows: Sequence, chosen: Sequence[int], buckets: Sequence[Bucket], shard_size: int) -> list[Group]:
     """Rows grouped by bucket (in bucket-list order, ids in the given order), each group starting
     a new shard; empty buckets are left out."""
@@ -90,7 +98,8 @@ def group_rows(rows: Sequence, chosen: Sequence[int], buckets: Sequence[Bucket],
     return groups
 
 
-def log_buckets(buckets: Sequence[Bucket], multiple: int, groups: Sequence[Group], beyond: Sequence[str]) -> None:
+def log_buckets(buckets: Sequence[Bucket], multiple: int, groups: Sequence[Group], beyond: Sequence[str],
+                cropped: Sequence[str] = ()) -> None:
     counts = {g.bucket_index: len(g.rows) for g in groups}
     log.info("encode: %d bucket(s), sides multiples of %d: %s", len(buckets), multiple,
              ", ".join(f"{bucket_name(b)} ({counts.get(i, 0)})" for i, b in enumerate(buckets)))
@@ -98,6 +107,11 @@ def log_buckets(buckets: Sequence[Bucket], multiple: int, groups: Sequence[Group
         log.warning("encode: %d sample(s) are wider or taller than every bucket and go to the nearest (extreme) "
                     "one, losing more to the crop: %s%s", len(beyond), ", ".join(beyond[:SHOWN_IDS]),
                     ", ..." if len(beyond) > SHOWN_IDS else "")
+    if cropped:
+        log.warning("encode: %d of %d sample(s) are not the shape of the one bucket %s and are cropped to it: %s%s; "
+                    "encode.buckets=auto (or a list of HxW) keeps their aspect ratio", len(cropped),
+                    sum(len(g.rows) for g in groups), bucket_name(buckets[0]), ", ".join(cropped[:SHOWN_IDS]),
+                    ", ..." if len(cropped) > SHOWN_IDS else "")
 
 
 def slice_groups(groups: Sequence[Group], block: int, index: int, count: int, shard_size: int) -> list[Group]:

@@ -74,9 +74,10 @@ def plan_encode(data_root: str, validated_dir: str, cfg: Config) -> tuple[list, 
     fingerprints = dataset_fingerprints(rows)
     model = model_identity(cfg.model, cfg)
     buckets, multiple = bucketing.encode_buckets(cfg, model["ref"])
-    chosen, beyond = bucketing.assign(rows, {f["id"]: f["size"] for f in fingerprints}, buckets)
+    sizes = {f["id"]: f["size"] for f in fingerprints}
+    chosen, beyond = bucketing.assign(rows, sizes, buckets)
     groups = bucketing.group_rows(rows, chosen, buckets, cfg.encode.shard_size)
-    bucketing.log_buckets(buckets, multiple, groups, beyond)
+    bucketing.log_buckets(buckets, multiple, groups, beyond, bucketing.cropped_to_one_bucket(rows, sizes, buckets))
     keys = cache_keys(cfg, fingerprints, model, buckets)
     return groups, keys, _build_index(cfg, groups, buckets, keys, model)
 
