@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 from t2iops.cli import main
+from t2iops.config import apply_overrides
 from t2iops.pipelines.local import SMOKE_OVERRIDES
+from t2iops.presets import preset_path
 from t2iops.registry.pointer import history, read_pointer
 
 MODEL = "t2i-adapter"
@@ -35,17 +37,16 @@ RULES = {"registry.margin": 0.0001, "registry.tolerance": 0.25}
 
 
 def _params(path: Path, endpoint: str) -> Path:
+    """The toy preset (synthetic circles; the schema's own defaults are a real SDXL run) with the
+    values these measurements were taken at: SDXL's guidance 5, cubic timesteps, one
+    conditioning scale and no circle-IoU gate, shrunk to smoke size."""
     overrides = {**SMOKE_OVERRIDES, "evaluate.num_samples": 8, "evaluate.batch_size": 8,
                  "train.batch_size": 4, "train.lr": 0.01, "train.checkpoint_every": 1000,
+                 "train.timestep_sampling": "cubic", "evaluate.guidance_scale": 5.0,
+                 "evaluate.conditioning_scales": [1.0], "evaluate.gate.min_circle_iou": None,
                  "export.fp16": False, "export.pipeline_check": "skip",
                  "storage.endpoint_url": endpoint, **RULES}
-    nested: dict = {}
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    nested = apply_overrides(yaml.safe_load(preset_path("toy").read_text()), overrides)
     path.write_text(yaml.safe_dump(nested))
     return path
 
