@@ -170,7 +170,7 @@ def test_shards_split_whole_bucket_batches_and_merge_to_the_single_run(setup, tm
 
 
 def test_evaluation_plan_keeps_batches_inside_one_bucket():
-    from t2iops.evaluate.stage import evaluation_plan, shard_batches
+    from t2iops.evaluate.plan import evaluation_plan, shard_batches
 
     plan = evaluation_plan(list("abcdefg"), [(64, 64)], 3)
     assert plan.batches == [(0, 3), (3, 6), (6, 7)]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from t2iops.evaluate.stage import evaluate, sample_file_name
+from t2iops.evaluate.plan import sample_file_name
+from t2iops.evaluate.stage import evaluate
 from t2iops.presets import preset_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")

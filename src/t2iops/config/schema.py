@@ -24,13 +24,12 @@ each stage may read in :mod:`t2iops.config.stages`.
 """
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .serialise import _Serialised
 
 SDXL_BASE_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 # The folder `t2iops data synth` writes the synthetic circles to in a project (dvc.yaml's synth
@@ -352,38 +351,6 @@ class RegistryConfig(_Section):
     tolerances: dict[str, float] = Field(
         default_factory=dict, description="per-metric absolute tolerances replacing `tolerance`, e.g. {fid: 5.0}"
     )
-
-
-# ---------------------------------------------------------------------------------------
-def _get_path(data: dict, dotted: str) -> Any:
-    cur: Any = data
-    for part in dotted.split("."):
-        cur = cur[part]
-    return cur
-
-
-class _Serialised:
-    """What a full configuration and a stage's view share: YAML, the file written next to a
-    stage's outputs, and a stable hash for cache keys, all from ``to_dict()``."""
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def write(self, directory: str | Path, name: str = "config.resolved.yaml") -> Path:
-        """Write the resolved config next to a stage's outputs."""
-        path = Path(directory) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_yaml())
-        return path
-
-    def fingerprint(self, *sections: str) -> str:
-        """A stable hash of the named sections (all when none), for cache keys."""
-        from ..hashing import bytes_digest
-
-        data = self.to_dict()
-        if sections:
-            data = {s: _get_path(data, s) for s in sections}
-        return bytes_digest(json.dumps(data, sort_keys=True).encode(), 16)
 
 
 class Config(_Serialised, _Section):

@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from .loading import ConfigError
-from .schema import Config, _Serialised
+from .schema import Config
+from .serialise import _Serialised
 
 # What each stage reads. A stage receives a view of the resolved config restricted to these
 # dotted paths (a section, a sub-section or one key) plus the runtime sections; reading
