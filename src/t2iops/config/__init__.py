@@ -20,6 +20,7 @@ from .loading import (
     load_config,
     parse_override,
     read_params,
+    read_yaml_mapping,
     yaml_with_sources,
 )
 from .schema import (
@@ -58,6 +59,6 @@ __all__ = [
     "SYNTH_ROOT", "TOY_BASE_MODEL", "Config", "ConfigError", "DataConfig", "EncodeConfig", "EvaluateConfig",
     "ExportConfig", "GateConfig", "ModelConfig", "RegistryConfig", "StageConfig", "StorageConfig", "SynthConfig",
     "ToyBaseConfig", "TrainConfig", "apply_overrides", "config_from_dict", "config_sources", "covered",
-    "dvc_params", "leaf_keys", "load_config", "parse_override", "read_params", "restrict_dict",
+    "dvc_params", "leaf_keys", "load_config", "parse_override", "read_params", "read_yaml_mapping", "restrict_dict",
     "stage_paths", "stage_values", "yaml_with_sources",
 ]

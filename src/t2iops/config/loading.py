@@ -90,15 +90,21 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | dict[str, Any])
 
 def read_params(params: str | Path) -> dict[str, Any]:
     """The mapping a params file holds (any subset of the configuration), not yet validated."""
-    path = Path(params)
+    return read_yaml_mapping(params, "params file")
+
+
+def read_yaml_mapping(file: str | Path, what: str) -> dict[str, Any]:
+    """The mapping a YAML file of ours holds (a params file, the pipeline settings); every error
+    names ``what`` and the file, and is a :class:`ConfigError` (exit 2: nothing was done)."""
+    path = Path(file)
     if not path.exists():
-        raise ConfigError(f"params file {path} does not exist")
+        raise ConfigError(f"{what} {path} does not exist")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(loaded, dict):
-        raise ConfigError(f"params file {path} must hold a mapping at the top level")
+        raise ConfigError(f"{what} {path} must hold a mapping at the top level")
     return loaded
 
 

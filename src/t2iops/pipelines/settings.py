@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import UsageError
@@ -163,15 +162,10 @@ def load_settings(path: Optional[str | Path] = None, image: Optional[str] = None
     the file and the key."""
     if path is None:
         path = os.environ.get(SETTINGS_ENV) or find_project_root() / SETTINGS_FILE
+    from ..config import read_yaml_mapping
+
     path = Path(path)
-    if not path.exists():
-        raise UsageError(f"pipeline settings file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"pipeline settings file {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"pipeline settings file {path} must hold a mapping")
+    data = read_yaml_mapping(path, "pipeline settings file")
     if image or os.environ.get(IMAGE_ENV):
         data["image"] = image or os.environ[IMAGE_ENV]
     try:
