@@ -130,29 +130,12 @@ def test_resume_after_a_kill_is_bit_equal_to_an_uninterrupted_run(tmp_path, tiny
     train(sdxl_cache, str(tmp_path / "straight"), cfg)
 
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "t2iops.cli", "train", "--cache", sdxl_cache, "--out", str(out),
-           "--params", str(preset_path("toy"))]
-    for o in base_overrides(tiny_sdxl_path) + overrides:
-        cmd += ["-S", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = out / "checkpoints" / "latest"
-    deadline = time.time() + 600
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = latest.read_text()
+    killed_at, _ = train_killed_after_a_checkpoint(sdxl_cache, out, tiny_sdxl_path, overrides)
     assert killed_at < "step-000008", "the run finished before it could be interrupted"
     assert not (out / "adapter").exists()
 
     train(sdxl_cache, str(out), cfg, resume="latest")
-    assert_bit_equal(adapter_weights(tmp_path / "straight" / "adapter"), adapter_weights(out / "adapter"))
-    final = "checkpoints/step-000008/state/ema.safetensors"
-    assert_bit_equal(load_file(str(tmp_path / "straight" / final)), load_file(str(out / final)))
-    a = json.loads((tmp_path / "straight" / "summary.json").read_text())
-    b = json.loads((out / "summary.json").read_text())
-    assert a["losses"] == b["losses"] and b["resumed_from"].endswith(killed_at)
+    assert_resumed_as_straight(tmp_path / "straight", out, killed_at)
 
 
 @pytest.mark.slow
@@ -350,19 +333,7 @@ def test_a_mixed_bucket_run_killed_mid_epoch_resumes_bit_equal(tmp_path, tiny_sd
     train(mixed_cache, str(tmp_path / "straight"), cfg)
 
     out = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "t2iops.cli", "train", "--cache", mixed_cache, "--out", str(out),
-           "--params", str(preset_path("toy"))]
-    for o in base_overrides(tiny_sdxl_path) + overrides:
-        cmd += ["-S", o]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    latest = out / "checkpoints" / "latest"
-    deadline = time.time() + 600
-    while not latest.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    _, stderr = proc.communicate()
-    killed_at = latest.read_text()
+    killed_at, stderr = train_killed_after_a_checkpoint(mixed_cache, out, tiny_sdxl_path, overrides)
     assert killed_at < "step-000008", "the run finished before it could be interrupted"
     position = json.loads((out / "checkpoints" / killed_at / "state" / "trainer.json").read_text())
     assert position["batch"] != 0  # in the middle of an epoch
@@ -370,12 +341,7 @@ def test_a_mixed_bucket_run_killed_mid_epoch_resumes_bit_equal(tmp_path, tiny_sd
         assert f"bucket {bucket}: ".encode() in stderr
 
     train(mixed_cache, str(out), cfg, resume="latest")
-    assert_bit_equal(adapter_weights(tmp_path / "straight" / "adapter"), adapter_weights(out / "adapter"))
-    final = "checkpoints/step-000008/state/ema.safetensors"
-    assert_bit_equal(load_file(str(tmp_path / "straight" / final)), load_file(str(out / final)))
-    a = json.loads((tmp_path / "straight" / "summary.json").read_text())
-    b = json.loads((out / "summary.json").read_text())
-    assert a["losses"] == b["losses"] and b["resumed_from"].endswith(killed_at)
+    a, b = assert_resumed_as_straight(tmp_path / "straight", out, killed_at)
     assert a["buckets"] == b["buckets"] and [r["bucket"] for r in b["buckets"]] == ["64x64", "64x128", "128x64"]
     assert all(r["micro_batches_per_epoch"] > 0 for r in b["buckets"])
     assert sum(r["samples_seen"] for r in b["buckets"]) == b["samples_seen"] == 32
@@ -429,3 +395,33 @@ def test_validation_on_mixed_buckets(tmp_path, tiny_sdxl_path, mixed_cache):
         assert np.array_equal(grid[top:top + h, :w], condition)  # at its own size, not resized
         assert not grid[top:top + h, w:width].any() and not grid[top:top + h, width + w:].any()  # padding
         top += h
+
+
+def train_killed_after_a_checkpoint(cache: str, out: Path, model: str, overrides: list[str]) -> tuple[str, bytes]:
+    """``t2iops train`` as a process, SIGKILLed once its first checkpoint is complete: the
+    checkpoint it was killed after, and what it wrote on stderr."""
+    cmd = [sys.executable, "-m", "t2iops.cli", "train", "--cache", cache, "--out", str(out),
+           "--params", str(preset_path("toy"))]
+    for o in base_overrides(model) + overrides:
+        cmd += ["-S", o]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=out.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 600
+    while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    _, stderr = proc.communicate()
+    return latest.read_text(), stderr
+
+
+def assert_resumed_as_straight(straight: Path, out: Path, killed_at: str) -> tuple[dict, dict]:
+    """The resumed run ends as the uninterrupted one: adapter, final EMA and losses bit for bit;
+    returns both summaries."""
+    assert_bit_equal(adapter_weights(straight / "adapter"), adapter_weights(out / "adapter"))
+    final = "checkpoints/step-000008/state/ema.safetensors"
+    assert_bit_equal(load_file(str(straight / final)), load_file(str(out / final)))
+    a = json.loads((straight / "summary.json").read_text())
+    b = json.loads((out / "summary.json").read_text())
+    assert a["losses"] == b["losses"] and b["resumed_from"].endswith(killed_at)
+    return a, b

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Optional
 
-from .client import named_errors
+from .client import endpoint_of, named_errors
 from .uris import MANIFEST, VERSIONS, StorageError, check_relative
 
 
@@ -131,10 +131,4 @@ def resolve_key(client, bucket: str, key: str) -> Entry:
         manifest = parse_manifest(body, f"s3://{bucket}/{base}{MANIFEST}")
         if manifest.get("version") and rel in manifest.get("files", {}):
             return next(e for e in manifest_entries(base, manifest) if e.logical == key)
-    raise FileNotFoundError(f"s3://{bucket}/{key} does not exist (endpoint {_endpoint(client)})")
-
-
-def _endpoint(client) -> str:
-    from .client import endpoint_of
-
-    return endpoint_of(client)
+    raise FileNotFoundError(f"s3://{bucket}/{key} does not exist (endpoint {endpoint_of(client)})")
