@@ -37,6 +37,8 @@ def dvc_project(tmp_path):
     proj = tmp_path / "proj"
     proj.mkdir()
     shutil.copy(REPO / "dvc.yaml", proj / "dvc.yaml")
+    (proj / "scripts").mkdir()
+    shutil.copy2(REPO / "scripts" / "t2iops", proj / "scripts" / "t2iops")  # what dvc.yaml's stages run
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["synth"]["count"] = 40
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -34,6 +34,8 @@ def test_own_dataset_and_base_model_through_dvc_repro(tmp_path, tiny_sdxl_path):
     proj = tmp_path / "proj"
     proj.mkdir()
     shutil.copy(REPO / "dvc.yaml", proj / "dvc.yaml")
+    (proj / "scripts").mkdir()
+    shutil.copy2(REPO / "scripts" / "t2iops", proj / "scripts" / "t2iops")  # what dvc.yaml's stages run
     # The user's dataset folder (made here with the circle generator, outside any DVC stage) and
     # their own SDXL-architecture base model folder.
     synthesize(str(proj / "data" / "mine"), load_config(None, ["data.synth.count=24"]))

@@ -51,6 +51,8 @@ def project(tmp_path, tiny_sdxl_path):
     proj.mkdir()
     stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["train"]
     (proj / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"train": stage}}, sort_keys=False))
+    (proj / "scripts").mkdir()
+    shutil.copy2(REPO / "scripts" / "t2iops", proj / "scripts" / "t2iops")  # what the stage runs
     shutil.copytree(tiny_sdxl_path, proj / "models" / "toy-base")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"].update({"val_fraction": 0.0, "test_fraction": 0.0})

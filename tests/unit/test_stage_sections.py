@@ -111,7 +111,7 @@ def test_cli_dvc_and_kfp_give_each_stage_the_same_resolved_values(tmp_path, monk
     for stage in DVC_STAGES:
         expected = stage_values(spec, stage)
         argv = shlex.split(commands[stage])
-        assert argv[0] == "t2iops", commands[stage]
+        assert argv[0] == "scripts/t2iops", commands[stage]  # the checkout's .venv, else PATH
         dvc_args = parser.parse_args(argv[1:])
         assert dvc_args.stage == stage, commands[stage]
         dvc_door = stage_config_from_args(dvc_args).to_dict()
