@@ -61,7 +61,8 @@ def test_export_json_lists_the_training_buckets(exported):
 
     recorded = json.loads((out / "export.json").read_text())["buckets"]
     assert recorded == {"setting": BUCKETS, "resolution": 48, "multiple_of": 16, "order": "height, width",
-                        "sizes": [list(b) for b in bucket_list(BUCKETS, 48, 16)]}
+                        "sizes": [list(b) for b in bucket_list(BUCKETS, 48, 16)],
+                        "sizes_from": "encode.buckets at encode.resolution (no training summary.json lists the buckets)"}
     assert recorded["sizes"][:2] == [[48, 48], [48, 64]]  # square first, then by aspect
     # the residual shapes a server needs, measured at each bucket
     session = ort.InferenceSession(str(out / "adapter.onnx"), providers=["CPUExecutionProvider"])
@@ -111,3 +112,20 @@ def test_a_bucket_that_does_not_fit_the_adapter_is_refused(tmp_path):
     with pytest.raises(UsageError, match=r"40x48 is not a multiple of 16"):
         export_adapter(str(tmp_path / "a"), str(tmp_path / "out"), cfg_for("encode.buckets=[48x48,40x48]"))
     assert not (tmp_path / "out").exists()
+
+
+def test_export_lists_only_the_buckets_the_run_trained_on(tmp_path):
+    """A training run folder (adapter/ + summary.json): a configured bucket no training sample fell
+    into is neither listed in export.json nor checked nor profiled; the others keep their order."""
+    run = tmp_path / "run"
+    save_adapter(run / "adapter")
+    rows = [{"bucket": name, "height": int(name.split("x")[0]), "width": int(name.split("x")[1]),
+             "samples": n, "samples_seen": 8 * n} for name, n in (("48x48", 5), ("32x80", 0), ("80x32", 3), ("48x64", 2))]
+    (run / "summary.json").write_text(json.dumps({"buckets": rows}))
+    spec = export_adapter(str(run), str(tmp_path / "out"), cfg_for(f"encode.buckets=[{','.join(BUCKETS)}]"), cwd=tmp_path)
+    recorded = json.loads((tmp_path / "out" / "export.json").read_text())["buckets"]
+    assert recorded["sizes"] == [[48, 48], [48, 64], [80, 32]]
+    assert recorded["sizes_from"].startswith("the training run's summary.json")
+    assert "32x80" not in spec["residual_shapes"]
+    shapes = {(c["height"], c["width"]) for c in spec["validation"]["parity"]}
+    assert (80, 32) in shapes and (32, 80) not in shapes

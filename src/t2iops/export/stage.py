@@ -57,6 +57,7 @@ class ExportInputs:
     started: float
     buckets: list  # the training buckets, (height, width), square first
     buckets_setting: Any  # encode.buckets as configured
+    buckets_source: str  # where ``buckets`` came from (the run's summary.json, or the setting)
 
     @property
     def bucket_shapes(self) -> list:
@@ -120,10 +121,11 @@ def _gather_inputs(adapter_uri: str, metrics_uri: Optional[str], cwd: Optional[P
         check_condition_size(r, r, multiple, what=f"export.resolutions entry {r}")
     for r in ecfg.parity_resolutions or ecfg.resolutions:
         check_condition_size(r, r, multiple, what=f"parity size {r}")
-    buckets = training_buckets(cfg, adapter)
+    buckets, buckets_source = training_buckets(cfg, adapter, source.training_summary)
     metrics = ss.read_metrics(metrics_uri, cfg)
     return ExportInputs(source=source, adapter=adapter, ref=ref, base=base, metrics=metrics, cwd=cwd,
-                        started=time.time(), buckets=buckets, buckets_setting=cfg.encode.buckets)
+                        started=time.time(), buckets=buckets, buckets_setting=cfg.encode.buckets,
+                        buckets_source=buckets_source)
 
 
 def bucket_multiple(adapter: Any) -> int:
@@ -135,12 +137,25 @@ def bucket_multiple(adapter: Any) -> int:
     return math.lcm(int(adapter.downscale_factor), int(adapter.total_downscale_factor))
 
 
-def training_buckets(cfg: Config, adapter: Any) -> list:
-    """The aspect-ratio buckets the adapter was trained at: ``encode.buckets`` at
-    ``encode.resolution``, (height, width), square first."""
+def training_buckets(cfg: Config, adapter: Any, summary: Optional[dict] = None) -> tuple[list, str]:
+    """The aspect-ratio buckets the adapter was trained at, (height, width), most square first,
+    and where that list came from. The training run's ``summary.json`` says which buckets its
+    training split filled (``buckets[].samples``): a configured bucket no sample fell into is not
+    one the adapter was trained at, and is left out. Without a summary (an adapter folder on its own)
+    the list is ``encode.buckets`` at ``encode.resolution``."""
     from ..data.buckets import bucket_list
 
-    return bucket_list(cfg.encode.buckets, cfg.encode.resolution, bucket_multiple(adapter))
+    rows = (summary or {}).get("buckets")
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+        try:
+            seen = [(int(r["height"]), int(r["width"])) for r in rows if int(r.get("samples", 0)) > 0]
+        except (KeyError, TypeError, ValueError):
+            seen = []
+        if seen:
+            seen.sort(key=lambda b: abs(math.log(b[1] / b[0])))  # as bucket_list orders them
+            return seen, "the training run's summary.json (buckets its training split filled)"
+    return (bucket_list(cfg.encode.buckets, cfg.encode.resolution, bucket_multiple(adapter)),
+            "encode.buckets at encode.resolution (no training summary.json lists the buckets)")
 
 
 def _write_graphs(adapter: Any, staging: Path, cfg: Config) -> Graphs:
@@ -234,6 +249,7 @@ def _serving_spec(inputs: ExportInputs, graphs: Graphs, checks: CheckResults, st
             "resolution": cfg.encode.resolution,
             "multiple_of": bucket_multiple(adapter),
             "sizes": [[h, w] for h, w in inputs.buckets],
+            "sizes_from": inputs.buckets_source,
             "order": "height, width",
         },
         "usage": {
