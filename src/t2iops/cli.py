@@ -35,6 +35,21 @@ COMMAND_MODULES = [
     "t2iops.retrain.commands",  # `retrain`, and `registry` with the pipeline settings' default location
 ]
 
+DESCRIPTION = """Train, evaluate and export T2I-Adapters for Stable Diffusion XL and 1.5.
+
+The workflow, in order (dvc.yaml runs steps 1-7: `dvc repro export`):
+  1. data synth            the toy demo's synthetic circles (or your own dataset; `data annotate`
+                           draws conditions for a folder of images)
+  2. data validate         check every row, quarantine bad ones, split train/val/test
+  3. toy-base              the toy demo's small base model (or a hub id, folder or s3:// base model)
+  4. encode                cache latents and text embeddings of the validated rows
+  5. train                 train the adapter on the cache
+  6. evaluate [--gate]     sample with and without the adapter: fidelity lift, FID/KID, report
+  7. export                ONNX adapters for serving, parity-checked
+  8. pipeline              the same stages as a Kubeflow pipeline: compile, submit, schedule, or
+                           run-local on this machine
+  9. registry, retrain     list, promote, roll back published models; retrain on new data or params"""
+
 EPILOG = """exit codes: 0 ok, 1 stage failed, 2 usage or configuration error, 3 evaluation gate failed.
 Configuration: --params FILE (default ./params.yaml when present, else the schema's defaults: a real
 SDXL run) and -S key.path=value overrides, e.g. -S train.lr=1e-5 -S data.synth.count=200. Run
@@ -127,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = common_parser()
     parser = argparse.ArgumentParser(
         prog="t2iops",
-        description="Train, evaluate and export T2I-Adapters for Stable Diffusion XL and 1.5.",
+        description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -68,3 +68,36 @@ def test_command_reference_is_current():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert (root / "docs" / "cli.md").read_text() == mod.render(), "run scripts/gen_cli_docs.py"
+
+
+def _subparser(parser: argparse.ArgumentParser, *path: str) -> argparse.ArgumentParser:
+    for name in path:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+def test_top_level_help_lists_the_workflow_in_order():
+    parser = build_parser()
+    text = parser.format_help()
+    order = ["data synth", "data validate", "toy-base", "encode", "train", "evaluate", "export", "pipeline",
+             "registry, retrain"]
+    positions = [text.find(f"{n}. {name}") for n, name in enumerate(order, 1)]
+    assert -1 not in positions and positions == sorted(positions), text
+    for name in order:  # each step names a real command
+        for command in name.split(", "):
+            _subparser(parser, *command.split())
+
+
+def test_pipeline_help_lists_every_run_parameter_of_the_real_pipeline():
+    from t2iops.config import load_config
+    from t2iops.pipelines.compile import build_pipeline
+    from t2iops.pipelines.parameters import RUN_PARAMETERS
+    from t2iops.pipelines.settings import load_settings
+
+    inputs = build_pipeline(load_config(None), load_settings(None)).component_spec.inputs
+    assert list(RUN_PARAMETERS) == list(inputs), "keep t2iops/pipelines/parameters.py equal to build_pipeline's inputs"
+    parser = build_parser()
+    for action in ("compile", "submit", "schedule", "run-local"):
+        lines = _subparser(parser, "pipeline", action).format_help().splitlines()
+        for name in inputs:
+            assert any(line.split()[:1] == [name] and len(line.split()) > 1 for line in lines), (action, name)

@@ -6,7 +6,19 @@ import json
 import sys
 from pathlib import Path
 
+from .parameters import run_parameters_help
+
 DEFAULT_PACKAGE = "t2iops-training.yaml"
+
+
+class _TableEpilogFormatter(argparse.HelpFormatter):
+    """Wraps descriptions as argparse does; keeps text with indented lines (the run parameters'
+    table) as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n  " in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 DESCRIPTION = """The Kubeflow Pipelines training pipeline (pipelines/training.py):
 pull -> validate -> encode -> train -> evaluate (parallel shards) -> merge + gate -> export -> publish.
@@ -31,16 +43,21 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     )
     sub = pipe.add_subparsers(dest="pipeline_command", metavar="<action>")
     sub.required = True
+    # Every action that builds or starts a run lists the run parameters (derived from
+    # parameters.RUN_PARAMETERS; a test keeps it equal to the pipeline's inputs).
+    listed = {"epilog": run_parameters_help(), "formatter_class": _TableEpilogFormatter}
 
     settings = argparse.ArgumentParser(add_help=False)
     settings.add_argument("--settings", default=None, help="pipeline settings file (default: pipelines/settings.yaml)")
     settings.add_argument("--image", default=None, help="container image of every step (default: settings `image` or $T2IOPS_IMAGE)")
 
     comp = sub.add_parser(
-        "compile", parents=[common, settings], help="write the pipeline's IR YAML",
+        "compile", parents=[common, settings], **listed, help="write the pipeline's IR YAML",
         description="Compile pipelines/training.py to KFP IR YAML (the package `submit` and `kfp run create` take). "
         "The resolved configuration (--params, -S) becomes the defaults of the config_<stage> parameters; the "
-        "default run parameters are checked; nothing is sent anywhere.",
+        "default run parameters are checked; nothing is sent anywhere. A model.base_model or data.root that is a "
+        "folder on this machine is refused (exit 2), as no pod can see it: the toy preset's params.yaml names "
+        "models/toy-base, so give -S model.base_model=s3://... (or a hub id) with it.",
     )
     comp.add_argument("--output", "-o", default=DEFAULT_PACKAGE, help=f"output file (default {DEFAULT_PACKAGE})")
     comp.set_defaults(func=_compile)
@@ -56,7 +73,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     client.add_argument("--no-cache", action="store_true", help="run every step even when a cached result exists")
 
     subm = sub.add_parser(
-        "submit", parents=[common, settings, client], help="start a run on a KFP endpoint",
+        "submit", parents=[common, settings, client], **listed, help="start a run on a KFP endpoint",
         description="Validate the run parameters against the package, then create a run with kfp.Client. "
         "The token comes from $T2IOPS_KFP_TOKEN when the endpoint needs one. With --wait, follow the run "
         "and exit 1 when it fails, 3 when it succeeded but the evaluation gate stopped the export.",
@@ -68,7 +85,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     subm.set_defaults(func=_submit)
 
     sched = sub.add_parser(
-        "schedule", parents=[common, settings, client], help="create a recurring run",
+        "schedule", parents=[common, settings, client], **listed, help="create a recurring run",
         description="Create a recurring run of the pipeline on a cron schedule (5 fields, or KFP's 6 with seconds first).",
     )
     sched.add_argument("--cron", required=True, help="e.g. '0 3 * * 1' (Mondays 03:00)")
@@ -78,7 +95,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     sched.set_defaults(func=_schedule)
 
     loc = sub.add_parser(
-        "run-local", parents=[common, settings], help="run the whole pipeline on this machine (kfp.local)",
+        "run-local", parents=[common, settings], **listed, help="run the whole pipeline on this machine (kfp.local)",
         description="Run every step of the compiled pipeline under kfp.local, on CPU: each step a subprocess of this "
         "Python environment (--runner subprocess, the default) or a container of the project image, as a cluster "
         "runs it (--runner docker: the image named by --image / $T2IOPS_IMAGE / the settings' `image`, built with "
