@@ -30,6 +30,25 @@ def test_auto_scales_to_the_resolution_area_and_rounds_to_the_multiple():
     assert len(small) == len(set(small)) and small[0] == (64, 64)
 
 
+def test_auto_on_a_coarse_grid_keeps_each_aspect_near_sdxls():
+    """At 64 px with a factor of 16, rounding each side alone made SDXL's 2.4:1 bucket 3:1 (96x32),
+    wider than any SDXL bucket; the fit picks the nearest aspect among sizes within a quarter of
+    the target's area instead, and at SDXL's own sizes it changes nothing."""
+    import math
+
+    from t2iops.data.buckets import SDXL_BUCKETS
+
+    coarse = bucket_list("auto", 64, 16)
+    assert coarse == [(64, 64), (80, 48), (48, 80), (96, 48), (48, 96)]
+    widest = max(math.log(w / h) for h, w in SDXL_BUCKETS)
+    for res, multiple in ((64, 16), (64, 8), (128, 16), (512, 64), (768, 64)):
+        for h, w in bucket_list("auto", res, multiple):
+            assert abs(math.log(w / h)) <= widest + 1e-9, (res, multiple, h, w)
+            assert 0.75 <= h * w / res**2 <= 1.35, (res, multiple, h, w)
+    for multiple in (8, 16, 32, 64):
+        assert sorted(bucket_list("auto", 1024, multiple)) == sorted(SDXL_BUCKETS)
+
+
 def test_square_and_explicit_lists():
     assert bucket_list("square", 1024, 64) == [(1024, 1024)]
     assert bucket_list(["832x1216", "1024x1024", "1216x832"], 1024, 64) == [(1024, 1024), (832, 1216), (1216, 832)]
