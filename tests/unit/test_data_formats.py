@@ -115,10 +115,10 @@ def test_hub_id_offline_names_the_id_and_the_alternatives(tmp_path, capsys, monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: nothing to fall back on
     with pytest.raises(DataError) as info:
-        load_rows("fusing/fill50k", load_config())
+        load_rows("hf://fusing/fill50k", load_config())
     message = str(info.value)
-    assert "'fusing/fill50k'" in message and "save_to_disk" in message and "metadata.jsonl" in message
-    rc = main(["data", "validate", "--root", "fusing/fill50k", "--out", str(tmp_path / "v")])
+    assert "hf://fusing/fill50k" in message and "save_to_disk" in message and "metadata.jsonl" in message
+    rc = main(["data", "validate", "--root", "hf://fusing/fill50k", "--out", str(tmp_path / "v")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "fusing/fill50k" in err[0]
     assert not (tmp_path / "v").exists()

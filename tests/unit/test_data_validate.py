@@ -222,7 +222,7 @@ def test_metadata_line_that_is_not_json(dataset, tmp_path):
     assert len(good) == COUNT  # every real row survives
 
 
-def test_threshold_fails_above_max_bad_fraction_and_still_writes_report(dataset, tmp_path):
+def test_threshold_fails_above_max_bad_fraction_and_reports_beside_the_output(dataset, tmp_path):
     root, _ = dataset
     (root / "images" / "000001.png").unlink()
     (root / "images" / "000002.png").write_bytes(b"not a png")
@@ -232,13 +232,16 @@ def test_threshold_fails_above_max_bad_fraction_and_still_writes_report(dataset,
     assert len(load_validated_ids(out)) == COUNT - 2
 
     strict = load_config(overrides=["data.max_bad_fraction=0.1"])
-    with pytest.raises(DataError, match=r"2 of 10 rows are bad .*report\.json"):
+    with pytest.raises(DataError, match=r"2 of 10 rows are bad .*nothing published at .*v\.failed/report\.json"):
         validate(str(root), str(out), strict)
-    report = json.loads((out / "report.json").read_text())
+    assert not out.exists()  # the earlier verdict no longer holds: withdrawn, nothing a next stage could take
+    failed = tmp_path / "v.failed"  # the failure report, beside the output and named as such
+    report = json.loads((failed / "report.json").read_text())
     assert report["status"] == "failed" and report["errors"] == {"corrupt_image": 1, "missing_file": 1}
-    assert len((out / "quarantine.jsonl").read_text().splitlines()) == 2
+    assert len((failed / "quarantine.jsonl").read_text().splitlines()) == 2
+    assert not (failed / "rows.jsonl").exists()
     with pytest.raises(DataError, match="failed"):
-        load_validated_ids(out)  # later stages refuse a failed validation
+        load_validated_ids(failed)  # later stages refuse a failed validation
 
 
 def test_load_rows_with_validated_ids_skips_quarantined_rows(dataset, tmp_path):
@@ -266,7 +269,8 @@ def test_cli_validate_exit_codes_and_one_line_reason(dataset, tmp_path, capsys):
     assert rc == 1
     assert len(err) == 1 and err[0].startswith("t2iops data: error: 1 of 10 rows are bad")
     assert "images/000000.png" in err[0]
-    assert json.loads((tmp_path / "bad" / "report.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "bad").exists()
+    assert json.loads((tmp_path / "bad.failed" / "report.json").read_text())["status"] == "failed"
 
     rc = main(["data", "validate", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -9,6 +9,7 @@ takes the schema's default (:mod:`t2iops.config.schema`: a real SDXL run).
 """
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ class ConfigError(UsageError, ValueError):
     """A configuration problem, with the offending key in the message."""
 
 
-def _format_error(err: ValidationError, origin: str) -> str:
+def _format_error(err: ValidationError, origin: str, given: tuple[str, ...] = ()) -> str:
+    """One line naming each bad key; ``given``: the dotted keys of the ``-S`` overrides, so that an
+    unknown section (``trainn`` of ``-S trainn.lr=1``) is answered with the whole key (train.lr)."""
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -35,13 +38,42 @@ def _format_error(err: ValidationError, origin: str) -> str:
         if kind == "extra_forbidden":
             parent = e["loc"][:-1]
             allowed = _allowed_keys(parent)
-            msg = f"unknown key; allowed keys here: {', '.join(allowed)}"
+            guess = did_you_mean(next((g for g in given if g.startswith(key + ".")), key))
+            hint = f"did you mean {guess}? " if guess else ""
+            msg = f"unknown key; {hint}allowed keys here: {', '.join(allowed)}"
         elif kind == "literal_error" and "expected" in e.get("ctx", {}):
             msg = f"invalid value {e.get('input')!r}; allowed values: {e['ctx']['expected']}"
         elif "input" in e and kind != "missing":
             msg = f"{msg} (got {e['input']!r})"
         lines.append(f"{key}: {msg}")
     return f"invalid configuration ({origin}): " + "; ".join(lines)
+
+
+# diffusers' training-script argument names, for users who bring a diffusers command line along
+_DIFFUSERS_NAMES = {"learning_rate": "lr", "lr_scheduler": "lr_schedule", "max_train_steps": "max_steps",
+                    "train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+                    "lr_warmup_steps": "warmup_steps", "checkpointing_steps": "checkpoint_every"}
+
+
+def did_you_mean(key: str) -> str | None:
+    """The configuration key closest to an unknown dotted ``key``: ``train.lrr`` -> ``train.lr``,
+    ``lr`` -> ``train.lr`` (a leaf of that name in some section), ``train.learning_rate`` ->
+    ``train.lr`` (diffusers' name), ``trainn`` -> ``train``."""
+    leaves = leaf_keys()
+    sections = sorted({".".join(k.split(".")[:i]) for k in leaves for i in range(1, k.count(".") + 1)})
+    parent, _, last = key.rpartition(".")
+    last = _DIFFUSERS_NAMES.get(last, last)
+    if not parent:
+        named = [k for k in leaves if k.rsplit(".", 1)[-1] == last]
+        if named:
+            return " or ".join(named[:3])
+    if not parent or parent in sections:
+        prefix = f"{parent}." if parent else ""
+        children = sorted({k[len(prefix):].split(".")[0] for k in leaves if k.startswith(prefix)})
+        close = difflib.get_close_matches(last, children, n=1, cutoff=0.6)
+        return f"{prefix}{close[0]}" if close else None
+    close = difflib.get_close_matches(key, leaves + sections, n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _allowed_keys(loc: tuple) -> list[str]:
@@ -125,7 +157,8 @@ def load_config(
     try:
         return Config.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(err, origin)) from None
+        given = tuple(".".join(path) for path, _ in _override_items(overrides or []))
+        raise ConfigError(_format_error(err, origin, given)) from None
 
 
 def config_from_dict(data: dict[str, Any], origin: str = "dict") -> Config:

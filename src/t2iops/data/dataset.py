@@ -11,6 +11,7 @@ else the image path, else the row's position (Arrow tables with embedded image b
 """
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any, Mapping, Optional, Union
 from PIL import Image
 
 from .. import storage
+from ..config import ConfigError
 from ..errors import DataError
 from ..hashing import raw_digest
 from .formats import Record, Source, open_source
@@ -62,6 +64,35 @@ def split_of(row_id: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
+def split_settings(split: str, cfg: Any) -> tuple[str, float]:
+    """The setting that sizes ``split`` and its value (train takes what val and test leave)."""
+    data = cfg.data
+    if split == "train":
+        return "1 - data.val_fraction - data.test_fraction", 1.0 - data.val_fraction - data.test_fraction
+    return f"data.{split}_fraction", float(getattr(data, f"{split}_fraction"))
+
+
+def suggested_fraction(rows: int, per_split: int = 3) -> float:
+    """The smallest multiple of 0.05 (at most 0.5) that gives a split about ``per_split`` of ``rows``."""
+    return min(0.5, -(-per_split * 20 // max(rows, 1)) / 20)
+
+
+def check_split_not_empty(ids: Mapping[str, str], split: str, cfg: Any, validated: str, purpose: str) -> None:
+    """Raise :class:`ConfigError` (exit 2) when the validated ``split`` holds no row: ``purpose``
+    (the work that needs it) cannot happen, and the message names the settings to change."""
+    if any(s == split for s in ids.values()):
+        return
+    setting, fraction = split_settings(split, cfg)
+    good = len(ids)
+    if split == "train":
+        fix = "lower data.val_fraction and data.test_fraction"
+    else:
+        fix = (f"set -S {setting}={suggested_fraction(good):g} (now {fraction:g}) and run `t2iops data validate` "
+               "again, or add rows")
+    raise ConfigError(f"the validated split {split!r} at {validated} is empty ({good} good rows, {setting}="
+                      f"{fraction:g}), so {purpose} would have nothing to work on; {fix}")
+
+
 @dataclass
 class Row:
     id: str
@@ -95,6 +126,76 @@ class Row:
 
 
 # ---------------------------------------------------------------------------------------
+# A column setting that names no column of any row is a configuration error (exit 2), not 100 %
+# bad rows: the message lists the columns there are and the setting that picks the closest one.
+COLUMN_SETTINGS = (("image_column", "image"), ("conditioning_image_column", "conditioning image"),
+                   ("caption_column", "caption"), ("id_column", "id"))
+_USUAL_NAMES = {
+    "image": ("image", "img", "image_path", "file_name", "target", "target_image", "path"),
+    "conditioning image": ("conditioning_image", "condition", "conditioning", "control_image", "control", "hint",
+                           "source"),
+    "caption": ("text", "caption", "prompt", "captions", "description", "sentence"),
+    "id": ("id", "uid", "key", "name"),
+}
+_IMAGE_SUFFIX = re.compile(r"\.(png|jpe?g|webp|bmp|gif|tiff?)$", re.IGNORECASE)
+
+
+def _looks_like_image(value: Any) -> bool:
+    return (isinstance(value, ImageRef) or (isinstance(value, dict) and ("bytes" in value or "path" in value))
+            or (isinstance(value, str) and bool(_IMAGE_SUFFIX.search(value))))
+
+
+def _fits(role: str, value: Any) -> bool:
+    if role in ("image", "conditioning image"):
+        return _looks_like_image(value)
+    if role == "caption":
+        return isinstance(value, str) and not _looks_like_image(value)
+    return isinstance(value, (str, int))
+
+
+class ColumnCheck:
+    """Collects which columns the rows hold (and one value of each) while they are read; then
+    :meth:`check` raises :class:`ConfigError` for a column setting that matches no row."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, Any] = {}
+
+    def see(self, record: Record) -> None:
+        for key, value in (record.values or {}).items():
+            if self.samples.get(key) is None:
+                self.samples[key] = value
+
+    def check(self, cfg: Any, where: str) -> None:
+        if not self.samples:
+            return  # no row parsed at all: the rows' own errors say why
+        data = cfg.data
+        for setting, role in COLUMN_SETTINGS:
+            column = getattr(data, setting)
+            if column is None or column in self.samples:
+                continue
+            taken = {getattr(data, s) for s, _ in COLUMN_SETTINGS} - {column}
+            message = (f"data.{setting}={column!r} names no column of {where}; its columns are: "
+                       f"{', '.join(sorted(self.samples))}")
+            guess = self.closest(column, role, taken)
+            if guess is not None:
+                message += f". Did you mean {guess!r}? Set -S data.{setting}={guess} (or data.{setting} in the params file)"
+            else:
+                message += f". Set data.{setting} to the {role} column (-S data.{setting}=NAME)"
+            raise ConfigError(message)
+
+    def closest(self, column: str, role: str, taken: set) -> Optional[str]:
+        def score(name: str) -> float:
+            usual = _USUAL_NAMES[role]
+            return (difflib.SequenceMatcher(None, column.lower(), name.lower()).ratio()
+                    + (1.0 if name.lower() in usual else 0.0) + (0.5 if _fits(role, self.samples[name]) else 0.0))
+
+        candidates = [c for c in self.samples if c not in taken]
+        if not candidates:
+            return None
+        best = max(sorted(candidates), key=score)
+        return best if score(best) >= 0.5 else None
+
+
 def _row_id(values: dict, record: Record, cfg_data: Any) -> str:
     if cfg_data.id_column:
         value = values.get(cfg_data.id_column)
@@ -203,7 +304,9 @@ def load_rows(
     seen: dict[str, str] = {}
     found: set[str] = set()
     rows: list[Row] = []
+    columns = ColumnCheck()
     for record in source.records():
+        columns.see(record)
         try:
             row = row_from_record(record, source, cfg, seen)
         except RowError as exc:
@@ -219,6 +322,7 @@ def load_rows(
                 row.split = ids[row.id]
         if split is None or row.split == split:
             rows.append(row)
+    columns.check(cfg, source.description)
     if ids is not None and len(found) < len(ids):
         missing = sorted(set(ids) - found)
         raise DataError(f"{len(missing)} validated ids are not in the dataset at {root} (e.g. {missing[:3]}): "

@@ -8,7 +8,8 @@ What a dataset root may be (checked in this order):
   columns hold a relative path or the ``{"bytes": ..., "path": ...}`` struct that ``datasets``
   writes for its ``Image`` feature;
 * a ``save_to_disk`` folder (``Dataset`` or ``DatasetDict``), read through ``datasets``;
-* a Hugging Face hub id such as ``fusing/fill50k`` (``datasets.load_dataset``).
+* a Hugging Face hub dataset written ``hf://owner/name``, e.g. ``hf://fusing/fill50k``
+  (``datasets.load_dataset``); without the ``hf://`` a root is always a local path.
 
 Arrow-backed formats are read column-wise without touching image bytes; an image's bytes are
 fetched from the (memory-mapped) table only when that image is opened.
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from .. import storage
-from ..errors import DataError
+from ..errors import DataError, UsageError
+from ..redact import redact_url
 from .images import ImageRef
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 METADATA_JSONL = "metadata.jsonl"
 METADATA_PARQUET = "metadata.parquet"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+HF_PREFIX = "hf://"  # the only way a dataset root names the Hugging Face hub
 
 
 @dataclass
@@ -161,20 +165,40 @@ class _CellBytes:
 
 # ---------------------------------------------------------------------------------------
 def open_source(root: str, cfg: Any) -> Source:
-    """Find out what ``root`` holds and return a reader for it (see the module docstring)."""
+    """Find out what ``root`` holds and return a reader for it (see the module docstring).
+
+    Only ``hf://owner/name`` goes to the Hugging Face hub: any other root is a local path or an
+    ``s3://`` prefix, so a folder that is not there (``data/my-dataset``) is reported as such at
+    once instead of being looked up on the hub."""
     root = str(root)
+    if root.startswith(HF_PREFIX):
+        return _open_hub(hub_id(root), cfg)
     if storage.is_s3(root):
         try:
             local = storage.materialize(root, cfg, kind="datasets")
         except FileNotFoundError:
-            raise DataError(f"dataset root {root} is empty or does not exist") from None
+            endpoint = storage.storage_settings(cfg)["endpoint_url"] or "the default AWS endpoint"
+            raise DataError(f"dataset root {root} is empty or does not exist at endpoint {redact_url(endpoint)} "
+                            "(storage.endpoint_url); check the bucket, the prefix and the endpoint") from None
         return _open_local(local, shown=root)
-    path = Path(root)
+    if _URL.match(root):
+        raise UsageError(f"dataset root {root}: unsupported scheme; use a folder, s3://bucket/prefix or "
+                         f"{HF_PREFIX}owner/name (a Hugging Face dataset)")
+    path = Path(root).expanduser()
     if path.exists():
         return _open_local(path, shown=root)
-    if _HUB_ID.match(root) and not root.startswith("."):
-        return _open_hub(root, cfg)
-    raise DataError(f"dataset root {root} does not exist")
+    hint = f"; a Hugging Face dataset is named {HF_PREFIX}{root}" if _HUB_ID.match(root) else ""
+    raise DataError(f"dataset folder {root} does not exist (looked in {path.resolve()}){hint}")
+
+
+def hub_id(root: str) -> str:
+    """``hf://owner/name`` (or ``hf://datasets/owner/name``) -> ``owner/name``."""
+    dataset_id = root[len(HF_PREFIX):].strip("/")
+    if dataset_id.startswith("datasets/"):
+        dataset_id = dataset_id[len("datasets/"):]
+    if not _HUB_ID.match(dataset_id):
+        raise UsageError(f"dataset root {root}: not a Hugging Face dataset id; write {HF_PREFIX}owner/name")
+    return dataset_id
 
 
 def _open_local(path: Path, shown: str) -> Source:
@@ -236,8 +260,8 @@ def _open_hub(dataset_id: str, cfg: Any) -> ArrowSource:
         dataset = datasets.load_dataset(dataset_id)
     except Exception as exc:
         raise DataError(
-            f"dataset root {dataset_id!r} is not a local folder and could not be loaded as a Hugging Face "
-            f"dataset id ({type(exc).__name__}: {exc}). Offline, use one of: a local folder or s3:// prefix "
+            f"dataset root {HF_PREFIX}{dataset_id} could not be loaded as a Hugging Face "
+            f"dataset ({type(exc).__name__}: {exc}). Offline, use one of: a local folder or s3:// prefix "
             f"with {METADATA_JSONL} or parquet shards, or a folder written by datasets' save_to_disk"
         ) from None
     return ArrowSource(_arrow_tables(dataset), None, dataset_id, "hub")

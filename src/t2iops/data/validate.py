@@ -8,11 +8,17 @@ pixels; see :mod:`t2iops.data.images` for how every other mode decodes), ``too_s
 ``size_mismatch`` (image and condition differ under ``resize_policy: strict``). Sizes are
 the displayed ones, after EXIF orientation.
 
-Outputs (published atomically; written even when the stage fails, marked ``failed``):
-``report.json`` (counts per class, the offending rows, the range of the good images' aspect
-ratios), ``quarantine.jsonl`` (every bad row
-with its class), ``rows.jsonl`` (every good row: ``{"id", "split"}``), ``config.resolved.yaml``.
-The stage raises :class:`DataError` when the bad share exceeds ``data.max_bad_fraction``.
+Outputs (published atomically): ``report.json`` (counts per class, the offending rows, the range
+of the good images' aspect ratios, the rows per split and a warning for each empty split),
+``quarantine.jsonl`` (every bad row with its class), ``rows.jsonl`` (every good row:
+``{"id", "split"}``), ``config.resolved.yaml``.
+
+A failed validation publishes nothing at ``out`` that a later stage could take for a verdict:
+when the bad share exceeds ``data.max_bad_fraction`` (or no row is good) the stage raises
+:class:`DataError` (exit 1), withdraws an earlier output at ``out`` and publishes ``report.json``,
+``quarantine.jsonl`` and the resolved configuration beside it, at ``<out>.failed`` (see
+:func:`failure_location`), marked ``failed``. A column setting that names no column of any row
+is a configuration error (exit 2) and publishes nothing at all.
 """
 from __future__ import annotations
 
@@ -24,7 +30,8 @@ from typing import Any, Optional
 from .. import storage
 from ..errors import DataError
 from ..progress import progress
-from .dataset import VALIDATED_ROWS, VALIDATION_REPORT, Row, RowError, row_from_record
+from .dataset import (SPLITS, VALIDATED_ROWS, VALIDATION_REPORT, ColumnCheck, Row, RowError, row_from_record,
+                      split_settings, suggested_fraction)
 from .formats import open_source
 from .images import ImageProblem, decode_rgb
 
@@ -36,6 +43,36 @@ TOO_LARGE = "too_large"
 SIZE_MISMATCH = "size_mismatch"
 SQUARE_BAND = (0.8, 1.25)  # width / height counted as about square in the aspect summary
 REPORT_MAX_ROWS = 1000  # report.json lists this many offending rows; quarantine.jsonl has all
+FAILED_SUFFIX = ".failed"
+ROWS_PER_SPLIT_HINT = 3  # the rows a split's suggested fraction should give on average
+
+
+def failure_location(out: str) -> str:
+    """Where a failed validation's report goes: beside ``out``, named as a failure."""
+    return str(out).rstrip("/") + FAILED_SUFFIX
+
+
+def empty_split_warnings(splits: dict[str, int], good: int, cfg: Any) -> list[str]:
+    """One line per split that got no row although the settings ask for it, naming the setting
+    that sizes it and a value that would give it about :data:`ROWS_PER_SPLIT_HINT` rows."""
+    warnings = []
+    for split in SPLITS:
+        if splits.get(split, 0) or not good:
+            continue
+        setting, fraction = split_settings(split, cfg)
+        if fraction <= 0 and split != "train":
+            continue  # no such split asked for
+        use = {"test": "the evaluation samples it (evaluate.split, 'test' by default)",
+               "val": "validation during training samples it (train.validate_every)",
+               "train": "training has nothing to learn from"}[split]
+        if split == "train":
+            fix = "lower data.val_fraction and data.test_fraction"
+        else:
+            fix = (f"validate again with -S {setting}={suggested_fraction(good, ROWS_PER_SPLIT_HINT):g} (about "
+                   f"{ROWS_PER_SPLIT_HINT} rows) or add rows")
+        warnings.append(f"split {split!r} is empty: {setting}={fraction:g} of {good} good rows gave none, and "
+                        f"{use}; {fix}")
+    return warnings
 
 
 def check_images(row: Row, cfg: Any) -> tuple[int, int]:
@@ -85,7 +122,9 @@ def validate(root: str, out: str, cfg: Any) -> dict:
     good: list[dict] = []
     bad: list[dict] = []
     aspects: dict[str, float] = {}
+    columns = ColumnCheck()
     for record in progress(source.records(), total=len(source), desc="validate", unit="row"):
+        columns.see(record)
         row: Optional[Row] = None
         try:
             row = row_from_record(record, source, cfg, seen)
@@ -111,6 +150,7 @@ def validate(root: str, out: str, cfg: Any) -> dict:
     total = len(good) + len(bad)
     if total == 0:
         raise DataError(f"dataset {root} has no rows")
+    columns.check(cfg, source.description)  # a wrong column setting: exit 2, nothing published
     bad_fraction = len(bad) / total
     failed = bad_fraction > cfg.data.max_bad_fraction or not good
     report = {
@@ -124,25 +164,45 @@ def validate(root: str, out: str, cfg: Any) -> dict:
         "max_bad_fraction": cfg.data.max_bad_fraction,
         "errors": dict(sorted(Counter(b["error"] for b in bad).items())),
         "splits": {s: n for s, n in sorted(Counter(g["split"] for g in good).items())},
+        "warnings": [],
         "aspect_ratios": aspect_summary(aspects),
         "bad_rows": [{k: v for k, v in b.items() if k != "record"} for b in bad[:REPORT_MAX_ROWS]],
         "bad_rows_listed": min(len(bad), REPORT_MAX_ROWS),
     }
+    report["warnings"] = [] if failed else empty_split_warnings(report["splits"], len(good), cfg)
+    for cls, n in report["errors"].items():
+        log.warning("%d rows quarantined as %s", n, cls)
+    if failed:
+        _publish_failure(out, report, bad, cfg)
+        first = bad[0]["message"] if bad else ""
+        raise DataError(
+            f"{len(bad)} of {total} rows are bad ({bad_fraction:.1%} > data.max_bad_fraction="
+            f"{cfg.data.max_bad_fraction}), e.g. {first}; nothing published at {out}; report: "
+            f"{storage.join(failure_location(out), VALIDATION_REPORT)}"
+        )
     with storage.publish(out, cfg, extra={"stage": "validate", "status": report["status"]}) as staging:
         (staging / VALIDATION_REPORT).write_text(json.dumps(report, indent=2))
         (staging / QUARANTINE).write_text("".join(json.dumps(b, default=str) + "\n" for b in bad))
         (staging / VALIDATED_ROWS).write_text("".join(json.dumps(g) + "\n" for g in good))
         cfg.write(staging)
-    for cls, n in report["errors"].items():
-        log.warning("%d rows quarantined as %s", n, cls)
-    if failed:
-        first = bad[0]["message"] if bad else ""
-        raise DataError(
-            f"{len(bad)} of {total} rows are bad ({bad_fraction:.1%} > data.max_bad_fraction="
-            f"{cfg.data.max_bad_fraction}), e.g. {first}; report: {storage.join(out, VALIDATION_REPORT)}"
-        )
+    if storage.exists(failure_location(out), cfg):
+        storage.delete(failure_location(out), cfg)  # an earlier failure's report no longer applies
+    for warning in report["warnings"]:
+        log.warning("%s", warning)
     log.info("validated %s: %d good rows, %d quarantined -> %s", root, len(good), len(bad), out)
     return report
+
+
+def _publish_failure(out: str, report: dict, bad: list[dict], cfg: Any) -> None:
+    """Withdraw an earlier verdict at ``out`` (it no longer describes the data) and publish the
+    failure's report and quarantine at :func:`failure_location`; no ``rows.jsonl`` anywhere."""
+    if storage.is_published(out, cfg):
+        log.warning("validation failed: removing the earlier output at %s", out)
+        storage.delete(out, cfg)
+    with storage.publish(failure_location(out), cfg, extra={"stage": "validate", "status": "failed"}) as staging:
+        (staging / VALIDATION_REPORT).write_text(json.dumps(report, indent=2))
+        (staging / QUARANTINE).write_text("".join(json.dumps(b, default=str) + "\n" for b in bad))
+        cfg.write(staging)
 
 
 def _printable(values: Optional[dict]) -> Optional[dict]:

@@ -14,10 +14,14 @@ STEM_CHARS = 48  # of a row id in an image file name
 
 def evaluation_rows(data: str, validated: str, cfg: Any) -> list:
     """The first ``evaluate.num_samples`` validated rows of ``evaluate.split``, ordered by id."""
-    from ..data.dataset import load_rows, load_validated_ids
+    from ..data.dataset import check_split_not_empty, load_rows, load_validated_ids
 
     split = cfg.evaluate.split
-    rows = load_rows(data, cfg, split=split, ids=load_validated_ids(validated, cfg))
+    ids = load_validated_ids(validated, cfg)
+    # Before any model loads: an empty evaluation split is a configuration error (exit 2) that
+    # names the settings sizing the split (`t2iops data validate` already warned about it).
+    check_split_not_empty(ids, split, cfg, validated, f"the evaluation (evaluate.split={split})")
+    rows = load_rows(data, cfg, split=split, ids=ids)
     if not rows:
         raise DataError(f"{data}: no validated rows in split {split!r} (evaluate.split)")
     rows.sort(key=lambda r: r.id)

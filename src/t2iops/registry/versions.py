@@ -104,13 +104,21 @@ def check_location(registry_uri: str, model_name: str, cfg: Any = None) -> list[
 def _check_s3_location(registry_uri: str, cfg: Any) -> None:
     from ..storage.client import named_errors
 
+    from ..storage.client import endpoint_of
+
     bucket, key = storage.split_s3(registry_uri)
     client = storage.s3_client(cfg)
+    elsewhere = (f"or keep the registry in a folder (--registry ./registry, or defaults.registry_uri of the "
+                 "pipeline settings)")
     try:
         with named_errors(client, "open the bucket of", bucket):
             client.head_bucket(Bucket=bucket)
     except FileNotFoundError:
-        raise RegistryError(f"the registry {registry_uri}: bucket {bucket!r} does not exist") from None
+        raise RegistryError(f"the registry {registry_uri}: bucket {bucket!r} does not exist at endpoint "
+                            f"{endpoint_of(client)}; check the bucket name and storage.endpoint_url, "
+                            f"{elsewhere}") from None
+    except storage.StorageError as exc:
+        raise type(exc)(f"the registry {registry_uri}: {exc}; {elsewhere}") from None
     key = key.strip("/")
     if key:
         try:

@@ -126,14 +126,54 @@ def _sdk_errors() -> tuple[type, ...]:
     return (BotoCoreError, ClientError, Boto3Error, RetryDeadlineExceeded, ConnectionError, TimeoutError)
 
 
+# What to set when the store cannot be used at all: said by every storage error of that kind.
+CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE; in a pod, its service "
+                    "account's role), and storage.endpoint_url (or AWS_ENDPOINT_URL) for an S3-compatible store")
+ENDPOINT_HINT = "check storage.endpoint_url (or AWS_ENDPOINT_URL) and that the store is up"
+
+
+class StorageSetupError(StorageError):
+    """The store cannot be used as configured (no credentials, no such bucket): a configuration
+    error, so nothing was done (exit 2)."""
+
+    exit_code = 2
+
+
+def _missing_credentials(exc: BaseException) -> bool:
+    from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+    return isinstance(exc, (NoCredentialsError, PartialCredentialsError)) or error_code(exc) in (
+        "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError
+
+    text = str(exc)
+    return isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ConnectionError)) or (
+        isinstance(exc, RetryDeadlineExceeded) and ("Could not connect" in text or "Connect timeout" in text))
+
+
 @contextlib.contextmanager
 def named_errors(client, action: str, bucket: str, key: str = "") -> Iterator[None]:
     """Turn SDK errors into :class:`StorageError` (or FileNotFoundError for a missing key) whose
-    message names the endpoint, bucket and key."""
+    message names the endpoint, bucket and key, and for a store that cannot be used at all (no
+    credentials, no such bucket, endpoint unreachable) what to set."""
     try:
         yield
     except _sdk_errors() as exc:
-        where = f"s3://{bucket}/{key} (bucket {bucket!r}, key {key!r}, endpoint {endpoint_of(client)})"
+        endpoint = endpoint_of(client)
+        where = f"s3://{bucket}/{key} (bucket {bucket!r}, key {key!r}, endpoint {endpoint})"
+        cause = redact_text(str(exc))
+        if error_code(exc) == "NoSuchBucket":
+            raise StorageSetupError(f"cannot {action} {where}: bucket {bucket!r} does not exist at endpoint "
+                                    f"{endpoint}; check the bucket name and storage.endpoint_url") from None
         if is_missing(exc):
             raise FileNotFoundError(f"{where} does not exist") from None
-        raise StorageError(f"cannot {action} {where}: {redact_text(str(exc))}") from None
+        if _missing_credentials(exc):
+            raise StorageSetupError(f"cannot {action} {where}: no usable AWS credentials ({cause}); "
+                                    f"{CREDENTIALS_HINT}") from None
+        if _unreachable(exc):
+            raise StorageError(f"cannot {action} {where}: endpoint {endpoint} cannot be reached ({cause}); "
+                               f"{ENDPOINT_HINT}") from None
+        raise StorageError(f"cannot {action} {where}: {cause}") from None
