@@ -8,10 +8,11 @@ from typing import Any, Optional
 
 from PIL import Image, ImageDraw
 
-from .plots import COLOURS, GREY, Series, line_chart, nice_ticks, stack
+from .plots import COLOURS, GREY, Chart, Series, nice_ticks, plot, stack
 
 WITHOUT = "without_adapter"
 REAL = "real_images"
+GRID_HEADER, GRID_LEFT = 32, 170  # the grid's column headers (two lines) and row labels, in pixels
 
 
 def scale_of(variant: str) -> float:
@@ -48,29 +49,40 @@ def grid_selection(samples: list[dict], info: dict, rows: int) -> list[tuple[str
     return [(f"rank {r + 1}/{n}: {metric['name']} {s[key]:.3f}", s) for r, s in chosen]
 
 
-def make_grid(local_shards: list[Path], selection: list[tuple[str, dict]], info: dict) -> Image.Image:
-    """Rows of condition | without adapter | with adapter (each scale) | real image, labelled
-    with the sample's rank, id and prompt."""
+def grid_columns(info: dict, with_real: bool) -> list[tuple[str, str]]:
+    """``(image folder key, header)`` per grid column, left to right: the condition, the images
+    without the adapter, the adapter at each conditioning scale in increasing order, the real
+    image. Scale 0 is not a column of its own: its images are the ones without the adapter
+    (the same bits), so that column's header says "scale 0" instead."""
     variants = info["variants"]
-    keys = ["condition", *variants]
-    labels = ["condition", "without adapter"] + [f"with adapter (scale {v.split('@')[1]})" for v in variants[1:]]
-    if all((path / REAL).is_dir() for path in local_shards):
-        keys.append(REAL)
-        labels.append("real image")
+    scales = sorted(scale_of(v) for v in variants[1:])
+    columns = [("condition", "condition"),
+               (WITHOUT, "without adapter\n(scale 0)" if 0 in scales else "without adapter")]
+    by_scale = {scale_of(v): v for v in variants[1:]}
+    columns += [(by_scale[s], f"with adapter\nscale {s:g}") for s in scales if s != 0]
+    return columns + ([(REAL, "real image")] if with_real else [])
+
+
+def make_grid(local_shards: list[Path], selection: list[tuple[str, dict]], info: dict,
+              columns: Optional[list[tuple[str, str]]] = None) -> Image.Image:
+    """Rows of the :func:`grid_columns` (condition | without adapter | with adapter, each scale |
+    real image), each labelled with the sample's rank, id and prompt."""
+    columns = columns or grid_columns(info, all((path / REAL).is_dir() for path in local_shards))
     cell = min(max(info["resolution"], 128), 256)
-    header, left = 18, 170
-    grid = Image.new("RGB", (left + cell * len(labels), header + cell * len(selection)), "white")
+    header, left = GRID_HEADER, GRID_LEFT
+    grid = Image.new("RGB", (left + cell * len(columns), header + cell * len(selection)), "white")
     draw = ImageDraw.Draw(grid)
-    for c, label in enumerate(labels):
-        draw.text((left + c * cell + 4, 3), label, fill="black")
-    folders = {"condition": "conditions", REAL: REAL, **{v: f"images/{v}" for v in variants}}
+    for c, (_, label) in enumerate(columns):
+        for k, line in enumerate(label.split("\n")):
+            draw.text((left + c * cell + 4, 3 + 13 * k), line, fill="black")
+    folders = {"condition": "conditions", REAL: REAL, **{v: f"images/{v}" for v in info["variants"]}}
     for r, (tag, s) in enumerate(selection):
         y = header + r * cell
         draw.text((4, y + 4), tag, fill="black")
         draw.text((4, y + 18), f"#{s['index']} {str(s['id'])[:24]}", fill="black")
         for k, line in enumerate(_wrap(s["prompt"], 26)[:6]):
             draw.text((4, y + 34 + 12 * k), line, fill="gray")
-        for c, key in enumerate(keys):
+        for c, (key, _) in enumerate(columns):
             path = _find(local_shards, folders[key], sample_file(s))
             with Image.open(path) as im:
                 _paste_fitted(grid, im.convert("RGB"), left + c * cell, y, cell)
@@ -106,6 +118,11 @@ def _wrap(text: str, width: int) -> list[str]:
 
 # -- loss curve -------------------------------------------------------------------------------
 def loss_curve_figure(curve: dict) -> Optional[Image.Image]:
+    chart = loss_curve_chart(curve)
+    return chart.image if chart is not None else None
+
+
+def loss_curve_chart(curve: dict) -> Optional[Chart]:
     """The adapter's training loss per step, with a moving average when there are many points."""
     steps, losses = curve.get("steps") or [], curve.get("loss") or []
     if not steps:
@@ -119,17 +136,20 @@ def loss_curve_figure(curve: dict) -> Optional[Image.Image]:
         series = [Series("loss", steps, losses, (170, 200, 230)),
                   Series(f"mean of {window} points", steps, smooth, COLOURS[0])]
     ticks = [t for t in nice_ticks(steps[0], steps[-1]) if t == int(t)]  # steps are whole numbers
-    return line_chart(series, "training loss of the adapter", "step", "loss", x_ticks=ticks or None)
+    return plot(series, "training loss of the adapter", "step", "loss", x_ticks=ticks or None)
 
 
 # -- conditioning-scale sweep -----------------------------------------------------------------
 def sweep_table(metrics: dict, info: dict, names: list[str]) -> list[list]:
     """Rows ``[scale, value per metric...]``: "without adapter" first, then each conditioning
-    scale in increasing order, then "real images" when measured."""
-    variants = info["variants"][1:]
-    rows = [["without adapter", *[metrics[n]["without_adapter"] for n in names]]]
-    for v in sorted(variants, key=scale_of):
-        rows.append([scale_of(v), *[_at_scale(metrics, info, n, v) for n in names]])
+    scale in increasing order, then "real images" when measured. Scale 0 is the row without
+    the adapter (the same images), labelled "0 (without adapter)", not a second row."""
+    variants = sorted(info["variants"][1:], key=scale_of)
+    zero = any(scale_of(v) == 0 for v in variants)
+    rows = [["0 (without adapter)" if zero else "without adapter", *[metrics[n]["without_adapter"] for n in names]]]
+    for v in variants:
+        if scale_of(v) != 0:
+            rows.append([scale_of(v), *[_at_scale(metrics, info, n, v) for n in names]])
     if any("real_images" in metrics[n] for n in names):
         rows.append(["real images", *[metrics[n].get("real_images", "-") for n in names]])
     return rows
@@ -142,6 +162,10 @@ def _at_scale(metrics: dict, info: dict, name: str, variant: str) -> Any:
 
 
 def sweep_figure(metrics: dict, info: dict, per_sample: list[dict]) -> Image.Image:
+    return stack([chart.image for chart in sweep_charts(metrics, info, per_sample)])
+
+
+def sweep_charts(metrics: dict, info: dict, per_sample: list[dict]) -> list[Chart]:
     """One panel per per-sample metric: its value at each conditioning scale, with dashed
     lines at the value without the adapter and on the real images."""
     variants = sorted(info["variants"][1:], key=scale_of)
@@ -157,6 +181,6 @@ def sweep_figure(metrics: dict, info: dict, per_sample: list[dict]) -> Image.Ima
             series.append(Series("real images", [scales[0], scales[-1]], [metrics[name]["real_images"]] * 2,
                                  COLOURS[2], dashed=True))
         better = "higher" if m["higher_is_better"] else "lower"
-        panels.append(line_chart(series, f"{name} ({better} is better) vs conditioning scale",
-                                 "adapter conditioning scale", name, x_ticks=scales))
-    return stack(panels)
+        panels.append(plot(series, f"{name} ({better} is better) vs conditioning scale",
+                           "adapter conditioning scale", name, x_ticks=scales))
+    return panels

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import json
 import shutil
 from pathlib import Path
@@ -24,14 +23,14 @@ import numpy as np
 
 from .clip_score import dataset_clip_score
 from .fid import fids_against, kernel_inception_distance
-from .figures import (grid_selection, loss_curve_figure, make_grid, ranking_metric, sample_file, sweep_figure,
-                      sweep_table)
+from .figures import (grid_columns, grid_selection, loss_curve_figure, make_grid, ranking_metric, sample_file,
+                      sweep_figure, sweep_table)
+from .report_pages import GRID, LOSS_CURVE, SWEEP, headline, markdown, meanings, page
 from .training_curve import TRAINING_CURVE
 
 WITHOUT = "without_adapter"
 REAL = "real_images"
 FULL_RANK_N = 2048
-GRID, LOSS_CURVE, SWEEP = "grid.png", "loss_curve.png", "sweep.png"
 
 
 def _per_sample_metrics(info: dict, samples: list[dict]) -> list[dict]:
@@ -166,10 +165,6 @@ def _settings(info: dict, cfg: Any) -> list[tuple[str, Any]]:
     ]
 
 
-def _fmt(x: Any) -> str:
-    return f"{x:.4g}" if isinstance(x, float) else str(x)
-
-
 def write_outputs(staging: Path, local_shards: list[Path], samples: list[dict], metrics: dict, info: dict, cfg: Any) -> None:
     info = {**info, "condition_kind": cfg.evaluate.condition_kind}
     (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -182,7 +177,8 @@ def write_outputs(staging: Path, local_shards: list[Path], samples: list[dict], 
             shutil.copytree(path / REAL, staging / REAL, dirs_exist_ok=True)
 
     selection = grid_selection(samples, info, cfg.evaluate.grid_rows)
-    figures = {GRID: make_grid(local_shards, selection, info)}
+    columns = grid_columns(info, all((path / REAL).is_dir() for path in local_shards))
+    figures = {GRID: make_grid(local_shards, selection, info, columns)}
     curve = _training_curve(local_shards[0])
     loss_figure = loss_curve_figure(curve)
     if loss_figure is not None:
@@ -196,18 +192,23 @@ def write_outputs(staging: Path, local_shards: list[Path], samples: list[dict], 
     for name, image in figures.items():
         image.save(staging / name)
         embedded[name] = base64.b64encode((staging / name).read_bytes()).decode()
-    ranked_by = ranking_metric(info)["name"]
+    table = _rows_for_table(metrics, info, samples)
+    shown = [row[0] for row in table] + (["loss"] if LOSS_CURVE in figures else [])
+    ranked_by = ranking_metric(info)
+    scale = info["variants"][1].split("@")[1]
     parts = {
-        "table": _rows_for_table(metrics, info, samples), "settings": _settings(info, cfg),
+        "table": table, "settings": _settings(info, cfg),
         "caveats": notes(metrics, info) + ([f"loss curve: {curve['missing']}"] if curve.get("missing") else []),
         "gate": metrics["gate"], "metrics": metrics, "sweep": sweep,
-        "grid_caption": f"the best and the worst samples by {ranked_by} with the adapter (scale "
-                        f"{info['variants'][1].split('@')[1]}), best first: condition | without adapter | "
-                        "with adapter (each scale) | real image",
+        "headline": headline(metrics, ranked_by, scale),
+        "meanings": meanings(shown, {m["name"]: m.get("description", "") for m in per_sample}),
+        "grid_caption": f"the best and the worst samples by {ranked_by['name']} with the adapter (scale {scale}), "
+                        "best first; columns",
+        "grid_columns": [label.replace("\n", " ") for _, label in columns],
         "loss_source": curve.get("source"),
     }
-    (staging / "report.md").write_text(_markdown(parts, {n: n for n in figures}))
-    (staging / "report.html").write_text(_html(parts, {n: f"data:image/png;base64,{b}" for n, b in embedded.items()}))
+    (staging / "report.md").write_text(markdown(parts, {n: n for n in figures}))
+    (staging / "report.html").write_text(page(parts, {n: f"data:image/png;base64,{b}" for n, b in embedded.items()}))
 
 
 def _training_curve(shard: Path) -> dict:
@@ -245,81 +246,3 @@ def _write_samples_csv(path: Path, samples: list[dict], per_sample: list[dict], 
                 row += [wo, w, w - wo] + [s[f"{m['name']}/{v}"] for v in variants[2:]]
                 row += [s[f"{m['name']}/{REAL}"]] if real[m["name"]] else []
             writer.writerow(row)
-
-
-def _gate_lines(gate: dict) -> list[tuple]:
-    return [(c["name"], _fmt(c["value"]), f"{c['op']} {_fmt(c['threshold'])}", "pass" if c["passed"] else "FAIL",
-             c.get("note", "")) for c in gate["checks"]]
-
-
-def _markdown(parts: dict, images: dict) -> str:
-    metrics, gate = parts["metrics"], parts["gate"]
-    out = ["# Adapter evaluation", "", f"{metrics['num_samples']} samples. Lift = with adapter - without adapter "
-           "(same seeds, same prompts).", "", "| metric | without adapter | with adapter | lift | real images | better |",
-           "|---|---|---|---|---|---|"]
-    out += [f"| {' | '.join(_fmt(x) for x in row)} |" for row in parts["table"]]
-    if parts["sweep"]:
-        columns, rows = parts["sweep"]
-        out += ["", "## Conditioning-scale sweep", "", f"| {' | '.join(columns)} |", "|" + "---|" * len(columns)]
-        out += [f"| {' | '.join(_fmt(x) for x in row)} |" for row in rows]
-        out += ["", f"![metrics vs conditioning scale]({images[SWEEP]})"]
-    out += ["", "## Samples", "", parts["grid_caption"] + ".", "", f"![{parts['grid_caption']}]({images[GRID]})"]
-    if LOSS_CURVE in images:
-        out += ["", "## Training loss", "", f"From `{parts['loss_source']}`.", "",
-                f"![training loss]({images[LOSS_CURVE]})"]
-    out += ["", "## Notes", ""]
-    out += [f"- {c}" for c in parts["caveats"]] or ["- none"]
-    verdict = "passed" if gate["passed"] else "FAILED"
-    out += ["", f"## Gate: {verdict}", ""]
-    if gate["checks"]:
-        out += ["| check | value | needs | result | note |", "|---|---|---|---|---|"]
-        out += [f"| {' | '.join(line)} |" for line in _gate_lines(gate)]
-    else:
-        out.append("No thresholds configured (evaluate.gate).")
-    out += ["", "## Settings", "", "| setting | value |", "|---|---|"]
-    out += [f"| {k} | {v} |" for k, v in parts["settings"]]
-    return "\n".join(out) + "\n"
-
-
-def _html(parts: dict, images: dict) -> str:
-    """The report as one self-contained page: every image is a data: URI."""
-    e = html.escape
-    metrics, gate = parts["metrics"], parts["gate"]
-
-    def rows(items):
-        return "".join("<tr>" + "".join(f"<td>{e(_fmt(x))}</td>" for x in item) + "</tr>" for item in items)
-
-    def head(columns):
-        return "<tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>"
-
-    def img(name, alt):
-        return f'<img alt="{e(alt)}" src="{images[name]}">'
-
-    verdict = "passed" if gate["passed"] else "FAILED"
-    gate_html = (f"<table>{head(['check', 'value', 'needs', 'result', 'note'])}{rows(_gate_lines(gate))}</table>"
-                 if gate["checks"] else "<p>No thresholds configured.</p>")
-    sweep_html = ""
-    if parts["sweep"]:
-        columns, sweep_rows = parts["sweep"]
-        sweep_html = (f"<h2>Conditioning-scale sweep</h2><table>{head(columns)}{rows(sweep_rows)}</table>"
-                      f"<p>{img(SWEEP, 'metrics vs conditioning scale')}</p>")
-    loss_html = ""
-    if LOSS_CURVE in images:
-        loss_html = (f"<h2>Training loss</h2><p>From <code>{e(str(parts['loss_source']))}</code>.</p>"
-                     f"<p>{img(LOSS_CURVE, 'training loss')}</p>")
-    metric_columns = ["metric", "without adapter", "with adapter", "lift", "real images", "better"]
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Adapter evaluation</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}img{{image-rendering:pixelated}}</style></head>
-<body><h1>Adapter evaluation</h1>
-<p>{metrics['num_samples']} samples. Lift = with adapter - without adapter (same seeds, same prompts).</p>
-<table>{head(metric_columns)}{rows(parts['table'])}</table>
-{sweep_html}
-<h2>Samples</h2><p>{e(parts['grid_caption'])}.</p><p>{img(GRID, parts['grid_caption'])}</p>
-{loss_html}
-<h2>Notes</h2><ul>{''.join(f'<li>{e(c)}</li>' for c in parts['caveats']) or '<li>none</li>'}</ul>
-<h2>Gate: {verdict}</h2>{gate_html}
-<h2>Settings</h2><table>{rows(parts['settings'])}</table>
-</body></html>
-"""
