@@ -284,8 +284,8 @@ def test_inline_commands_paths_and_links_exist():
             where = f"{name} (inline `{span}`)"
             if span.startswith(("t2iops ", "dvc ")) and "<" not in span and "..." not in span:
                 problems += _check_command(span, {}, where, inline=True)
-            elif REPO_FOLDER_PATH.match(span):
-                problems += _check_paths([span], where, REPO_FOLDER_PATH)
+            else:  # `bash scripts/x.sh`, `--params src/...`: each word that names a repository path
+                problems += _check_paths([w.strip("[](),;:'\"") for w in span.split()], where, REPO_FOLDER_PATH)
         for target in re.findall(r"\]\(([^)\s#]+)(?:#[^)]*)?\)", doc.read_text()):
             if not re.match(r"^[a-z]+:", target) and not (doc.parent / target).exists():
                 problems.append(f"{name}: link ({target}) leads nowhere")
