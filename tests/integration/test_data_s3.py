@@ -60,11 +60,18 @@ def test_bad_row_on_s3_fails_validation_with_report_on_s3(s3_bucket, tmp_path, c
     rc = main(["data", "validate", "--root", data, "--out", validated, *opts])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "1 of 6 rows are bad" in err[0] and "images/000002.png" in err[0]
-    report = json.loads(storage.read_text(f"{validated}/report.json", cfg))
+    # Nothing at --out that encode could take for a verdict; the failure report beside it, named so.
+    assert not storage.is_published(validated, cfg) and not storage.list_files(validated, cfg)
+    failed = f"{validated}.failed"
+    assert f"report: {failed}/report.json" in err[0]
+    report = json.loads(storage.read_text(f"{failed}/report.json", cfg))
     assert report["status"] == "failed" and report["errors"] == {"corrupt_image": 1}
-    quarantine = storage.read_text(f"{validated}/quarantine.jsonl", cfg).splitlines()
+    quarantine = storage.read_text(f"{failed}/quarantine.jsonl", cfg).splitlines()
     assert json.loads(quarantine[0])["id"] == "000002"
+    assert not storage.exists(f"{failed}/rows.jsonl", cfg)
     with pytest.raises(DataError, match="failed"):
+        load_validated_ids(failed, cfg)
+    with pytest.raises(DataError, match="run `t2iops data validate"):
         load_validated_ids(validated, cfg)
 
 
