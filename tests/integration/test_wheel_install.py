@@ -79,10 +79,14 @@ def test_the_installed_wheel_compiles_the_same_package_as_the_checkout(installed
 def test_the_installed_wheel_runs_the_pipeline_locally(installed):
     _, t2iops, env, outside = installed
     done = _run([str(t2iops), "pipeline", "run-local", "--params", str(ROOT / "params.yaml"),
-                 "--work", str(outside / "run"), "-S", "evaluate.gate.min_circle_iou=null"], cwd=outside, env=env,
-                timeout=1500)
+                 "--work", str(outside / "run"), "-S", "evaluate.gate.min_circle_iou=null", "-S", "train.max_steps=3"],
+                cwd=outside, env=env, timeout=1500)
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     assert outcome["gate_passed"] is True, done.stderr[-3000:]
+    # --smoke shrinks every stage but never a key the user set: 3 steps, not the smoke size's 2
+    assert "--smoke: kept your -S for train.max_steps" in done.stderr
+    (summary,) = (outside / "run" / "runs").rglob("train/summary.json")
+    assert json.loads(summary.read_text())["steps"] == 3
     registry = Path(outcome["registry_uri"]) / "t2i-adapter"
     (version,) = [p for p in registry.iterdir() if p.is_dir()]
     files = json.loads((version / "_manifest.json").read_text())["files"]

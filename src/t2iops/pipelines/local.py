@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 from ..config import Config, load_config
 from ..errors import UsageError
@@ -43,6 +43,24 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "evaluate.num_inference_steps": 2,
     "evaluate.fid": "off",
 }
+
+
+def smoke_overrides(explicit: Sequence[str] = ()) -> dict[str, Any]:
+    """The smoke sizes, less the keys the user set explicitly (``-S``: a key given, or a section
+    holding it, e.g. ``-S data.synth={...}``, wins over the smoke size). Logs what it applied and
+    what it kept, so a smoke run never silently replaces a value the user typed."""
+    given = set(explicit)
+
+    def kept(key: str) -> bool:
+        parts = key.split(".")
+        return any(".".join(parts[:i]) in given for i in range(1, len(parts) + 1))
+
+    applied = {k: v for k, v in SMOKE_OVERRIDES.items() if not kept(k)}
+    skipped = sorted(set(SMOKE_OVERRIDES) - set(applied))
+    log.info("--smoke: %s", ", ".join(f"{k}={v}" for k, v in applied.items()) or "nothing to shrink")
+    if skipped:
+        log.info("--smoke: kept your -S for %s", ", ".join(skipped))
+    return applied
 
 
 @dataclass
@@ -111,6 +129,7 @@ def run_local(
     settings: Optional[str | Path] = None,
     runner: str = "subprocess",
     image: Optional[str] = None,
+    explicit: Sequence[str] = (),
 ) -> LocalOutcome:
     """Run the pipeline end to end; returns whether the gate passed and where things went.
 
@@ -118,7 +137,8 @@ def run_local(
     an S3 server already running (bucket ``t2iops-local``, created when missing). With S3, a base
     model or a ``data_source`` given as a local folder is uploaded first, so every step reads its
     inputs from the store, as in a cluster. ``runner``: 'subprocess' (this Python environment) or
-    'docker' (every step in the project image, ``image`` or the settings' ``image``)."""
+    'docker' (every step in the project image, ``image`` or the settings' ``image``).
+    ``explicit``: the keys the user set with ``-S``; ``smoke`` never replaces those."""
     from kfp import local
 
     from .compile import build_pipeline, read_package, validate_arguments
@@ -131,7 +151,7 @@ def run_local(
     work.mkdir(parents=True, exist_ok=True)
     overrides = flatten_overrides(cfg.to_dict())
     if smoke:
-        overrides.update(SMOKE_OVERRIDES)
+        overrides.update(smoke_overrides(explicit))
     overrides["model.base_model"] = resolve_base_model(base_model, cfg, work)
     overrides["storage.cache_dir"] = str(work / "cache")
     parameters = dict(parameters or {})
