@@ -93,7 +93,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "a tiny base model built on the spot (or --base-model), "
         "storage in a folder, a moto S3 server on 127.0.0.1 (--s3 moto) or an S3 server already running (--s3 URL; "
         "bucket t2iops-local). With S3, a local base model or -p data_source=FOLDER is uploaded first, so every step "
-        "reads its inputs from the store. --smoke (default) shrinks every stage to a few samples and steps; --full "
+        "reads its inputs from the store. --smoke (default) shrinks every stage to a few samples and steps (a key you "
+        "set with -S keeps your value, and the log says which sizes it applied); --full "
         "keeps the configuration as given. Exit 3 when the gate failed.",
     )
     loc.add_argument("--work", default="runs/pipeline-local", help="working folder (default runs/pipeline-local)")
@@ -105,7 +106,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
     loc.add_argument("--base-model", default="tiny-sd15",
                      help="tiny-sd15 | tiny-sdxl (built in the work folder) | config (model.base_model) | a path (default tiny-sd15)")
     size = loc.add_mutually_exclusive_group()
-    size.add_argument("--smoke", dest="smoke", action="store_true", default=True, help="few samples and steps (default)")
+    size.add_argument("--smoke", dest="smoke", action="store_true", default=True, help="few samples and steps, except the keys set with -S (default)")
     size.add_argument("--full", dest="smoke", action="store_false", help="the configuration as given")
     loc.add_argument("-p", "--param", dest="run_params", action="append", default=[], metavar="NAME=VALUE",
                      help="run parameter, e.g. -p eval_shards='[0,1,2]'")
@@ -217,8 +218,11 @@ def _run_local(args, cfg) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             compiler.Compiler().compile(build_pipeline(cfg, load_settings(args.settings, image=args.image)), f"{tmp}/p.yaml")
             parameters = parse_cli_parameters(args.run_params, read_package(f"{tmp}/p.yaml"))
+    from ..config.loading import parse_override
+
+    explicit = [".".join(parse_override(item)[0]) for item in args.overrides or []]
     outcome = run_local(args.work, cfg, parameters, s3=args.s3, base_model=args.base_model, smoke=args.smoke,
-                        settings=args.settings, runner=args.runner, image=args.image)
+                        settings=args.settings, runner=args.runner, image=args.image, explicit=explicit)
     print(json.dumps({"gate_passed": outcome.gate_passed, "seconds": round(outcome.seconds, 1),
                       "pipeline_root": str(outcome.pipeline_root), "registry_uri": outcome.registry_uri}))
     if not outcome.gate_passed:
