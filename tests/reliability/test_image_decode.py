@@ -289,6 +289,6 @@ def test_unsupported_mode_is_quarantined_by_name(tmp_path):
     cfg = load_config(overrides=["data.min_size=8"])
     with pytest.raises(DataError, match=r"float.tiff: 32-bit float pixels \(mode F\) have no defined 8-bit scale"):
         validate(str(root), str(tmp_path / "validated"), cfg)
-    report = json.loads((tmp_path / "validated" / "report.json").read_text())
+    report = json.loads((tmp_path / "validated.failed" / "report.json").read_text())  # beside --out: it failed
     assert report["errors"] == {UNSUPPORTED_IMAGE: 1}
     assert "float.tiff: 32-bit float pixels (mode F)" in report["bad_rows"][0]["message"]
