@@ -8,7 +8,8 @@ import sys
 FORMAT_HELP = """Dataset format: a folder or s3:// prefix with metadata.jsonl (or metadata.parquet / *.parquet
 shards) whose rows name an image, a conditioning image and a caption (columns set by
 data.image_column, data.conditioning_image_column, data.caption_column, data.id_column), a
-datasets save_to_disk folder, or a Hugging Face dataset id such as fusing/fill50k."""
+datasets save_to_disk folder, or a Hugging Face dataset written hf://owner/name (e.g.
+hf://fusing/fill50k; without hf:// a root is always a local path)."""
 
 
 def register(subparsers, common: argparse.ArgumentParser) -> None:
@@ -39,7 +40,8 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         description="Check every row (files exist and decode, sizes, captions, paths stay inside the root, "
         "duplicate ids, decompression bombs from the header). Writes OUT/report.json, OUT/quarantine.jsonl, "
         "OUT/rows.jsonl (good rows: id + split) and the resolved config; exits 1 when the share of bad rows "
-        "exceeds data.max_bad_fraction (default 0), the report is still written.\n\n" + FORMAT_HELP,
+        "exceeds data.max_bad_fraction (default 0): then nothing is left at OUT and the report and quarantine "
+        "go to OUT.failed. An empty split is a warning naming the setting that sizes it.\n\n" + FORMAT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     validate.add_argument("--root", default=None, help="dataset to check (default: data.root)")
