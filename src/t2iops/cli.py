@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "t2iops.export.commands",
     "t2iops.pipelines.commands",
     "t2iops.evaluate.commands",
+    "t2iops.serve.commands",  # `generate`: images from an adapter, an export or the registry's champion
     "t2iops.retrain.commands",  # `retrain`, and `registry` with the pipeline settings' default location
 ]
 
