@@ -34,6 +34,7 @@ COMMAND_MODULES = [
     "t2iops.evaluate.commands",
     "t2iops.serve.commands",  # `generate`: images from an adapter, an export or the registry's champion
     "t2iops.retrain.commands",  # `retrain`, and `registry` with the pipeline settings' default location
+    "t2iops.serve.serve_command",  # `serve`: the champion over the Open Inference Protocol
 ]
 
 DESCRIPTION = """Train, evaluate and export T2I-Adapters for Stable Diffusion XL and 1.5.
