@@ -100,6 +100,12 @@ def test_a_failed_validation_publishes_nothing_at_out_and_its_report_beside_it(t
     assert main(["data", "validate", "--root", str(root), "--out", str(out), *caption]) == 0
     assert (out / "rows.jsonl").exists() and not failed.exists()  # a pass clears the stale failure report
 
+    # Only an earlier verdict is withdrawn, never another stage's output named as --out by mistake.
+    assert main(["data", "validate", "--root", str(root), "--out", str(twenty), *caption,
+                 "-S", "data.max_bad_fraction=0.01"]) == 1
+    assert (twenty / "metadata.jsonl").exists() and (twenty.parent / "my-dataset.failed" / "report.json").exists()
+    capsys.readouterr()
+
 
 def test_a_local_looking_dataset_path_is_never_sent_to_the_hub(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)

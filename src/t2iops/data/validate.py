@@ -196,8 +196,12 @@ def validate(root: str, out: str, cfg: Any) -> dict:
 def _publish_failure(out: str, report: dict, bad: list[dict], cfg: Any) -> None:
     """Withdraw an earlier verdict at ``out`` (it no longer describes the data) and publish the
     failure's report and quarantine at :func:`failure_location`; no ``rows.jsonl`` anywhere."""
-    if storage.is_published(out, cfg):
-        log.warning("validation failed: removing the earlier output at %s", out)
+    try:
+        earlier = storage.read_manifest(out, cfg).get("stage")
+    except storage.NotPublished:
+        earlier = None
+    if earlier == "validate":  # only an earlier verdict: never whatever else --out names by mistake
+        log.warning("validation failed: removing the earlier verdict at %s", out)
         storage.delete(out, cfg)
     with storage.publish(failure_location(out), cfg, extra={"stage": "validate", "status": "failed"}) as staging:
         (staging / VALIDATION_REPORT).write_text(json.dumps(report, indent=2))
