@@ -158,3 +158,20 @@ def test_an_endpoint_that_refuses_connections_is_named_with_the_setting(tmp_path
     assert rc == 1, line
     assert "endpoint http://127.0.0.1:9 cannot be reached" in line and "check storage.endpoint_url" in line
     assert "bucket 'my-bucket'" in line
+
+
+def test_access_denied_names_the_bucket_and_the_credentials(monkeypatch):
+    from botocore.exceptions import ClientError
+
+    from t2iops.storage import StorageError, s3_client
+    from t2iops.storage.client import named_errors
+
+    client = s3_client(load_config(overrides=["storage.endpoint_url=http://127.0.0.1:9"]))
+    denied = ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"},
+                          "ResponseMetadata": {"HTTPStatusCode": 403}}, "GetObject")
+    with pytest.raises(StorageError) as info:
+        with named_errors(client, "read", "team-bucket", "runs/cache/cache.json"):
+            raise denied  # what botocore raises for a 403 from the store
+    message = str(info.value)
+    assert "bucket 'team-bucket'" in message and "endpoint http://127.0.0.1:9" in message
+    assert "access denied" in message and "AWS_PROFILE" in message

@@ -173,6 +173,9 @@ def named_errors(client, action: str, bucket: str, key: str = "") -> Iterator[No
         if _missing_credentials(exc):
             raise StorageSetupError(f"cannot {action} {where}: no usable AWS credentials ({cause}); "
                                     f"{CREDENTIALS_HINT}") from None
+        if error_code(exc) in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
+            raise StorageError(f"cannot {action} {where}: access denied ({cause}); the credentials in use "
+                               f"(AWS_ACCESS_KEY_ID / AWS_PROFILE) lack permission on bucket {bucket!r}") from None
         if _unreachable(exc):
             raise StorageError(f"cannot {action} {where}: endpoint {endpoint} cannot be reached ({cause}); "
                                f"{ENDPOINT_HINT}") from None
