@@ -50,7 +50,9 @@ The workflow, in order (dvc.yaml runs steps 1-7: `dvc repro export`):
   7. export                ONNX adapters for serving, parity-checked
   8. pipeline              the same stages as a Kubeflow pipeline: compile, submit, schedule, or
                            run-local on this machine
-  9. registry, retrain     list, promote, roll back published models; retrain on new data or params"""
+  9. registry, retrain     list, promote, roll back published models; retrain on new data or params
+ 10. generate, serve       images from an adapter, an export or the champion; the champion over HTTP
+Any time: config (show, presets, schema), model (tiny, inspect)."""
 
 EPILOG = """exit codes: 0 ok, 1 stage failed, 2 usage or configuration error, 3 evaluation gate failed.
 Configuration: --params FILE (default ./params.yaml when present, else the schema's defaults: a real

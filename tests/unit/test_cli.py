@@ -70,6 +70,10 @@ def test_command_reference_is_current():
     assert (root / "docs" / "cli.md").read_text() == mod.render(), "run scripts/gen_cli_docs.py"
 
 
+def _subparsers_of(parser: argparse.ArgumentParser) -> dict:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def _subparser(parser: argparse.ArgumentParser, *path: str) -> argparse.ArgumentParser:
     for name in path:
         parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
@@ -80,12 +84,15 @@ def test_top_level_help_lists_the_workflow_in_order():
     parser = build_parser()
     text = parser.format_help()
     order = ["data synth", "data validate", "toy-base", "encode", "train", "evaluate", "export", "pipeline",
-             "registry, retrain"]
-    positions = [text.find(f"{n}. {name}") for n, name in enumerate(order, 1)]
+             "registry, retrain", "generate, serve"]
+    positions = [text.find(f"{n:>2}. {name}") for n, name in enumerate(order, 1)]
     assert -1 not in positions and positions == sorted(positions), text
+    named = {"config", "model"}  # the commands for any time, after the steps
     for name in order:  # each step names a real command
         for command in name.split(", "):
             _subparser(parser, *command.split())
+            named.add(command.split()[0])
+    assert named == set(_subparsers_of(parser)), "place every top-level command in the workflow of cli.DESCRIPTION"
 
 
 def test_pipeline_help_lists_every_run_parameter_of_the_real_pipeline():
