@@ -170,7 +170,7 @@ def test_bad_inputs_are_refused_before_any_image(served, capsys, tmp_path):
     odd = circle(tmp_path / "odd.png", 64, 72)
     rc, _, err = generate(served, capsys, tmp_path / "o", "--adapter", export, "--condition", str(odd),
                           "--prompt", "x")
-    assert rc == 2 and f"{odd}: condition: height 72 (nearest valid: 64 or 80)" in err, err
+    assert rc == 2 and f"image 0 (condition {odd}): condition: height 72 (nearest valid: 64 or 80)" in err, err
     rc, _, err = generate(served, capsys, tmp_path / "o", "--adapter", export, "--conditions", str(conditions),
                           "--prompt", "a", "--prompt", "b", "--prompt", "c")
     assert rc == 2 and "--prompt given 3 times for 2 conditions" in err, err
@@ -179,7 +179,7 @@ def test_bad_inputs_are_refused_before_any_image(served, capsys, tmp_path):
     assert rc == 2 and "runtime onnxruntime needs an export" in err, err
     rc, _, err = generate(served, capsys, tmp_path / "o", "--adapter", export, "--conditions", str(conditions),
                           "--prompt", "x" * 10_000)
-    assert rc == 2 and "prompt: 10000 characters, more than the limit of 2000" in err, err
+    assert rc == 2 and "): prompt: 10000 characters, more than the limit of 2000" in err, err
     rc, _, err = generate(served, capsys, tmp_path / "o", "--adapter", "registry:v9", "--registry",
                           str(served["registry"]), "--conditions", str(conditions), "--prompt", "x")
     assert rc == 2 and "'v9' is not published" in err, err
@@ -205,3 +205,52 @@ def test_a_validated_split_and_an_unpublished_adapter_folder(served, capsys, tmp
     assert len(record["images"]) == 2 and all(i["row_id"] and i["prompt"] for i in record["images"])
     assert [(i["width"], i["height"]) for i in record["images"]] == [(64, 48)] * 2
     assert Image.open(tmp_path / "out" / record["images"][0]["file"]).size == (64, 48)
+
+
+def test_a_training_output_records_its_base_model(served, capsys, tmp_path):
+    """``O/adapter`` of a training run published by the trainer's own publish step: checked
+    against O's manifest, the base model read from O/summary.json."""
+    from safetensors.torch import load_file
+
+    from t2iops.train.result import publish_result
+
+    folder, cfg = served["work"] / "adapter-v1", served["cfg"]
+    summary = {"steps": 0, "data_version": "none", "base_model": {"path": cfg.model.base_model, "dtype": "fp32"}}
+    publish_result(str(tmp_path / "O"), load_file(folder / "diffusion_pytorch_model.safetensors"),
+                   json.loads((folder / "config.json").read_text()), summary, cfg)
+    rc, _, err = generate(served, capsys, tmp_path / "out", "--adapter", str(tmp_path / "O" / "adapter"),
+                          "--condition", str(served["conditions"] / "a.png"), "--prompt", "red circle")
+    assert rc == 0, err
+    record = json.loads((tmp_path / "out" / "generation.json").read_text())
+    assert record["adapter"]["kind"] == "training" and record["adapter"]["verified"] is True
+    assert record["adapter"]["sha256"] == manifest_sha(tmp_path / "O", "adapter/diffusion_pytorch_model.safetensors")
+    assert record["base_model"]["dtype"] == "fp32"
+
+
+@pytest.mark.s3
+def test_the_champion_of_an_s3_registry(served, capsys, tmp_path, s3_bucket):
+    """Verified on S3, copied through the manifest's versioned keys; a tampered object is named."""
+    import boto3
+
+    from t2iops.pipelines.registry import publish_model
+    from t2iops.storage import VERSIONS
+
+    endpoint, bucket = s3_bucket
+    registry = f"s3://{bucket}/registry"
+    cfg = preset_config("toy", [f"storage.endpoint_url={endpoint}"])
+    publish_model(str(served["work"] / "export-v2"), registry, MODEL, "v2", cfg)
+    s3 = ["-S", f"storage.endpoint_url={endpoint}", "--registry", registry]
+    assert main(["registry", "promote", "v2", *served["args"], *s3]) == 0
+    common = ["--adapter", "registry:champion", "--runtime", "onnxruntime", "--condition",
+              str(served["conditions"] / "a.png"), "--prompt", "red circle", *s3]
+    rc, out, err = generate(served, capsys, tmp_path / "out", *common)
+    assert rc == 0, err
+    assert json.loads(out)["adapter"] == "v2"
+    assert json.loads(out)["sha256"] == manifest_sha(served["registry"] / MODEL / "v2", "adapter.onnx")
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    manifest = json.loads(client.get_object(Bucket=bucket, Key=f"registry/{MODEL}/v2/_manifest.json")["Body"].read())
+    key = f"registry/{MODEL}/v2/{VERSIONS}/{manifest['version']}/adapter.onnx"  # the object the manifest names
+    client.put_object(Bucket=bucket, Key=key, Body=b"not the graph")
+    rc, _, err = generate(served, capsys, tmp_path / "out2", *common)
+    assert rc == 6 and "adapter.onnx" in err and "not loaded" in err, err

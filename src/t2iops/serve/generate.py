@@ -170,11 +170,11 @@ def generate_images(adapter_ref: str, items: list[Item], out: str, cfg: Any, opt
     requests = [GenerateRequest(prompt=item.prompt, condition=item.condition, scale=options.scale,
                                 steps=options.steps, guidance=options.guidance, seed=first_seed + i,
                                 negative_prompt=options.negative_prompt) for i, item in enumerate(items)]
-    for item, request in zip(items, requests):
+    for i, (item, request) in enumerate(zip(items, requests)):
         try:
             engine.check(request)
         except UsageError as exc:
-            raise UsageError(f"{item.condition_name}: {exc}") from None
+            raise UsageError(f"image {i} (condition {item.condition_name}): {exc}") from None
     started = time.time()
     records = []
     with storage.publish(out, cfg, extra={"stage": "generate"}) as staging:

@@ -55,17 +55,15 @@ class Source:
     version: str
     manifest: Optional[dict] = None
     manifest_sha256: Optional[str] = None
-    prefix: str = ""  # the adapter's files are <root>/<prefix><rel> (an adapter/ folder given inside its training output)
     registry: Optional[dict] = None  # registry, model name, version, generation (champion)
 
     @property
     def uri(self) -> str:
-        return storage.join(self.root, self.prefix.rstrip("/")) if self.prefix else self.root
+        return self.root
 
     def listed(self) -> list[str]:
-        """The files below ``prefix`` the manifest lists, relative to ``prefix``."""
-        files = (self.manifest or {}).get("files", {})
-        return sorted(rel[len(self.prefix):] for rel in files if rel.startswith(self.prefix))
+        """The files the manifest lists."""
+        return sorted((self.manifest or {}).get("files", {}))
 
 
 @dataclass
@@ -197,12 +195,13 @@ def _published_source(ref: str, cfg: Any) -> Source:
     if not storage.is_s3(root) and not Path(root).is_dir():
         raise UsageError(f"--adapter {ref}: no such folder; give {ADAPTER_FORMS}")
     version = root.rstrip("/").rsplit("/", 1)[-1]
-    manifest, digest, prefix = _manifest(root, cfg), None, ""
-    if manifest is None and not storage.is_s3(root):
-        parent = Path(root).resolve().parent  # an adapter/ folder inside a published training output
+    manifest, digest = _manifest(root, cfg), None
+    if manifest is None and not storage.is_s3(root) and Path(root).resolve().name == ADAPTER_DIR:
+        parent = Path(root).resolve().parent  # O/adapter of a published training output O: O is what was published
         outer = _manifest(str(parent), cfg)
-        if outer is not None and f"{Path(root).resolve().name}/config.json" in outer.get("files", {}):
-            root, prefix, manifest = str(parent), f"{Path(ref).resolve().name}/", outer
+        if outer is not None and f"{ADAPTER_DIR}/config.json" in outer.get("files", {}):
+            root, manifest = str(parent), outer
+            version = parent.name
     if manifest is not None:
         digest = bytes_digest(storage.read_bytes(storage.join(root, storage.MANIFEST), cfg))
         files = set(manifest.get("files", {}))
@@ -211,7 +210,6 @@ def _published_source(ref: str, cfg: Any) -> Source:
     else:
         log.warning("adapter %s has no %s: its files are loaded without verification", ref, storage.MANIFEST)
         files = {p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file()}
-    files = {f[len(prefix):] for f in files if f.startswith(prefix)}
     if EXPORT_SPEC in files:
         kind = "export"
     elif f"{ADAPTER_DIR}/config.json" in files:
@@ -220,7 +218,7 @@ def _published_source(ref: str, cfg: Any) -> Source:
         kind = "folder"
     else:
         raise UsageError(f"--adapter {ref}: not an adapter: give {ADAPTER_FORMS}")
-    return Source(ref, kind, root, version, manifest, digest, prefix)
+    return Source(ref, kind, root, version, manifest, digest)
 
 
 def _manifest(root: str, cfg: Any) -> Optional[dict]:
@@ -368,11 +366,11 @@ class _Fetcher:
                 raise ModelError(f"{storage.join(self.source.uri, rel)}: not in the {storage.MANIFEST} it was "
                                  "published with")
             path = self.staging / rel
-            storage.download_listed(self.source.root, self.source.manifest, self.source.prefix + rel, path, self.cfg)
+            storage.download_listed(self.source.root, self.source.manifest, rel, path, self.cfg)
         self._files[rel] = path
         return path
 
     def sha256(self, rel: str) -> str:
         if self.source.manifest is not None:
-            return self.source.manifest["files"][self.source.prefix + rel]["sha256"]
+            return self.source.manifest["files"][rel]["sha256"]
         return storage.sha256_file(self._files[rel])
