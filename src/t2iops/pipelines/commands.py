@@ -25,12 +25,13 @@ pull -> validate -> encode -> train -> evaluate (parallel shards) -> merge + gat
 
 Cluster settings (image, GPU node pool, resources, retries, caching, train launcher) come from
 pipelines/settings.yaml (--settings another file; T2IOPS_IMAGE overrides the image). Run
-parameters go with -p name=value. The configuration (params.yaml or --params, plus -S overrides)
-is resolved once: `compile` bakes it in as the defaults of the config_<stage> parameters (each
-step gets only the sections its stage reads, so changing train.lr re-runs train, evaluate and
-export and reuses the cached pull, validate and encode); `submit` and `schedule` send it.
-Before anything is sent, compile/submit/schedule refuse (exit 2) a model.base_model or data.root
-that is a folder on this machine (use a hub id or s3://), a bad cron and a bad shard list.
+parameters go with -p name=value (each action's --help lists them). The configuration
+(params.yaml or --params, plus -S overrides) is resolved once: `compile` bakes it in as the
+defaults of the config_<stage> parameters (each step gets only the sections its stage reads, so
+changing train.lr re-runs train, evaluate and export and reuses the cached pull, validate and
+encode); `submit` and `schedule` send it. Before anything is sent, compile/submit/schedule
+refuse (exit 2) a model.base_model or data.root that is a folder on this machine (use a hub id
+or s3://), a bad cron and a bad shard list.
 The compiled YAML also works with the stock kfp CLI:
   kfp pipeline create -p t2iops-training t2iops-training.yaml
   kfp run create -e t2iops -r my-run -f t2iops-training.yaml data_source=synth"""
