@@ -123,6 +123,19 @@ class Server:
         status, _, data = self.request(method, path, body, **kw)
         return status, json.loads(data) if data else {}
 
+    def wait_live(self, timeout: float = 60) -> None:
+        """Until /v2/health/live answers (the HTTP server is up; the model may still be loading)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            assert self.proc.poll() is None, f"t2iops serve exited {self.proc.returncode}:\n{self.log.read_text()}"
+            try:
+                if self.json("GET", "/v2/health/live", timeout=5)[0] == 200:
+                    return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"not live after {timeout} s:\n{self.log.read_text()}")
+
     def wait_ready(self, timeout: float = 120) -> float:
         """Seconds until /v2/health/ready answered 200; checks live answered first."""
         start = time.monotonic()
