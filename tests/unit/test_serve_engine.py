@@ -124,3 +124,18 @@ def test_adapter_references_that_cannot_load(tmp_path):
         load_adapter(str(tmp_path), cfg)
     with pytest.raises(UsageError, match="the version must be 1-128 letters"):
         load_adapter("registry:../x", cfg, registry=str(tmp_path))
+
+
+def test_an_image_is_the_evaluations_sample_with_that_seed(engine):
+    """The evaluation generates batches, one generator per image seeded evaluate.seed + index;
+    the engine's single image with that seed is the same image."""
+    import dataclasses
+
+    from t2iops.evaluate.sampling import generate
+
+    batch = generate(engine.generators, ["a red circle", "a red circle"], [5, 6], (32, 32), engine.settings,
+                     conditions=[condition(), condition()], scale=engine.default_scale)
+    assert dataclasses.asdict(engine.settings)["num_inference_steps"] == 2
+    for i, seed in enumerate((5, 6)):
+        single = np.asarray(engine.generate(request(seed=seed)), dtype=np.int16)
+        assert np.abs(single - batch[i].astype(np.int16)).max() <= 1
