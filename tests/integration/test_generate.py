@@ -134,6 +134,7 @@ def test_registry_champion_and_version(served, capsys, tmp_path):
     assert record["adapter"]["sha256"] == manifest_sha(v1, "adapter/diffusion_pytorch_model.safetensors")
     assert record["adapter"]["verified"] is True
     assert (tmp_path / "champion" / "_manifest.json").is_file()  # the output was published whole
+    assert (tmp_path / "champion" / "config.resolved.yaml").is_file()
 
     rc, out, err = generate(served, capsys, tmp_path / "v2", "--adapter", "registry:v2", "--runtime", "onnxruntime",
                             *common)

@@ -9,4 +9,6 @@ does, so it sits above all of them, beside ``retrain``:
 * :mod:`.engine` is the inference core: the base model loaded once, an adapter, request checks
   (:class:`~.engine.BadRequest`) and generation with the evaluation's sampler.
 * :mod:`.generate` and :mod:`.commands`: ``t2iops generate``.
+* :mod:`.server`, :mod:`.oip`, :mod:`.watch`, :mod:`.serve_command`: ``t2iops serve``, the model
+  server that runs the engine on the registry's champion and follows it.
 """

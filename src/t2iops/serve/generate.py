@@ -12,7 +12,7 @@ Everything is checked before the first image: every file decodes, every request 
 ``seed + i`` (the evaluation's rule). The output (a folder or s3:// prefix) is published
 atomically: ``NNNN-<name>.png`` per image and ``generation.json``: the base model reference, the
 adapter (version, weights sha256, runtime, where it came from), the settings and, per image, its
-prompt, condition, seed and size.
+prompt, condition, seed and size; ``config.resolved.yaml``.
 """
 from __future__ import annotations
 
@@ -200,6 +200,7 @@ def generate_images(adapter_ref: str, items: list[Item], out: str, cfg: Any, opt
             "images": records,
         }
         (staging / GENERATION_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        cfg.write(staging)
     adapter.close()
     log.info("generate: %d images -> %s", len(records), out)
     return record
