@@ -106,7 +106,7 @@ class SynthConfig(_Section):
 
 class DataConfig(_Section):
     root: str = Field(
-        DATA_ROOT, description=f"dataset folder, s3:// prefix, HF dataset id or save_to_disk folder ({SYNTH_ROOT}: "
+        DATA_ROOT, description=f"dataset folder, s3:// prefix, hf://owner/name (a Hugging Face dataset) or save_to_disk folder ({SYNTH_ROOT}: "
         "the synthetic circles `t2iops data synth` writes)"
     )
     image_column: str = "image"

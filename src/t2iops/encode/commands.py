@@ -25,7 +25,7 @@ def register(subparsers, common: argparse.ArgumentParser) -> None:
         "`t2iops encode merge --shards S0 S1 ... --out CACHE`, which equals a one-process encode.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", default=None, help="dataset folder, s3:// prefix or HF dataset id (default: data.root)")
+    p.add_argument("--data", default=None, help="dataset folder, s3:// prefix or hf://owner/name (default: data.root)")
     p.add_argument("--validated", help="output of `t2iops data validate` (folder or s3://)")
     p.add_argument("--out", help="cache folder or s3:// prefix (with --shard: this slice's output)")
     p.add_argument("--shard", default=None, metavar="i/n", help="encode slice i of n (merge later)")
