@@ -28,5 +28,9 @@ fi
 # every subprocess the tests start (kfp.local steps, torchrun ranks, CLI and dvc stages) would
 # recompile the t2iops modules it imports (~0.4 s of CPU each). Skips what is up to date.
 python -m compileall -q src components pipelines >/dev/null
-# loadgroup: tests marked xdist_group("name") share one worker (and its module fixtures).
-exec python -m pytest -n "${T2IOPS_TEST_WORKERS:-2}" --dist loadgroup --durations=15 "$@"
+# loadscope: each test module runs whole on one worker, so a module-scoped fixture (a trained toy
+# model, a built wheel, a pipeline run in containers) is built once. (--dist loadgroup stopped
+# grouping with pytest 9.2: it marks groups by rewriting node ids, which pytest no longer reads,
+# pytest-dev/pytest-xdist#1386; every test then ran on its own and such fixtures were built on
+# both workers.)
+exec python -m pytest -n "${T2IOPS_TEST_WORKERS:-2}" --dist loadscope --durations=15 "$@"
