@@ -4,7 +4,8 @@ A bar redrawn in place is one endless line in a pod's log, a DVC log or CI outpu
 not a terminal, :func:`progress` logs ``desc: n/total unit (p%), rate, elapsed, eta, postfix``
 every ``every`` steps (default: each 5 % of the total, or every 100 steps when the total is
 unknown) and at least once per ``interval_s`` seconds (default 60) while the loop advances, plus
-a last line when it ends. The returned object takes the tqdm calls the loops use (iteration,
+a last line when it ends. Step lines come at most one per ``min_gap_s`` seconds (default 2), so a
+loop over in a moment (20 rows to validate) logs only its last line, not twenty. The returned object takes the tqdm calls the loops use (iteration,
 ``update``, ``set_postfix``, ``close``, ``with``), so a loop switches by replacing ``tqdm(`` with
 ``progress(``.
 """
@@ -19,12 +20,14 @@ from typing import Any, Callable, Iterable, Iterator, Optional, TextIO
 log = logging.getLogger("t2iops.progress")
 
 INTERVAL_S = 60.0
+MIN_GAP_S = 2.0  # step lines no closer together than this
 LINES_PER_LOOP = 20  # default `every`: a line per 5 % of the loop
 EVERY_UNKNOWN_TOTAL = 100
 
 
 def progress(iterable: Optional[Iterable] = None, desc: str = "", total: Optional[int] = None, unit: str = "it",
              initial: int = 0, every: Optional[int] = None, interval_s: float = INTERVAL_S,
+             min_gap_s: float = MIN_GAP_S,
              stream: Optional[TextIO] = None, disable: bool = False, **tqdm_kwargs: Any):
     """A tqdm bar when ``stream`` (default stderr) is a terminal, else a :class:`LogProgress`;
     ``disable`` keeps the loop silent either way."""
@@ -34,7 +37,7 @@ def progress(iterable: Optional[Iterable] = None, desc: str = "", total: Optiona
 
         return tqdm(iterable, desc=desc, total=total, unit=unit, initial=initial, file=stream, **tqdm_kwargs)
     return LogProgress(iterable, desc=desc, total=total, unit=unit, initial=initial, every=every,
-                       interval_s=interval_s, silent=disable)
+                       interval_s=interval_s, min_gap_s=min_gap_s, silent=disable)
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -49,7 +52,7 @@ class LogProgress:
 
     def __init__(self, iterable: Optional[Iterable] = None, desc: str = "", total: Optional[int] = None,
                  unit: str = "it", initial: int = 0, every: Optional[int] = None, interval_s: float = INTERVAL_S,
-                 logger: Optional[logging.Logger] = None, clock: Callable[[], float] = time.monotonic,
+                 min_gap_s: float = MIN_GAP_S, logger: Optional[logging.Logger] = None, clock: Callable[[], float] = time.monotonic,
                  silent: bool = False):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
@@ -57,6 +60,7 @@ class LogProgress:
         self.n = self.initial = initial
         self.every = every or (max(1, math.ceil(total / LINES_PER_LOOP)) if total else EVERY_UNKNOWN_TOTAL)
         self.interval_s = interval_s
+        self.min_gap_s = min_gap_s
         self.log = logger or log
         self.clock = clock
         self.started = self.last_time = clock()
@@ -89,7 +93,8 @@ class LogProgress:
             return
         now = self.clock()
         crossed = self.n // self.every > self.last_logged // self.every
-        if crossed or now - self.last_time >= self.interval_s:
+        since = now - self.last_time
+        if (crossed and since >= self.min_gap_s) or since >= self.interval_s:
             self._emit(now)
 
     def set_postfix(self, ordered_dict: Optional[dict] = None, refresh: bool = True, **kwargs: Any) -> None:

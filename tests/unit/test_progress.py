@@ -30,7 +30,7 @@ def lines(caplog):
 
 
 def test_not_a_terminal_gives_log_lines_every_n_steps_and_at_the_end(lines):
-    bar = progress(range(10), desc="encode latents", unit="batch", every=4, stream=io.StringIO())
+    bar = progress(range(10), desc="encode latents", unit="batch", every=4, stream=io.StringIO(), min_gap_s=0)
     assert isinstance(bar, LogProgress)
     assert list(bar) == list(range(10))
     got = lines()
@@ -40,8 +40,22 @@ def test_not_a_terminal_gives_log_lines_every_n_steps_and_at_the_end(lines):
 
 
 def test_default_every_is_five_percent(lines):
-    list(progress(range(200), desc="x", stream=io.StringIO()))
+    list(progress(range(200), desc="x", stream=io.StringIO(), min_gap_s=0))
     assert len(lines()) == 20 and lines()[0].startswith("x: 10/200 it (5%)")
+
+
+def test_a_loop_over_in_a_moment_logs_its_last_line_only(lines):
+    """Step lines come at most one per min_gap_s: 20 rows validated in a millisecond give one line,
+    not twenty; a slow loop still gets its line per 5 %."""
+    list(progress(range(20), desc="validate", unit="row", stream=io.StringIO()))
+    assert [line.split(",")[0] for line in lines()] == ["validate: 20/20 row (100%)"]
+    clock = Clock()
+    bar = LogProgress(total=40, desc="slow", unit="row", clock=clock)
+    for _ in range(40):
+        clock.now += 1.5  # a line per 2 rows would be 3 s apart: every one is logged
+        bar.update(1)
+    bar.close()
+    assert len([line for line in lines() if line.startswith("slow:")]) == 20
 
 
 def test_at_least_one_line_per_interval_between_steps(lines):
@@ -74,7 +88,7 @@ def test_resumed_loop_counts_from_its_start_and_rate_uses_new_steps_only(lines):
 
 
 def test_unknown_total_and_disable(lines):
-    list(progress(iter(range(250)), desc="hash rows", unit="row", stream=io.StringIO()))
+    list(progress(iter(range(250)), desc="hash rows", unit="row", stream=io.StringIO(), min_gap_s=0))
     assert [line.split(",")[0] for line in lines()] == ["hash rows: 100 row", "hash rows: 200 row", "hash rows: 250 row"]
     list(progress(range(500), desc="quiet", disable=True, stream=io.StringIO()))
     assert not any(line.startswith("quiet") for line in lines())
