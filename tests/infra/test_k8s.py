@@ -25,7 +25,7 @@ OVERLAYS = sorted(p.parent.name for p in (K8S / "overlays").glob("*/kustomizatio
 KUBERNETES_VERSION = "1.33.0"  # the oldest Kubernetes minor the overlays must apply to
 TRAINER_VERSION = "v2.3.0"
 CRD_SCHEMAS = {"TrainJob": "trainjob", "ClusterTrainingRuntime": "clustertrainingruntime",
-               "Profile": "profile", "PodDefault": "poddefault"}
+               "Profile": "profile", "PodDefault": "poddefault", "InferenceService": "inferenceservice"}
 TEMPLATES = sorted((K8S / "base").glob("*.template.yaml"))
 
 
@@ -210,3 +210,59 @@ def test_runtime_ssh_user_is_the_image_user(rendered):
     assert sshd and sshd[0]["args"][-1] == f"/home/{user}/.sshd_config" and f"> /home/{user}/.sshd_config" in dockerfile
     port = sshd[0]["readinessProbe"]["tcpSocket"]["port"]
     assert f"'Port {port}'" in dockerfile and f"'  Port {port}'" in dockerfile
+
+
+# -- Serving ---------------------------------------------------------------------------------
+def _predictor_as_pod(isvc: dict) -> dict:
+    """The predictor's pod fields as a Pod, for the strict Kubernetes schema."""
+    pod_fields = {"serviceAccountName", "nodeSelector", "tolerations", "securityContext", "containers", "volumes",
+                  "priorityClassName", "imagePullSecrets"}
+    spec = {k: v for k, v in isvc["spec"]["predictor"].items() if k in pod_fields}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": isvc["metadata"]["name"]}, "spec": spec}
+
+
+def test_inference_service_serves_the_pipelines_registry_with_its_image_secret_and_pool(rendered, tmp_path):
+    from t2iops.cli import build_parser
+
+    settings = load_settings()
+    for overlay, objects in rendered.items():
+        (isvc,) = by_kind(objects, "InferenceService")
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+        kubernetes_validate.validate(_predictor_as_pod(isvc), KUBERNETES_VERSION, strict=True)
+        predictor = isvc["spec"]["predictor"]
+        (container,) = predictor["containers"]
+        assert container["image"] == settings.image and container["imagePullPolicy"] == settings.image_pull_policy
+        assert predictor["serviceAccountName"] == settings.train_launcher.service_account
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+        assert {name: (r["name"], r["key"]) for name, r in refs.items()} == {
+            env: (settings.s3_secret.name, key) for env, key in settings.s3_secret.keys.items()}
+        assert all(r["optional"] for r in refs.values()), "IRSA (no secret) must work too"
+        pool = settings.gpu_pool
+        assert predictor["nodeSelector"] == pool.node_selector
+        assert predictor["tolerations"] == [t.model_dump(exclude_none=True) for t in pool.tolerations]
+        assert container["resources"]["limits"][pool.accelerator_type] == "1"
+        # The command is a real `t2iops serve` command line, on the registry the pipeline publishes to.
+        assert container["command"] == ["t2iops"]
+        args = build_parser().parse_args(container["args"])
+        assert args.command == "serve" and args.adapter == "registry:champion"
+        assert args.registry == settings.defaults.registry_uri and args.host == "0.0.0.0"
+        (port,) = container["ports"]
+        assert port["containerPort"] == args.port
+        assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": args.port}
+        assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": args.port}
+        assert args.model_name in ("t2i-adapter", isvc["metadata"]["name"])
+    dockerfile = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    uid = int(re.findall(r"useradd --create-home --uid (\d+)", dockerfile)[0])
+    assert container["securityContext"]["runAsUser"] == uid
+
+
+def test_inference_service_schema_is_closed_where_the_crd_is(rendered, tmp_path):
+    (isvc,) = by_kind(rendered["prod"], "InferenceService")
+    assert check_jsonschema("inferenceservice", [isvc], tmp_path).exit_code == 0
+    misspelt = json.loads(json.dumps(isvc))
+    misspelt["spec"]["predictor"]["minReplica"] = 1
+    done = check_jsonschema("inferenceservice", [misspelt], tmp_path)
+    assert done.exit_code == 1 and "'minReplica' was unexpected" in done.output
+    bad_probe = json.loads(json.dumps(isvc))
+    bad_probe["spec"]["predictor"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/v2/health/ready"
+    assert check_jsonschema("inferenceservice", [bad_probe], tmp_path).exit_code == 1
