@@ -67,24 +67,35 @@ class ServingState:
 
 def build_app(state: ServingState):
     """The FastAPI application of the protocol's routes over ``state``."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
-    from starlette.concurrency import run_in_threadpool
+    from fastapi import FastAPI
 
     app = FastAPI(title="t2iops", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
+    _health_routes(app, state)
+    _inference_routes(app, state)
+    return app
 
-    def failure(status: int, message: str) -> JSONResponse:
-        return JSONResponse(oip.error(message), status_code=status)
 
-    def not_ready() -> JSONResponse:
-        last = state.watcher.refused[-1:] or [{}]
-        why = state.watcher.last_error or last[0].get("error") or "loading the base model and the adapter"
-        return failure(503, f"model {state.model_name!r} is not ready: {why}")
+def _failure(status: int, message: str):
+    from fastapi.responses import JSONResponse
 
-    def unknown(name: str) -> Optional[JSONResponse]:
-        if name != state.model_name:
-            return failure(404, f"unknown model {name!r}: this server serves {state.model_name!r}")
-        return None
+    return JSONResponse(oip.error(message), status_code=status)
+
+
+def _not_ready(state: ServingState):
+    last = state.watcher.refused[-1:] or [{}]
+    why = state.watcher.last_error or last[0].get("error") or "loading the base model and the adapter"
+    return _failure(503, f"model {state.model_name!r} is not ready: {why}")
+
+
+def _unknown(state: ServingState, name: str):
+    if name != state.model_name:
+        return _failure(404, f"unknown model {name!r}: this server serves {state.model_name!r}")
+    return None
+
+
+def _health_routes(app, state: ServingState) -> None:
+    """Liveness, readiness and metadata: answered on the event loop, never behind a generation."""
+    from fastapi.responses import JSONResponse
 
     @app.get("/v2/health/live")
     async def live():
@@ -102,87 +113,100 @@ def build_app(state: ServingState):
 
     @app.get("/v2/models/{name}")
     async def model_metadata(name: str):
-        return unknown(name) or state.metadata()
+        return _unknown(state, name) or state.metadata()
 
     @app.get("/v2/models/{name}/ready")
     async def model_ready(name: str):
-        if unknown(name):
-            return unknown(name)
+        if _unknown(state, name):
+            return _unknown(state, name)
         active = state.watcher.active()
         if active is None:
             return JSONResponse({"name": name, "ready": False}, status_code=503)
         return {"name": name, "ready": True, "version": active.version}
 
-    async def _read(request: Request) -> dict:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit():
-            oip.check_body_size(int(declared), state.limits)
-        body = await request.body()
-        oip.check_body_size(len(body), state.limits)
-        return oip.parse_json(body)
 
-    async def _generate(fields: dict[str, Any]):
-        """(the engine's image as PNG bytes, the active adapter it came from, the settings used)."""
-        active = state.watcher.active()
-        if active is None:
-            return None, None, None
+async def _read(request, state: ServingState) -> dict:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit():
+        oip.check_body_size(int(declared), state.limits)
+    body = await request.body()
+    oip.check_body_size(len(body), state.limits)
+    return oip.parse_json(body)
+
+
+async def _generate(state: ServingState, fields: dict[str, Any]):
+    """(the image as PNG bytes, the active engine it came from, the settings used); Nones when
+    nothing is loaded yet."""
+    from starlette.concurrency import run_in_threadpool
+
+    active = state.watcher.active()  # this request's engine, whatever is swapped in meanwhile
+    if active is None:
+        return None, None, None
+
+    def work():  # decoding, generating and encoding in a worker thread: the event loop stays free
         request = oip.generate_request(fields, state.limits)
         active.engine.check(request)
         used = active.engine.resolve(request)
-        image = await run_in_threadpool(active.engine.generate, request)
-        png = oip.encode_png(image)
-        state.done(active.version)
-        return png, active, used
+        return oip.encode_png(active.engine.generate(request)), used
 
-    async def _answer(handler):
-        state.count(+1)
-        try:
-            return await handler()
-        except BadRequest as exc:
-            state.rejected_requests += 1
-            return failure(413 if isinstance(exc, oip.TooLarge) else 400, str(exc))
-        except T2IError as exc:
-            logger.error("request failed: %s", exc)
-            return failure(500, str(exc))
-        except Exception as exc:  # the server keeps serving; the traceback goes to the log
-            logger.exception("request failed")
-            return failure(500, f"{type(exc).__name__}: {exc}")
-        finally:
-            state.count(-1)
+    png, used = await run_in_threadpool(work)
+    state.done(active.version)
+    return png, active, used
+
+
+async def _answer(state: ServingState, handler):
+    """Run ``handler``; a bad request is a 4xx naming the problem, anything else a 500: the
+    server keeps serving either way."""
+    state.count(+1)
+    try:
+        return await handler()
+    except BadRequest as exc:
+        state.rejected_requests += 1
+        return _failure(413 if isinstance(exc, oip.TooLarge) else 400, str(exc))
+    except T2IError as exc:
+        logger.error("request failed: %s", exc)
+        return _failure(500, str(exc))
+    except Exception as exc:  # the traceback goes to the log
+        logger.exception("request failed")
+        return _failure(500, f"{type(exc).__name__}: {exc}")
+    finally:
+        state.count(-1)
+
+
+def _inference_routes(app, state: ServingState) -> None:
+    from fastapi import Request
+    from fastapi.responses import Response
 
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request):
-        if unknown(name):
-            return unknown(name)
+        if _unknown(state, name):
+            return _unknown(state, name)
 
         async def handle():
-            doc = await _read(request)
-            fields, request_id = oip.infer_inputs(doc)
-            png, active, used = await _generate(fields)
+            fields, request_id = oip.infer_inputs(await _read(request, state))
+            png, active, used = await _generate(state, fields)
             if png is None:
-                return not_ready()
+                return _not_ready(state)
             settings = {k: used[k] for k in ("scale", "steps", "guidance", "seed", "width", "height")}
             return oip.infer_response(state.model_name, active.describe(), png, request_id, settings)
 
-        return await _answer(handle)
+        return await _answer(state, handle)
 
     @app.post("/generate")
     async def generate(request: Request):
         async def handle():
-            doc = await _read(request)
+            doc = await _read(request, state)
             extra = sorted(set(doc) - set(GENERATE_FIELDS))
             if extra:
                 raise BadRequest(extra[0], f"unknown field: the fields are {', '.join(GENERATE_FIELDS)}")
-            png, active, used = await _generate(doc)
+            png, active, used = await _generate(state, doc)
             if png is None:
-                return not_ready()
+                return _not_ready(state)
             headers = {"X-Adapter-Version": active.version, "X-Adapter-Sha256": str(active.adapter.get("sha256")),
                        "X-Seed": str(used["seed"])}
             return Response(png, media_type="image/png", headers=headers)
 
-        return await _answer(handle)
-
-    return app
+        return await _answer(state, handle)
 
 
 def run(app, host: str, port: int) -> None:
