@@ -129,6 +129,7 @@ def serve(args: argparse.Namespace, cfg: Any) -> int:
         raise UsageError(f"--poll-seconds {args.poll_seconds}: give 0 (never) or more")
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: give a port from 0 to 65535")
+    _check_address(args.host, args.port)
     registry = registry_uri(args) if args.adapter.startswith("registry:") else None
     source = RegistryChampion(cfg, args.adapter, args.runtime, registry, args.model_name)
     watcher = ChampionWatcher(source.find, source.load, args.poll_seconds if source.follows else 0)
@@ -140,6 +141,30 @@ def serve(args: argparse.Namespace, cfg: Any) -> int:
     following = f", following the champion of {registry} every {args.poll_seconds:g} s" if source.follows else ""
     sys.stderr.write(f"t2iops serve: http://{args.host}:{args.port}/v2/models/{args.model_name} "
                      f"(adapter {args.adapter}{following}); not ready until it has loaded\n")
-    run(app, args.host, args.port)
-    watcher.stop()
+    try:
+        run(app, args.host, args.port)
+    except SystemExit as exc:  # uvicorn's own start-up failure (it logged why): our exit code for a failed command
+        raise SystemExit(1 if exc.code else 0) from None
+    finally:
+        watcher.stop()
     return 0
+
+
+def _check_address(host: str, port: int) -> None:
+    """One line naming the address when it cannot be bound, before anything is loaded."""
+    import socket
+
+    from ..errors import UsageError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise UsageError(f"--host {host}: {exc.strerror or exc}") from None
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc}): "
+                             "choose another --port, or stop what listens there") from None
