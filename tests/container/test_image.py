@@ -80,6 +80,47 @@ def test_a_step_works_on_a_read_only_root_with_a_writable_tmp(image, s3_bucket, 
     assert "/var/cache/t2iops is not writable; caching under /tmp/t2iops-cache-1000" in done.stderr
 
 
+SERVE_PROBE = """
+import json, subprocess, sys, time, urllib.error, urllib.request
+port = sys.argv[1]
+server = subprocess.Popen(["t2iops", "serve", "--registry", "/tmp/registry", "--port", port, "--poll-seconds", "1"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def get(path):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError:
+        return None, ""
+for _ in range(120):
+    if get("/v2/health/live")[0] == 200:
+        break
+    time.sleep(0.5)
+print(json.dumps({p: get(p) for p in ("/v2/health/live", "/v2/health/ready", "/v2/models/t2i-adapter")}))
+server.terminate()
+print(server.communicate(timeout=30)[0][-2000:], file=sys.stderr)
+"""
+
+
+def test_the_model_server_runs_in_the_image(image):
+    """`t2iops serve` as the InferenceService starts it, on a read-only root: its HTTP stack is in
+    the image, it is live at once and not ready while the registry has no champion to load."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    done = run_in(image, "bash", "-c", f"mkdir -p /tmp/registry && python -c '{SERVE_PROBE}' {port}",
+                  args=("--read-only", "--tmpfs", "/tmp", "--network", "host"), timeout=180)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["/v2/health/live"][0] == 200, (seen, done.stderr[-2000:])
+    assert seen["/v2/health/ready"][0] == 503, seen
+    assert seen["/v2/models/t2i-adapter"][0] == 200 and json.loads(seen["/v2/models/t2i-adapter"][1])["versions"] == []
+    assert "has no champion yet" in done.stderr, done.stderr[-2000:]
+
+
 # -- nothing from outside what the Dockerfile copies --------------------------------------
 def _tracked_copy(target: Path) -> None:
     files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
