@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import tarfile
 import uuid
@@ -123,12 +122,9 @@ def test_the_model_server_runs_in_the_image(image):
 
 # -- nothing from outside what the Dockerfile copies --------------------------------------
 def _tracked_copy(target: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for rel in filter(None, files.decode().split("\0")):
-        source = ROOT / rel
-        if source.is_file():
-            (target / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / rel)
+    from checkout import copy_tracked
+
+    copy_tracked(target, ROOT)
 
 
 def _plant(context: Path, token: str) -> list[str]:

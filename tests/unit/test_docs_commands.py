@@ -38,7 +38,6 @@ import argparse
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -295,13 +294,9 @@ def test_inline_commands_paths_and_links_exist():
 @pytest.fixture(scope="module")
 def project_copy(tmp_path_factory):
     """The project's tracked files, with .venv leading to the environment running the tests."""
-    root = tmp_path_factory.mktemp("docs") / "t2iops"
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    for rel in filter(None, listed.decode().split("\0")):
-        source = REPO / rel
-        if source.is_file():
-            (root / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / rel)
+    from checkout import copy_tracked
+
+    root = copy_tracked(tmp_path_factory.mktemp("docs") / "t2iops", REPO)
     (root / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
     return root
 
