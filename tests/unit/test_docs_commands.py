@@ -8,8 +8,20 @@ output). A block runs unless the nearest non-blank line above its opening fence 
     <!-- docs-test: check-only (REASON) -->
 
 where REASON, required, says why it cannot run in a test: it needs a cluster, a GPU, the
-internet, an S3 store, a docker daemon, outputs of a long stage, or takes minutes. Any other
-``docs-test`` comment, or a tag with no reason, fails the test.
+internet, an S3 store, a docker daemon, or a process that runs until stopped, or takes minutes;
+or the tag is
+
+    <!-- docs-test: after (tiny-project) -->
+
+for a block that needs what the workflow's earlier stages leave behind: it runs (as an untagged
+block does) in a second project copy, prepared once in this process by the stages' own functions
+(``_build_tiny_state``): params.yaml at ``t2iops.pipelines.local.SMOKE_OVERRIDES`` sizes on a tiny
+random SDXL in ``models/tiny-sdxl`` (one conditioning scale, no FID, no gate, no pipeline check in
+export), ``data/circles``, ``runs/validated`` (also ``runs/V``), ``runs/cache``, ``runs/train``
+(also ``runs/O``), ``runs/evaluate``, ``runs/export``, and a folder registry ``runs/registry``
+with ``v1`` (the champion) and ``v2`` (better by its metrics) published from that export. These
+blocks run in the docs' order and share that copy: a block may use what an earlier one changed.
+Any other ``docs-test`` comment, or a check-only tag with no reason, fails the test.
 
 Every block, run or not, is checked (a line continued with ``\\`` is one command; ``#`` starts a
 comment; ``NAME=value`` lines set ``$NAME`` for the lines after them; ``[...]`` marks optional
@@ -35,9 +47,12 @@ README tells a new shell to do), with only the system folders on PATH and 60 s a
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -48,12 +63,14 @@ import yaml
 
 from t2iops.cli import build_parser
 from t2iops.config import ConfigError, load_config
+from t2iops.pipelines.local import SMOKE_OVERRIDES
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 SHELLS = {"bash", "sh", "shell", "console"}
 TAG = re.compile(r"<!--\s*docs-test:\s*(.*?)\s*-->")
 CHECK_ONLY = re.compile(r"check-only \((\S.*)\)")
+AFTER = "after (tiny-project)"
 # Words naming something in the repository: its top-level folders, or a file at its root.
 REPO_DIRS = ("scripts", "benchmarks", "src", "docs", "infra", "pipelines", "components", "requirements", "tests",
              ".github", ".ci")
@@ -79,6 +96,10 @@ class Block:
     @property
     def runs(self) -> bool:
         return self.tag is None
+
+    @property
+    def after(self) -> bool:
+        return self.tag == AFTER
 
     def commands(self) -> list[str]:
         """The block's commands: continuations joined, console output dropped."""
@@ -246,8 +267,9 @@ def test_every_shell_block_is_tagged_by_the_grammar():
     assert len(BLOCKS) >= 10, "the docs' shell blocks were not found"
     problems = []
     for block in BLOCKS:
-        if block.tag is not None and not CHECK_ONLY.fullmatch(block.tag):
-            problems.append(f"{block.where}: tag {block.tag!r}: write `<!-- docs-test: check-only (REASON) -->`")
+        if block.tag is not None and block.tag != AFTER and not CHECK_ONLY.fullmatch(block.tag):
+            problems.append(f"{block.where}: tag {block.tag!r}: write `<!-- docs-test: check-only (REASON) -->` "
+                            f"or `<!-- docs-test: {AFTER} -->`")
     for doc in DOCS:  # a tag that is not right above a shell block is a typo, not a tag
         tagged = {b.line for b in BLOCKS if b.doc == doc and b.tag is not None}
         lines = doc.read_text().splitlines()
@@ -301,11 +323,75 @@ def project_copy(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("block", [b for b in BLOCKS if b.runs], ids=lambda b: b.where)
-def test_runnable_block_runs_in_a_fresh_shell(block, project_copy):
+# What the tiny project's copy holds: the sizes of ``t2iops pipeline run-local --smoke`` on a tiny
+# random SDXL, one conditioning scale, no FID, no gate, no pipeline check in export.
+TINY_SETTINGS = {**SMOKE_OVERRIDES, "model.base_model": "models/tiny-sdxl", "evaluate.conditioning_scales": [1.0],
+                 "evaluate.gate.min_circle_iou": None, "export.pipeline_check": "skip"}
+
+
+def _build_tiny_state(root: Path, tiny_sdxl_path: str) -> None:
+    """In ``root`` (a project copy), what the ``after (tiny-project)`` blocks name, made in this
+    process by the stages' own functions: data/circles, runs/validated (and runs/V), runs/cache,
+    runs/train (and runs/O), runs/evaluate, runs/export, and a folder registry runs/registry with
+    v1 (the champion) and v2 published from that export, v2 the better by its metrics."""
+    from conftest import registry_test_metrics
+
+    from t2iops.cli import main
+    from t2iops.data.synth import synthesize
+    from t2iops.data.validate import validate
+    from t2iops.encode import encode_dataset
+    from t2iops.evaluate.stage import evaluate
+    from t2iops.export.stage import export_adapter
+    from t2iops.pipelines.registry import publish_model
+    from t2iops.train import train
+
+    shutil.copytree(tiny_sdxl_path, root / "models" / "tiny-sdxl")
+    cfg = load_config(REPO / "params.yaml", TINY_SETTINGS)
+    (root / "params.yaml").write_text(cfg.to_yaml())
+    with contextlib.chdir(root):  # the relative paths the docs use, recorded as the CLI would
+        synthesize("data/circles", cfg)
+        validate("data/circles", "runs/validated", cfg)
+        encode_dataset("data/circles", "runs/validated", "runs/cache", cfg)
+        train("runs/cache", "runs/train", cfg)
+        shutil.copytree("runs/validated", "runs/V")
+        shutil.copytree("runs/train", "runs/O")
+        shutil.rmtree("runs/train/checkpoints")  # so that the docs' `t2iops train --out runs/train` is a new run
+        evaluate("runs/train", "data/circles", "runs/validated", "runs/evaluate", cfg)
+        export_adapter("runs/train", "runs/export", cfg, metrics_uri="runs/evaluate/metrics.json")
+        for version, iou in (("v1", 0.5), ("v2", 0.6)):
+            metrics = root / f"metrics-{version}.json"
+            metrics.write_text(json.dumps(registry_test_metrics(circle_iou=iou, edge_f1=iou - 0.2)))
+            publish_model("runs/export", "runs/registry", "t2i-adapter", version, cfg, metrics_path=str(metrics),
+                          lineage={"run_id": f"run-{version}"})
+            metrics.unlink()
+        assert main(["registry", "promote", "v1", "--registry", "runs/registry", "--reason", "first"]) == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_project(tmp_path_factory, tiny_sdxl_path):
+    """A project copy (as ``project_copy``) whose params.yaml and runs/ are a tiny trained state."""
+    from checkout import copy_tracked
+
+    root = copy_tracked(tmp_path_factory.mktemp("docs-tiny") / "t2iops", REPO)
+    (root / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    _build_tiny_state(root, tiny_sdxl_path)
+    return root
+
+
+def _run_block(block: Block, cwd: Path) -> None:
     script = "source .venv/bin/activate\n" + "\n".join(block.commands()) + "\n"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     env.update({"PATH": BARE_PATH, "HF_HUB_OFFLINE": "1", "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"})
-    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=project_copy, env=env,
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, f"{block.where} exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.runs], ids=lambda b: b.where)
+def test_runnable_block_runs_in_a_fresh_shell(block, project_copy):
+    _run_block(block, project_copy)
+
+
+@pytest.mark.parametrize("block", [b for b in BLOCKS if b.after], ids=lambda b: b.where)
+def test_block_runs_after_the_tiny_project_is_built(block, tiny_project):
+    _run_block(block, tiny_project)
