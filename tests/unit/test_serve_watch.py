@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from t2iops.serve.watch import Champion, ChampionWatcher
+from t2iops.serve.watch import Champion, ChampionWatcher, Unavailable
 
 
 class Registry:
@@ -13,6 +13,7 @@ class Registry:
     def __init__(self):
         self.champion = None
         self.broken: set[str] = set()
+        self.down = False  # the store cannot be reached
         self.loads: list[str] = []
         self.gate = None  # a threading.Event load waits on, to hold a load half-way
 
@@ -25,6 +26,8 @@ class Registry:
         self.loads.append(version)
         if self.gate is not None:
             self.gate.wait(10)
+        if self.down:
+            raise Unavailable(f"endpoint http://127.0.0.1:9 cannot be reached while loading {version!r}")
         if version in self.broken:
             raise ValueError(f"version {version!r} fails verification: weights.safetensors: sha256 differs")
         return f"engine-{version}-{len(self.loads)}", {"version": version, "sha256": f"sha-{version}"}
@@ -84,3 +87,29 @@ def test_a_fixed_adapter_is_loaded_once_by_the_thread():
     watcher = ChampionWatcher(reg.find, reg.load, poll_seconds=0).start()
     watcher._thread.join(10)
     assert not watcher._thread.is_alive() and watcher.active().version == "runs/export" and watcher.polls == 1
+
+
+def test_a_version_the_store_cannot_deliver_now_is_tried_again_not_refused():
+    reg = Registry()
+    watcher = ChampionWatcher(reg.find, reg.load, poll_seconds=1)
+    reg.champion = ("v1", 1)
+    serving = watcher.poll()
+    reg.champion, reg.down = ("v2", 2), True
+    assert watcher.poll() is serving and watcher.poll() is serving
+    assert watcher.refused == [] and "cannot be reached" in watcher.state()["last_error"]
+    assert reg.loads == ["v1", "v2", "v2"]  # each poll tries the move again
+    reg.down = False
+    assert watcher.poll().version == "v2" and watcher.refused == []
+
+
+def test_only_the_stores_absence_counts_as_unreachable():
+    from t2iops.registry.versions import RegistryIntegrityError
+    from t2iops.serve.serve_command import unreachable
+    from t2iops.storage.client import StorageSetupError
+    from t2iops.storage.uris import IntegrityError, NotPublished, StorageError
+
+    assert unreachable(StorageError("s3://b/r/v2 (endpoint http://127.0.0.1:9): cannot be reached"))
+    assert unreachable(StorageSetupError("no usable AWS credentials")) and unreachable(ConnectionResetError())
+    for verdict in (IntegrityError("sha256 differs"), NotPublished("no manifest"),
+                    RegistryIntegrityError("fails verification"), ValueError("bad config")):
+        assert not unreachable(verdict), verdict

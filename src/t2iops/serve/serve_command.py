@@ -91,9 +91,15 @@ class RegistryChampion:
     def load(self, version: str):
         from ..errors import ModelError
         from .engine import Engine, load_adapter, load_base
+        from .watch import Unavailable
 
         ref = f"registry:{version}" if self.follows else self.ref
-        adapter = load_adapter(ref, self.cfg, self.runtime, registry=self.registry, model_name=self.model_name)
+        try:
+            adapter = load_adapter(ref, self.cfg, self.runtime, registry=self.registry, model_name=self.model_name)
+        except Exception as exc:
+            if unreachable(exc):
+                raise Unavailable(str(exc)) from exc
+            raise
         wanted = adapter.base_reference(self.cfg.model)
         if self.base is None:
             logger.info("loading the base model %s", wanted.path)
@@ -104,6 +110,19 @@ class RegistryChampion:
                              f"({self.base.ref.config_hash}): restart the server to change base models")
         engine = Engine(self.base, adapter)
         return engine, {**adapter.describe(), "size_multiple": engine.size_multiple}
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether a load failed for want of the store (connection, timeout, credentials, a plain
+    storage error) rather than because of the version: a file that does not match its manifest, a
+    key outside its prefix, a version not published or a model that cannot load is a verdict,
+    never retried."""
+    from ..storage.client import StorageSetupError
+    from ..storage.uris import ConcurrentPublish, IntegrityError, NotPublished, StorageError, UnsafePath
+
+    if isinstance(exc, (IntegrityError, NotPublished, UnsafePath, ConcurrentPublish)):
+        return False
+    return type(exc) in (StorageError, StorageSetupError) or isinstance(exc, (ConnectionError, TimeoutError))
 
 
 def _same_base(a: Any, b: Any) -> bool:

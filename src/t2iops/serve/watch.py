@@ -5,7 +5,9 @@ end; a swap only replaces the reference (under a lock) after the new version has
 passed verification, so no request in flight is dropped or finished by another version. A
 version that fails to load or verify is *refused*: the current one keeps serving, the refusal is
 logged and kept in :attr:`ChampionWatcher.refused` (shown by the model's metadata), and the same
-champion move is not tried again; the next move (a promotion or a rollback) is.
+champion move is not tried again; the next move (a promotion or a rollback) is. A version that
+could not be *reached* (the store down, a timeout: ``load`` raises :class:`Unavailable`) is not
+refused: the next poll tries it again, and the current one keeps serving meanwhile.
 
 What the champion is and how a version loads are handed in (``find``, ``load``), so this module
 knows nothing of the registry or of models: :mod:`.server` wires them.
@@ -25,6 +27,11 @@ MAX_REFUSED = 20  # the refusals kept for the metadata, newest last
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Unavailable(Exception):
+    """``load`` could not reach the version this time (the store down, a timeout): not a verdict
+    on the version, so it is tried again at the next poll instead of being refused."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,14 @@ class ChampionWatcher:
         started = time.monotonic()
         try:
             engine, adapter = self._load(champion.version)
+        except Unavailable as exc:
+            self._tried.discard((champion.version, champion.generation))
+            message = str(exc) or type(exc).__name__
+            if message != self.last_error:
+                logger.warning("cannot reach %s now, still serving %s; trying again at the next poll: %s", where,
+                               self._serving(), message)
+            self.last_error = message
+            return current
         except Exception as exc:
             message = str(exc) or type(exc).__name__
             with self._lock:
