@@ -334,7 +334,7 @@ def _build_tiny_state(root: Path, tiny_sdxl_path: str) -> None:
     process by the stages' own functions: data/circles, runs/validated (and runs/V), runs/cache,
     runs/train (and runs/O), runs/evaluate, runs/export, and a folder registry runs/registry with
     v1 (the champion) and v2 published from that export, v2 the better by its metrics."""
-    from conftest import registry_test_metrics
+    from registry_records import registry_test_metrics
 
     from t2iops.cli import main
     from t2iops.data.synth import synthesize
