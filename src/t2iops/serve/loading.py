@@ -195,15 +195,14 @@ def _published_source(ref: str, cfg: Any) -> Source:
     if not storage.is_s3(root) and not Path(root).is_dir():
         raise UsageError(f"--adapter {ref}: no such folder; give {ADAPTER_FORMS}")
     version = root.rstrip("/").rsplit("/", 1)[-1]
-    manifest, digest = _manifest(root, cfg), None
+    manifest, digest = _manifest(root, cfg)
     if manifest is None and not storage.is_s3(root) and Path(root).resolve().name == ADAPTER_DIR:
         parent = Path(root).resolve().parent  # O/adapter of a published training output O: O is what was published
-        outer = _manifest(str(parent), cfg)
+        outer, outer_digest = _manifest(str(parent), cfg)
         if outer is not None and f"{ADAPTER_DIR}/config.json" in outer.get("files", {}):
-            root, manifest = str(parent), outer
+            root, manifest, digest = str(parent), outer, outer_digest
             version = parent.name
     if manifest is not None:
-        digest = bytes_digest(storage.read_bytes(storage.join(root, storage.MANIFEST), cfg))
         files = set(manifest.get("files", {}))
     elif storage.is_s3(root):
         raise UsageError(f"--adapter {ref}: no {storage.MANIFEST} there: an s3:// adapter must be a published output")
@@ -221,11 +220,17 @@ def _published_source(ref: str, cfg: Any) -> Source:
     return Source(ref, kind, root, version, manifest, digest)
 
 
-def _manifest(root: str, cfg: Any) -> Optional[dict]:
+def _manifest(root: str, cfg: Any) -> tuple[Optional[dict], Optional[str]]:
+    """The published output's manifest at ``root`` and the sha256 of its bytes, read once (so the
+    digest is the parsed manifest's); (None, None) where nothing was published."""
+    from ..storage.views import parse_manifest
+
+    where = storage.join(root, storage.MANIFEST)
     try:
-        return storage.read_manifest(root, cfg)
-    except storage.NotPublished:
-        return None
+        data = storage.read_bytes(where, cfg)
+    except FileNotFoundError:
+        return None, None
+    return parse_manifest(data, where), bytes_digest(data)
 
 
 # ---------------------------------------------------------------------------------------
