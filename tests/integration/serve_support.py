@@ -102,11 +102,13 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = work / f"serve-{self.port}.log"
         self._log = open(self.log, "w")
+        self.tmp = work / f"tmp-{self.port}"  # the server's temporary folder (its adapters' local copies)
+        self.tmp.mkdir()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "t2iops.cli", "serve", "--registry", registry, "--port", str(self.port),
              "--poll-seconds", str(poll_seconds), "--params", str(ROOT / "src/t2iops/presets/toy.yaml"),
              "-S", f"model.base_model={base_path}", "-S", "evaluate.num_inference_steps=2", *extra],
-            stdout=self._log, stderr=subprocess.STDOUT, env=_env(), cwd=str(work))
+            stdout=self._log, stderr=subprocess.STDOUT, env={**_env(), "TMPDIR": str(self.tmp)}, cwd=str(work))
 
     def request(self, method: str, path: str, body: Any = None, raw: Optional[bytes] = None,
                 timeout: float = 120) -> tuple[int, dict, bytes]:
@@ -166,3 +168,7 @@ class Server:
                 self.proc.wait(10)
         self._log.close()
         return self.proc.returncode
+
+    def leftovers(self) -> list[str]:
+        """What the server left in its temporary folder (torch's own compile cache aside)."""
+        return sorted(p.name for p in self.tmp.iterdir() if p.name.startswith("t2iops-"))

@@ -128,7 +128,10 @@ def test_the_server_follows_promote_and_rollback_and_refuses_a_tampered_version(
         assert meta["versions"] == ["v1"] and meta["parameters"]["serving"]["version"] == "v1"
         assert "refused version 'v3'" in server.log.read_text()
     finally:
-        server.stop()
+        code = server.stop()
+    # SIGTERM (a pod's stop) ends it cleanly: every adapter it loaded, swapped out or refused has
+    # had its local copy removed
+    assert (code, server.leftovers()) == (0, []), server.log.read_text()[-2000:]
     print(f"\nobserved versions: {' -> '.join(observed)} (v3 refused: {entry['error']}); v2 served {took:.1f} s "
           f"after its promotion began; {sum(map(len, clients.seen))} requests across the swap, all 200")
     assert observed == ["v1", "v2", "v1", "v1"]

@@ -6,6 +6,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -256,21 +257,27 @@ def test_a_base_model_setting_that_disagrees_with_the_cache_is_refused(tmp_path,
 
 
 @pytest.mark.s3
-def test_training_to_s3_and_resuming_from_s3(s3_bucket, tmp_path, tiny_sd15_path, sd15_cache):
+def test_training_to_s3_and_resuming_from_s3(s3_bucket, tmp_path, tiny_sd15_path, sd15_cache, monkeypatch):
     endpoint, bucket = s3_bucket
     out = f"s3://{bucket}/runs/one"
+    scratch = tmp_path / "tmp"  # the process's temporary folder: logs and staging go here, then away
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     cfg = cfg_for(tiny_sd15_path, f"storage.endpoint_url={endpoint}", f"storage.cache_dir={tmp_path / 'cache'}",
                   "train.max_steps=2", "train.checkpoint_every=1")
     train(sd15_cache, out, cfg)
     files = storage.list_files(out, cfg)
     assert {"adapter/config.json", "summary.json", "_manifest.json", "checkpoints/latest"} <= set(files)
     assert any(f.startswith("logs/tensorboard/") for f in files)
+    assert "logs/dvclive/metrics.json" in files  # written by the logger's close, after the last sync
+    assert sorted(p.name for p in scratch.iterdir()) == []
     cfg4 = cfg_for(tiny_sd15_path, f"storage.endpoint_url={endpoint}", f"storage.cache_dir={tmp_path / 'cache'}",
                    "train.max_steps=4", "train.checkpoint_every=1")
     train(sd15_cache, out, cfg4, resume="latest")
     summary = json.loads(storage.read_text(storage.join(out, "summary.json"), cfg))
     assert summary["steps"] == 4 and summary["resumed_from"].endswith("step-000002")
     assert storage.read_text(storage.join(out, "checkpoints/latest"), cfg) == "step-000004"
+    assert sorted(p.name for p in scratch.iterdir()) == []
 
 
 def test_cli_refuses_fp16_on_cpu_before_loading_anything(tmp_path, capsys, sd15_cache):

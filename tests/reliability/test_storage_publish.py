@@ -50,7 +50,10 @@ def test_sigkill_midway_leaves_the_previous_output_whole(s3_bucket, tmp_path):
             for i in range(400):
                 (staging / f"part-{{i:04d}}.txt").write_text(f"new-{{i}}")
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    scratch = tmp_path / "killed-tmp"  # a killed writer's staging folder stays behind: here, not in /tmp
+    scratch.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
+                            env={**os.environ, "TMPDIR": str(scratch)})
     try:
         deadline = time.monotonic() + 60
         new_objects = 0

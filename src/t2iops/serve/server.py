@@ -24,6 +24,7 @@ newly promoted version never drops or splits a request in flight.
 # No ``from __future__ import annotations`` here: FastAPI reads the route functions' annotations
 # (``request: Request``), which are local to build_app, at run time.
 import logging
+import signal
 import threading
 from typing import Any, Optional
 
@@ -216,4 +217,16 @@ def run(app, host: str, port: int) -> None:
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=60)
-    uvicorn.Server(config).run()
+    # uvicorn re-raises the signal that stopped it once it has shut down, with the handler that was
+    # there before it started. Python's default for SIGTERM (a Kubernetes pod's stop) kills the
+    # process on the spot: no clean-up at exit, so each loaded adapter's local copy would stay in
+    # the temporary folder. Turned into a normal exit, status 0: a requested stop that completed.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(0)

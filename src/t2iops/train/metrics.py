@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import math
 import resource
+import shutil
 import sys
 import tempfile
+import weakref
 from pathlib import Path
 from typing import Any, Optional
 
@@ -42,7 +44,9 @@ class RunLogger:
         if not enabled:
             return
         if storage.is_s3(self.out):
+            # written here, uploaded by sync(); removed by close(), or at exit if the run failed
             self.local = Path(tempfile.mkdtemp(prefix="t2iops-logs-"))
+            self._remove_local = weakref.finalize(self, shutil.rmtree, str(self.local), True)
         else:
             self.local = Path(self.out) / LOGS
         self.local.mkdir(parents=True, exist_ok=True)
@@ -110,6 +114,10 @@ class RunLogger:
             self.tb.close()
         if self.live is not None:
             self.live.end()
+        if storage.is_s3(self.out):  # what the writers added while closing, then the local copy goes
+            storage.upload_dir(self.local, storage.join(self.out, LOGS), self.storage_cfg)
+            self._remove_local()
+        self.enabled = False  # a second close() is a no-op
 
 
 def format_postfix(loss: Optional[float], lr: float, samples_per_s: float) -> dict[str, str]:
