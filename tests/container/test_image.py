@@ -138,7 +138,7 @@ def _plant(context: Path, token: str) -> list[str]:
     return planted
 
 
-def _layers_holding(image: str, token: bytes) -> list[str]:
+def _layers_holding(image: str, token: bytes, min_layers: int = 5) -> list[str]:
     """Every file of every layer of ``docker save``, streamed (an 8 GB image never lands on
     disk): the paths whose content holds the token. Each planted file holds it, so a planted file
     under any name or path is found, and so is the secret written anywhere."""
@@ -150,12 +150,14 @@ def _layers_holding(image: str, token: bytes) -> list[str]:
             if not member.isfile():
                 continue
             data = outer.extractfile(member)
-            if not member.name.endswith(".tar"):
-                if token in data.read():
+            head = data.read(512)
+            # a layer is a tar: layer.tar in Docker's own format, blobs/sha256/<digest> in OCI's
+            if head[257:262] != b"ustar":
+                if token in head + data.read():
                     hits.append(f"{member.name} holds the token")
                 continue
             layers += 1
-            with tarfile.open(fileobj=data, mode="r|") as layer:
+            with tarfile.open(fileobj=_Prefixed(head, data), mode="r|") as layer:
                 for entry in layer:
                     if not entry.isfile():
                         continue
@@ -166,16 +168,34 @@ def _layers_holding(image: str, token: bytes) -> list[str]:
                             break
                         tail = chunk[-len(token):]
     assert save.wait(timeout=120) == 0
-    assert layers >= 5, f"only {layers} layers read from docker save"
+    assert layers >= min_layers, f"only {layers} layers read from docker save"
     return hits
+
+
+class _Prefixed:
+    """A stream whose first bytes were already read: those, then the rest."""
+
+    def __init__(self, head: bytes, rest):
+        self.head, self.rest = head, rest
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.head:
+            return self.rest.read(size)
+        if size is None or size < 0:
+            out, self.head = self.head + self.rest.read(), b""
+            return out
+        out, self.head = self.head[:size], self.head[size:]
+        return out if len(out) == size else out + self.rest.read(size - len(out))
 
 
 @pytest.mark.slow
 def test_no_planted_file_or_builder_variable_reaches_any_layer(image, tmp_path):
     """The committed project copied, built; then sentinel files planted in .git, .venv, data,
     outputs, models and credential spots and built again with a secret in the builder's
-    environment: the same layers (the context did not change), and no layer, no history entry
-    and no image config holds the sentinel."""
+    environment: no history entry and no image config holds the sentinel, and the layers are
+    the clean build's, digest for digest. The clean build never saw the sentinel (a fresh random
+    token), so equal digests mean no layer holds it; where a digest differs, every file of every
+    layer is read and the ones holding the sentinel are named in the failure."""
     token = f"sentinel-{uuid.uuid4().hex}"
     context = tmp_path / "checkout"
     _tracked_copy(context)
@@ -191,10 +211,30 @@ def test_no_planted_file_or_builder_variable_reaches_any_layer(image, tmp_path):
         assert token not in json.dumps(inspect) and token not in history
         reference = json.loads(subprocess.run(["docker", "image", "inspect", clean], capture_output=True, text=True,
                                               check=True).stdout)[0]
-        assert inspect["RootFS"]["Layers"] == reference["RootFS"]["Layers"], f"planting {files} changed a layer"
-        assert _layers_holding(planted, token.encode()) == []
+        if inspect["RootFS"]["Layers"] != reference["RootFS"]["Layers"]:
+            leaked = _layers_holding(planted, token.encode())
+            pytest.fail(f"planting {files} changed a layer; the files holding the sentinel: {leaked or 'none'}")
     finally:
         subprocess.run(["docker", "image", "rm", clean, planted], capture_output=True)
+
+
+def test_the_layer_scan_names_a_file_holding_the_sentinel(docker, tmp_path):
+    """The scan the test above falls back on, on a two-layer image: it names each file holding
+    the sentinel, whatever the file is called, a sentinel across its 1 MiB read boundary included,
+    and no other file."""
+    token = f"sentinel-{uuid.uuid4().hex}"
+    (tmp_path / "innocent.txt").write_text("nothing here\n")
+    (tmp_path / "cache.bin").write_bytes(b"\0" * ((1 << 20) - 10) + token.encode() + b"\0" * 100)
+    (tmp_path / "settings.cfg").write_text(f"key={token}\n")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY innocent.txt settings.cfg /\nCOPY cache.bin /opt/\n")
+    tag = f"t2iops:scan-{token[-8:]}"
+    subprocess.run(["docker", "build", "-q", "-t", tag, str(tmp_path)], check=True, capture_output=True, text=True,
+                   timeout=300)
+    try:
+        hits = _layers_holding(tag, token.encode(), min_layers=2)
+    finally:
+        subprocess.run(["docker", "image", "rm", tag], capture_output=True)
+    assert [h.rsplit(": ", 1)[-1] for h in sorted(hits)] == ["opt/cache.bin", "settings.cfg"], hits
 
 
 def build(context: Path, tag: str, env) -> None:
