@@ -254,6 +254,10 @@ def test_inference_service_serves_the_pipelines_registry_with_its_image_secret_a
     dockerfile = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
     uid = int(re.findall(r"useradd --create-home --uid (\d+)", dockerfile)[0])
     assert container["securityContext"]["runAsUser"] == uid
+    # a stopped pod is killed only after the server's own graceful shutdown has had its time
+    from t2iops.serve.server import GRACEFUL_SHUTDOWN_S
+
+    assert isvc["spec"]["predictor"]["terminationGracePeriodSeconds"] > GRACEFUL_SHUTDOWN_S
 
 
 def test_inference_service_schema_is_closed_where_the_crd_is(rendered, tmp_path):

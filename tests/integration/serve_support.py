@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -98,6 +99,7 @@ class Server:
     """``t2iops serve`` in a subprocess; ``request`` speaks HTTP to it."""
 
     def __init__(self, registry: str, base_path: str, work: Path, poll_seconds: float = 0.5, *extra: str):
+        self.registry, self.base_path = registry, base_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = work / f"serve-{self.port}.log"
@@ -158,9 +160,9 @@ class Server:
         assert status == 200, doc
         return doc["model_version"]
 
-    def stop(self) -> int:
+    def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:

@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import random
+import signal
 import threading
 import time
 
@@ -159,3 +160,26 @@ def test_concurrent_clients_get_no_error(server):
     assert wall < 150
     status, meta = server.json("GET", f"/v2/models/{MODEL}")
     assert meta["parameters"]["in_flight"] == 0 and meta["parameters"]["generated"]["v1"] >= clients * each
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 0), (signal.SIGINT, 130)], ids=["sigterm", "ctrl-c"])
+def test_a_stop_lets_the_request_in_flight_finish_then_exits_cleanly(server, tmp_path, sig, code):
+    """SIGTERM (a pod's stop) or Ctrl-C while a request is being generated: that request still
+    gets its image, the server exits with 0 or 130, and its adapter's local copy is gone."""
+    srv = Server(server.registry, server.base_path, tmp_path, 0)
+    answer = {}
+    try:
+        srv.wait_ready()
+        request = threading.Thread(target=lambda: answer.update(zip(("status", "doc"), srv.json(
+            "POST", INFER, infer_body(seed=7, steps=40), timeout=120))))
+        request.start()
+        deadline = time.monotonic() + 60
+        while srv.json("GET", f"/v2/models/{MODEL}")[1]["parameters"]["in_flight"] == 0:
+            assert time.monotonic() < deadline and request.is_alive(), f"the request never started: {answer}"
+            time.sleep(0.05)
+        stopped = srv.stop(sig)
+        request.join(120)
+    finally:
+        srv.stop()
+    assert answer.get("status") == 200 and answer["doc"]["model_version"] == "v1", answer
+    assert (stopped, srv.leftovers()) == (code, []), srv.log.read_text()[-2000:]

@@ -30,8 +30,9 @@ version they started with. A version that fails verification is refused (logged,
 condition's size, which must be a multiple of the adapter's size multiple; the sampler defaults
 are the `evaluate` settings. A bad request gets a 4xx and {"error": "<field>: <problem>"}.
 
-Binds 127.0.0.1 unless --host says otherwise. Stop with Ctrl-C / SIGTERM (requests in flight
-finish). docs/serving.md has examples."""
+Binds 127.0.0.1 unless --host says otherwise. Stop with SIGTERM (a pod's stop; exit code 0)
+or Ctrl-C (130): requests in flight finish first, and the local copies of the adapters are
+removed. docs/serving.md has examples."""
 
 
 def settings_registry(settings: Optional[str]) -> str:

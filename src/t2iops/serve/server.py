@@ -210,13 +210,18 @@ def _inference_routes(app, state: ServingState) -> None:
         return await _answer(state, handle)
 
 
+# Seconds a stopping server gives the requests in flight (infra/k8s/serving sets the pod's grace
+# period above this).
+GRACEFUL_SHUTDOWN_S = 60
+
+
 def run(app, host: str, port: int) -> None:
     """Serve ``app`` until SIGINT/SIGTERM; uvicorn then stops accepting and lets the requests in
     flight finish."""
     import uvicorn
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=60)
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     # uvicorn re-raises the signal that stopped it once it has shut down, with the handler that was
     # there before it started. Python's default for SIGTERM (a Kubernetes pod's stop) kills the
     # process on the spot: no clean-up at exit, so each loaded adapter's local copy would stay in
