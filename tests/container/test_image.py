@@ -234,7 +234,7 @@ def test_the_layer_scan_names_a_file_holding_the_sentinel(docker, tmp_path):
         hits = _layers_holding(tag, token.encode(), min_layers=2)
     finally:
         subprocess.run(["docker", "image", "rm", tag], capture_output=True)
-    assert [h.rsplit(": ", 1)[-1] for h in sorted(hits)] == ["opt/cache.bin", "settings.cfg"], hits
+    assert sorted(h.rsplit(": ", 1)[-1] for h in hits) == ["opt/cache.bin", "settings.cfg"], hits
 
 
 def build(context: Path, tag: str, env) -> None:
