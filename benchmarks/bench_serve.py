@@ -22,7 +22,6 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,14 +32,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from t2iops.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "t2i-adapter"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _registry(base: Path, work: Path, size: int) -> str:
@@ -131,7 +126,7 @@ def main() -> None:
         else:
             base = Path(args.base).resolve()
         registry = _registry(Path(base), work, args.size)
-        port = _free_port()
+        port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
         log = open(work / "serve.log", "w")

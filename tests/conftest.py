@@ -6,10 +6,11 @@ every test loads models through the normal resolution path.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 
 import pytest
+
+from t2iops.ports import free_port
 
 # Tests never reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -19,11 +20,6 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="session")
 def s3_server():
@@ -32,7 +28,7 @@ def s3_server():
     Credentials are dummies set in the environment, as the standard AWS chain reads them."""
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -105,11 +105,9 @@ print(server.communicate(timeout=30)[0][-2000:], file=sys.stderr)
 def test_the_model_server_runs_in_the_image(image):
     """`t2iops serve` as the InferenceService starts it, on a read-only root: its HTTP stack is in
     the image, it is live at once and not ready while the registry has no champion to load."""
-    import socket
+    from t2iops.ports import free_port
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = str(probe.getsockname()[1])
+    port = str(free_port())
     done = run_in(image, "bash", "-c", f"mkdir -p /tmp/registry && python -c '{SERVE_PROBE}' {port}",
                   args=("--read-only", "--tmpfs", "/tmp", "--network", "host"), timeout=180)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

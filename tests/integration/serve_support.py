@@ -8,7 +8,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
+from t2iops.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "t2i-adapter"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def export_tiny_adapter(base_path: str, out: Path, seed: int) -> Path:

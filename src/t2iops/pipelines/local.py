@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 from ..config import Config, load_config
 from ..errors import UsageError
+from ..ports import free_port
 from .kfp_workarounds import local_conditions_evaluated, process_state_kept
 from .runtime import flatten_overrides, stage_parameters
 from .settings import PipelineSettings, load_settings
@@ -72,11 +72,6 @@ class LocalOutcome:
     registry_uri: str
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @contextlib.contextmanager
 def moto_s3() -> Iterator[str]:
@@ -84,7 +79,7 @@ def moto_s3() -> Iterator[str]:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -118,8 +118,8 @@ def _health_routes(app, state: ServingState) -> None:
 
     @app.get("/v2/models/{name}/ready")
     async def model_ready(name: str):
-        if _unknown(state, name):
-            return _unknown(state, name)
+        if wrong := _unknown(state, name):
+            return wrong
         active = state.watcher.active()
         if active is None:
             return JSONResponse({"name": name, "ready": False}, status_code=503)
@@ -180,8 +180,8 @@ def _inference_routes(app, state: ServingState) -> None:
 
     @app.post("/v2/models/{name}/infer")
     async def infer(name: str, request: Request):
-        if _unknown(state, name):
-            return _unknown(state, name)
+        if wrong := _unknown(state, name):
+            return wrong
 
         async def handle():
             fields, request_id = oip.infer_inputs(await _read(request, state))

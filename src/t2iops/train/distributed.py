@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
 
 from ..devices import default_device
+from ..ports import free_port
 
 
 @dataclass
@@ -56,11 +56,6 @@ class DistInfo:
         return box[0]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def init_distributed(use_deepspeed: bool) -> DistInfo:
     """Join the process group the launcher set up (or make a one-process group when DeepSpeed
@@ -74,7 +69,7 @@ def init_distributed(use_deepspeed: bool) -> DistInfo:
     if (world_size > 1 or use_deepspeed) and not torch_dist.is_initialized():
         if world_size == 1:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
             os.environ.setdefault("RANK", "0")
             os.environ.setdefault("WORLD_SIZE", "1")
             os.environ.setdefault("LOCAL_RANK", "0")

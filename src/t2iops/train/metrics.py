@@ -105,16 +105,17 @@ class RunLogger:
             storage.upload_dir(self.local, storage.join(self.out, LOGS), self.storage_cfg)
 
     def close(self) -> None:
+        """Close the writers (they flush and write their summaries), then upload the logs once
+        when the output is on S3 and remove the local copy."""
         if not self.enabled:
             return
-        self.sync()
         if self.bar is not None:
             self.bar.close()
         if self.tb is not None:
             self.tb.close()
         if self.live is not None:
             self.live.end()
-        if storage.is_s3(self.out):  # what the writers added while closing, then the local copy goes
+        if storage.is_s3(self.out):
             storage.upload_dir(self.local, storage.join(self.out, LOGS), self.storage_cfg)
             self._remove_local()
         self.enabled = False  # a second close() is a no-op
